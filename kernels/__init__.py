@@ -1,0 +1,1 @@
+"""Triton kernels and their plain-PyTorch references (imported as ``worldkit_kernels``)."""

@@ -1,0 +1,226 @@
+"""The plugin kinds of worldkit and the small data types they exchange.
+
+Every plugin is a class that subclasses one of the kinds below, carries a nested pydantic ``Config``
+and is built from it: ``Plugin(config)``. The registry (``worldkit.registry``) finds plugins by name
+through one entry-point group per kind.
+
+Token layout used throughout: a frame of ``gh x gw`` patches is cut into spatial blocks of
+``block_patches x block_patches`` patches; the tokens of a frame are stored block-major (all tokens of
+block 0, then block 1, ...), so a block is a contiguous run of ``block_tokens`` tokens and a chunk of
+``F`` frames is ``F * blocks_per_frame`` consecutive blocks.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # torch is only needed by the model-side kinds
+    import torch
+    from torch import Tensor
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's ``Config``: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin(ABC):
+    """Base of all plugins. The first line of a plugin's docstring is its one-line description."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: Optional[PluginConfig] = None):
+        self.config = config if config is not None else self.Config()
+
+
+# --------------------------------------------------------------------------------------------------
+# Environments
+
+
+class Environment(Plugin):
+    """A simulator that renders frames: ``reset(seed)``, ``step(action)``, ``render()``, ``state()``."""
+
+    kind = "env"
+
+    @property
+    @abstractmethod
+    def action_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def state_dim(self) -> int: ...
+
+    @abstractmethod
+    def reset(self, seed: int) -> None:
+        """Start a new episode; everything random in it is drawn from ``seed``."""
+
+    @abstractmethod
+    def step(self, action: np.ndarray) -> None:
+        """Advance one frame with ``action`` (A,) in [-1, 1]."""
+
+    @abstractmethod
+    def render(self) -> np.ndarray:
+        """The current frame, (H, W, 3) uint8."""
+
+    @abstractmethod
+    def state(self) -> np.ndarray:
+        """Low-dimensional simulator state of the current frame, (S,) float32."""
+
+    @abstractmethod
+    def sample_actions(self, rng: np.random.Generator, steps: int) -> np.ndarray:
+        """A smooth random action sequence, (steps, A) float32 in [-1, 1]."""
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache: what a memory policy exposes to attention
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """Sizes a memory policy needs to lay out its cache."""
+
+    layers: int
+    batch: int
+    heads: int
+    head_dim: int
+    block_tokens: int  # tokens per block (one spatial tile of one frame)
+    blocks_per_frame: int
+    chunk_frames: int  # frames generated per chunk
+    train_frames: int  # training clip length in frames; positions should stay within what it covers
+    dtype: Any = None  # torch.dtype
+    device: Any = None  # torch.device
+
+    @property
+    def chunk_blocks(self) -> int:
+        return self.chunk_frames * self.blocks_per_frame
+
+
+@dataclass
+class KVView:
+    """What one layer's attention may read from the cache for the chunk being generated.
+
+    The slot pool holds keys *without* their temporal rotation; ``slot_pos`` says at which temporal
+    position (in frames) each slot is to be read, and ``query_pos`` where the chunk's first frame sits
+    (frame ``f`` of the chunk is at ``query_pos + f``). Slot tables are shared by the whole batch;
+    contents and positions may differ per batch element.
+    """
+
+    k: "Tensor"  # (B, NS, H, BLK, D) slot pool of this layer
+    v: "Tensor"  # (B, NS, H, BLK, D)
+    slot_pos: "Tensor"  # (B, NS) float: read-time temporal position of each slot
+    slot_frame: "Tensor"  # (B, NS) long: frame index (in the episode) the slot's block came from
+    slot_block: "Tensor"  # (B, NS) long: spatial block index within its frame
+    sink: "Tensor"  # (NSk,) long slot ids, read by every query
+    persistent: "Tensor"  # (NP,) long slot ids, read by every query
+    local: "Tensor"  # (NL,) long slot ids of the cached local window, oldest first
+    query_pos: float  # temporal position of the chunk's first frame
+
+    @property
+    def visible(self) -> "Tensor":
+        """All visible slot ids in reading order [sink ; persistent ; local], (NV,)."""
+        import torch
+
+        return torch.cat([self.sink, self.persistent, self.local])
+
+
+@dataclass
+class BlockIndex:
+    """Which *local* blocks each query block reads (sink and persistent blocks are always read).
+
+    Local candidates are numbered ``0 .. NL + NQB - 1``: the view's cached local blocks (``view.local``
+    order) followed by the chunk's own blocks. Rows are sorted ascending and padded with -1.
+    """
+
+    local: "Tensor"  # (B, Hs, NQB, K) long, Hs in {1, H}
+    count: "Tensor"  # (B, Hs, NQB) long, number of valid entries per row
+
+
+class MemoryPolicy(Plugin):
+    """Owns the KV cache: what stays visible, and at which temporal position it is read."""
+
+    kind = "memory"
+
+    @abstractmethod
+    def reset(self, spec: CacheSpec) -> None:
+        """Allocate an empty cache for ``spec`` (bounded policies preallocate their maximum)."""
+
+    @abstractmethod
+    def view(self, layer: int) -> KVView:
+        """The cached blocks visible to the next chunk at ``layer``."""
+
+    @abstractmethod
+    def commit(self, k: "Tensor", v: "Tensor", pooled_q: "Tensor") -> None:
+        """Append a finished chunk (its clean pass), then evict / compress / update.
+
+        k, v: (L, B, H, Tc, D) the chunk's keys (no temporal rotation) and values, block-major tokens.
+        pooled_q: (L, B, H, NQB, D) the chunk's block-pooled queries (for policies that score blocks).
+        """
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Exact bytes of K and V held in slots that are in use."""
+
+    def visibility(self, num_frames: int) -> Optional[tuple["Tensor", "Tensor"]]:
+        """The policy as a static mask for parallel (teacher / diffusion forcing) training.
+
+        Returns ``(visible, key_pos)``, both (n_chunks, num_frames): whether query chunk c sees
+        frame j (its own chunk included) and at which temporal position it reads it. The query chunk
+        c sits at its absolute frame index. ``None`` when visibility depends on the data.
+        """
+        return None
+
+
+class BlockSelector(Plugin):
+    """Chooses, per head and query block, which local blocks attention reads."""
+
+    kind = "selector"
+
+    @abstractmethod
+    def select(self, pooled_q: "Tensor", pooled_k: "Tensor", own: "Tensor") -> Optional[BlockIndex]:
+        """pooled_q: (B, H, NQB, D); pooled_k: (B, H, NL + NQB, D) local candidates (cached window
+        then own chunk); own: (NQB,) long, each query block's own candidate index. ``None`` = all."""
+
+
+class AttentionBackend(Plugin):
+    """Computes attention of a chunk over a view of the cache and its own tokens."""
+
+    kind = "attention"
+
+    @abstractmethod
+    def attend(
+        self,
+        q: "Tensor",
+        k: "Tensor",
+        v: "Tensor",
+        view: Optional[KVView],
+        index: Optional[BlockIndex],
+    ) -> "Tensor":
+        """q, k, v: (B, H, Tq, D) the chunk's own tokens, fully rotated. ``view.k`` arrives with its
+        temporal rotation already applied. Every query reads sink + persistent + the local blocks of
+        ``index`` (all local blocks and the whole chunk when ``index`` is None). Returns (B, H, Tq, D)."""
+
+
+class RolloutTrainer(Plugin):
+    """Supplies the training loss for a batch of clips."""
+
+    kind = "trainer"
+
+    @abstractmethod
+    def loss(self, module: Any, batch: dict) -> tuple["Tensor", dict]:
+        """The scalar loss for ``batch`` and a dict of scalars to log. ``module`` is the
+        LightningModule (its ``model``, ``memory``, ``selector``, ``backend`` and ``rollout``)."""
+
+
+KINDS: dict[str, type[Plugin]] = {
+    "env": Environment,
+    "memory": MemoryPolicy,
+    "selector": BlockSelector,
+    "attention": AttentionBackend,
+    "trainer": RolloutTrainer,
+}
