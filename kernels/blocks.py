@@ -1,0 +1,84 @@
+"""Block helpers for PBSA: mean pooling, row-wise top-K selection and transposed (slot -> rows) lists."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pool_blocks(x: Tensor, block: int) -> Tensor:
+    """Mean of each block of ``block`` consecutive tokens (the last block may be short).
+
+    x: (B, H, T, D) -> (B, H, ceil(T / block), D), in x.dtype (accumulated in fp32 or better).
+    """
+    B, H, T, D = x.shape
+    nb = -(-T // block)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xp = F.pad(x.to(acc), (0, 0, 0, nb * block - T))  # (B, H, nb * block, D)
+    sums = xp.view(B, H, nb, block, D).sum(3)  # (B, H, nb, D)
+    n = torch.full((nb,), block, dtype=acc, device=x.device)
+    n[-1] = T - (nb - 1) * block
+    return (sums / n[:, None]).to(x.dtype)  # (B, H, nb, D)
+
+
+def resolve_top_k(top_k: float | int, candidates: int) -> int:
+    """Blocks kept per row: an int >= 1 is a count, a float in (0, 1] a fraction (rounded up)."""
+    if isinstance(top_k, float):
+        k = math.ceil(top_k * candidates - 1e-9)
+    else:
+        k = top_k
+    return max(0, min(k, candidates))
+
+
+def topk_blocks(
+    pooled_q: Tensor,
+    pooled_k: Tensor,
+    k: int,
+    forced: Optional[Tensor] = None,
+    shared_heads: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per query block, the ``k`` candidates with the highest softmax(pooled_q . pooled_k / sqrt(d)).
+
+    pooled_q: (B, H, NQB, D); pooled_k: (B, H, NC, D); forced: (NQB,) long, a candidate each row keeps
+    whatever its score (counted inside ``k``, so k >= 1 when given); shared_heads: scores summed over
+    heads, one list per row. Returns index (B, Hs, NQB, K) long, rows sorted ascending, and
+    count (B, Hs, NQB) long, all equal to K = min(k, NC) (Hs = 1 if shared_heads else H).
+    """
+    B, H, NQB, D = pooled_q.shape
+    NC = pooled_k.shape[2]
+    k = min(max(k, 1 if forced is not None else 0), NC)
+    logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
+    score = logits.softmax(-1)  # (B, H, NQB, NC)
+    if shared_heads:
+        score = score.sum(1, keepdim=True)  # (B, 1, NQB, NC)
+    if forced is not None:
+        rows = torch.arange(NQB, device=score.device)
+        score[:, :, rows, forced] = float("inf")
+    index = score.topk(k, dim=-1, sorted=False).indices.sort(-1).values  # (B, Hs, NQB, K)
+    count = torch.full(index.shape[:3], k, dtype=torch.long, device=index.device)  # (B, Hs, NQB)
+    return index, count
+
+
+def build_transposed(index: Tensor, count: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:
+    """Invert per-row slot lists into per-slot row lists, on the device (no host sync).
+
+    index: (B, Hi, NQB, MAXK) slot ids, entries [0, count) valid; count: (B, Hi, NQB).
+    Returns tindex (B, Hi, NS, NQB) int32, the query blocks reading each slot in ascending order,
+    padded with -1, and tcount (B, Hi, NS) int32. Assumes no duplicate slot within a row.
+    """
+    B, Hi, NQB, MAXK = index.shape
+    dev = index.device
+    valid = torch.arange(MAXK, device=dev) < count[..., None]  # (B, Hi, NQB, MAXK)
+    slot = torch.where(valid, index.long(), num_slots)  # invalid entries go to a dump column
+    member = torch.zeros(B, Hi, NQB, num_slots + 1, dtype=torch.bool, device=dev)
+    member.scatter_(3, slot, True)
+    member = member[..., :num_slots].transpose(2, 3)  # (B, Hi, NS, NQB)
+    tcount = member.sum(-1, dtype=torch.int32)  # (B, Hi, NS)
+    rows = torch.arange(NQB, device=dev)
+    key = torch.where(member, rows, rows + NQB)  # readers first, each group ascending
+    order = key.sort(-1).values  # (B, Hi, NS, NQB)
+    tindex = torch.where(order < NQB, order, -1).to(torch.int32)
+    return tindex, tcount

@@ -1,0 +1,323 @@
+"""PBSA Triton kernels: forward (out + lse), backward dQ over row lists, dK/dV over slot lists.
+
+One program per (query block, batch x head) walks that block's slot list with an online softmax
+(exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV
+walk the transposed lists (``build_transposed``), so every gradient is written by one program:
+deterministic, no atomics. Tiles are max(16, BLK) wide and masked, so small blocks work too.
+Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbsa_bwd``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .blocks import build_transposed
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, IDX, CNT, BLEN, O, LSE,
+    qk_scale,  # softmax scale x log2(e)
+    s_qb, s_qh, s_qt, s_qd,
+    s_kb, s_ks, s_kh, s_kt, s_kd,
+    s_vb, s_vs, s_vh, s_vt, s_vd,
+    s_ib, s_ih, s_ir, s_ik,
+    s_cb, s_ch, s_cr,
+    s_lb, s_ls,
+    s_ob, s_oh, s_ot, s_od,
+    s_eb, s_eh, s_et,
+    H, Tq,
+    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    r = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = tl.arange(0, TILE)
+    offs_d = tl.arange(0, D)
+    rows = r * BLK + offs
+    row_ok = (offs < BLK) & (rows < Tq)
+    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+                mask=row_ok[:, None], other=0.0)  # (TILE, D)
+    n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
+    m_i = tl.full([TILE], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
+    l_i = tl.zeros([TILE], tl.float32)
+    acc = tl.zeros([TILE, D], tl.float32)
+    for j in range(0, n):
+        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + j * s_ik).to(tl.int64)
+        if HAS_BLEN:
+            kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
+        else:
+            kl = BLK
+        col_ok = offs < kl
+        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
+                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (TILE, TILE), log2 units
+        qk = tl.where(col_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
+                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        m_i = m_new
+    nonempty = l_i > 0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(tl.where(nonempty, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
+             out.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse, mask=row_ok)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, IDX, CNT, BLEN, DQ,
+    qk_scale, sm_scale,
+    s_qb, s_qh, s_qt, s_qd,
+    s_kb, s_ks, s_kh, s_kt, s_kd,
+    s_vb, s_vs, s_vh, s_vt, s_vd,
+    s_ob, s_oh, s_ot, s_od,  # dO
+    s_ib, s_ih, s_ir, s_ik,
+    s_cb, s_ch, s_cr,
+    s_lb, s_ls,
+    s_gb, s_gh, s_gt, s_gd,  # dQ
+    H, Tq,
+    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    r = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = tl.arange(0, TILE)
+    offs_d = tl.arange(0, D)
+    rows = r * BLK + offs
+    row_ok = (offs < BLK) & (rows < Tq)
+    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+                mask=row_ok[:, None], other=0.0)  # (TILE, D)
+    do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
+                 mask=row_ok[:, None], other=0.0)  # (TILE, D)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # empty rows have no valid column anyway
+    delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
+    n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
+    dq = tl.zeros([TILE, D], tl.float32)
+    for j in range(0, n):
+        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + j * s_ik).to(tl.int64)
+        if HAS_BLEN:
+            kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
+        else:
+            kl = BLK
+        col_ok = offs < kl
+        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
+                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
+        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
+                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (TILE, TILE)
+        p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(qk - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (TILE, TILE)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+    tl.store(DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd,
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, TIDX, TCNT, BLEN, DK, DV,
+    qk_scale, sm_scale,
+    s_qb, s_qh, s_qt, s_qd,
+    s_kb, s_ks, s_kh, s_kt, s_kd,
+    s_vb, s_vs, s_vh, s_vt, s_vd,
+    s_ob, s_oh, s_ot, s_od,  # dO
+    s_ib, s_ih, s_is, s_ir,  # transposed lists
+    s_cb, s_ch, s_cs,
+    s_lb, s_ls,
+    H, NS, Tq,
+    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    s = tl.program_id(0).to(tl.int64)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = tl.arange(0, TILE)
+    offs_d = tl.arange(0, D)
+    if HAS_BLEN:
+        kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
+    else:
+        kl = BLK
+    col_ok = offs < kl
+    kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
+                 mask=col_ok[:, None], other=0.0)  # (TILE, D)
+    vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
+                 mask=col_ok[:, None], other=0.0)  # (TILE, D)
+    n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
+    dk = tl.zeros([TILE, D], tl.float32)
+    dv = tl.zeros([TILE, D], tl.float32)
+    for j in range(0, n):
+        r = tl.load(TIDX + b * s_ib + h * s_ih + s * s_is + j * s_ir)
+        rows = r * BLK + offs
+        row_ok = (offs < BLK) & (rows < Tq)
+        q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+                    mask=row_ok[:, None], other=0.0)  # (TILE, D)
+        do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
+                     mask=row_ok[:, None], other=0.0)  # (TILE, D)
+        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
+        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
+        qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (TILE keys, TILE queries)
+        p_t = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(qk_t - lse2[None, :]), 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+        dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (TILE, TILE)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+    out_off = ((b * NS + s) * H + h) * (BLK * D) + offs[:, None] * D + offs_d[None, :]
+    out_ok = (offs < BLK)[:, None]
+    tl.store(DK + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=out_ok)
+    tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_ok)
+
+
+def _launch_cfg(BLK: int, D: int, dtype: torch.dtype) -> dict:
+    """Tile width, warps and dot precision for a block size and head dim."""
+    tile = max(16, triton.next_power_of_2(BLK))
+    return dict(
+        TILE=tile,
+        PREC="ieee" if dtype == torch.float32 else "tf32",
+        num_warps=8 if tile * D >= 128 * 128 else 4,
+    )
+
+
+def _check(q: Tensor, k: Tensor, D: int) -> None:
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"Triton PBSA needs head dim in 16..256, a power of two; got {D}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype:
+        raise ValueError(f"Triton PBSA needs fp16/bf16/fp32 q, k, v of one dtype; got {q.dtype}, {k.dtype}")
+
+
+def _head_stride(t: Tensor, Hi: int, dim: int = 1) -> int:
+    """Stride along the list-head dim; 0 when lists are shared by all heads (Hi == 1)."""
+    return t.stride(dim) if Hi > 1 else 0
+
+
+@torch.library.custom_op("worldkit::pbsa_fwd", mutates_args=())
+def pbsa_fwd(
+    q: Tensor, k: Tensor, v: Tensor, index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float
+) -> tuple[Tensor, Tensor]:
+    """Triton PBSA forward: out (B, H, Tq, D) in q.dtype, lse (B, H, Tq) fp32."""
+    B, H, Tq, D = q.shape
+    NS, BLK = k.shape[1], k.shape[3]
+    Hi, NQB = index.shape[1], index.shape[2]
+    _check(q, k, D)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, Tq, D)
+    lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)  # (B, H, Tq)
+    if out.numel() == 0:
+        return out, lse
+    blen = block_len if block_len is not None else count  # placeholder pointer, never read
+    _fwd_kernel[(NQB, B * H)](
+        q, k, v, index, count, blen, out, lse,
+        scale * LOG2E,
+        *q.stride(), *k.stride(), *v.stride(),
+        index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+        count.stride(0), _head_stride(count, Hi), count.stride(2),
+        blen.stride(0), blen.stride(1) if block_len is not None else 0,
+        *out.stride(), *lse.stride(),
+        H, Tq,
+        BLK=BLK, D=D, HAS_BLEN=block_len is not None, **_launch_cfg(BLK, D, q.dtype),
+    )
+    return out, lse
+
+
+@pbsa_fwd.register_fake
+def _(q, k, v, index, count, block_len, scale):
+    B, H, Tq, D = q.shape
+    return torch.empty_like(q), q.new_empty(B, H, Tq, dtype=torch.float32)
+
+
+@torch.library.custom_op("worldkit::pbsa_bwd", mutates_args=())
+def pbsa_bwd(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Tensor,
+    index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton PBSA backward: dq (B, H, Tq, D), dk and dv (B, NS, H, BLK, D), from dout and dlse."""
+    B, H, Tq, D = q.shape
+    NS, BLK = k.shape[1], k.shape[3]
+    Hi, NQB = index.shape[1], index.shape[2]
+    do = do.contiguous()
+    lse = lse.contiguous()  # (B, H, Tq)
+    delta = ((do.float() * out.float()).sum(-1) - dlse.float()).contiguous()  # (B, H, Tq); dlse enters as -delta
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, Tq, D)
+    dk = torch.empty(B, NS, H, BLK, D, dtype=k.dtype, device=k.device)  # (B, NS, H, BLK, D)
+    dv = torch.empty_like(dk)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    blen = block_len if block_len is not None else count
+    s_blen = (blen.stride(0), blen.stride(1) if block_len is not None else 0)
+    cfg = _launch_cfg(BLK, D, q.dtype)
+    common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, **cfg)
+    _bwd_dq_kernel[(NQB, B * H)](
+        q, k, v, do, lse, delta, index, count, blen, dq,
+        scale * LOG2E, scale,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+        count.stride(0), _head_stride(count, Hi), count.stride(2),
+        *s_blen, *dq.stride(),
+        H, Tq, **common,
+    )
+    tindex, tcount = build_transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
+    _bwd_dkdv_kernel[(NS, B * H)](
+        q, k, v, do, lse, delta, tindex, tcount, blen, dk, dv,
+        scale * LOG2E, scale,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+        tindex.stride(0), _head_stride(tindex, Hi), tindex.stride(2), tindex.stride(3),
+        tcount.stride(0), _head_stride(tcount, Hi), tcount.stride(2),
+        *s_blen,
+        H, NS, Tq, **common,
+    )
+    return dq, dk, dv
+
+
+@pbsa_bwd.register_fake
+def _(do, q, k, v, out, lse, dlse, index, count, block_len, scale):
+    B, NS, H, BLK, D = k.shape
+    return torch.empty_like(q), k.new_empty(B, NS, H, BLK, D), v.new_empty(B, NS, H, BLK, D)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, index, count, block_len, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, index, count, block_len)
+    ctx.scale = scale
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
+    if dlse is None:
+        dlse = torch.zeros_like(lse)
+    dq, dk, dv = pbsa_bwd(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
+    return dq, dk, dv, None, None, None, None
+
+
+pbsa_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pbsa_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    index: Tensor,
+    count: Tensor,
+    block_len: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+) -> tuple[Tensor, Tensor]:
+    """PBSA through the Triton kernels (differentiable). Returns (out, lse)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    index = index.to(torch.int32)
+    count = count.to(torch.int32)
+    block_len = None if block_len is None else block_len.to(torch.int32)
+    return pbsa_fwd(q, k, v, index, count, block_len, scale)
