@@ -1,0 +1,34 @@
+"""Sparse Forcing's local-window selector: per query block, the top-K local blocks by pooled score."""
+from __future__ import annotations
+
+from typing import Union
+
+from pydantic import field_validator
+from torch import Tensor
+
+from worldkit.interfaces import BlockIndex, BlockSelector, PluginConfig
+from worldkit_kernels import resolve_top_k, topk_blocks
+
+
+class LocalWindow(BlockSelector):
+    """Top-K local blocks per query block by softmax(pooled q . pooled k / sqrt(d)); own block kept."""
+
+    class Config(PluginConfig):
+        top_k: Union[int, float] = 0.25  # a fraction of the candidates (float), or a count (int >= 1)
+        shared_heads: bool = False  # scores summed over heads: one list per query block
+        keep_own: bool = True  # each query block always reads its own block (counted inside K)
+
+        @field_validator("top_k")
+        @classmethod
+        def _top_k_range(cls, value: Union[int, float]) -> Union[int, float]:
+            if isinstance(value, float) and not 0.0 < value <= 1.0:
+                raise ValueError(f"a fraction top_k must be in (0, 1]; got {value}")
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"a count top_k must be >= 1; got {value}")
+            return value
+
+    def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
+        k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
+        forced = own if self.config.keep_own else None
+        index, count = topk_blocks(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
+        return BlockIndex(local=index, count=count)

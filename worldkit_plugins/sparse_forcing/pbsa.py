@@ -1,0 +1,67 @@
+"""PBSA backend: the chunk reads sink + persistent + its selected local blocks, through worldkit_kernels."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from worldkit.interfaces import AttentionBackend, BlockIndex, KVView, PluginConfig
+from worldkit_kernels import pbsa_attention
+
+
+def chunk_blocks(x: Tensor, BLK: int) -> Tensor:
+    """The chunk's tokens as slots, the tail zero-padded: (B, H, Tq, D) -> (B, NQB, H, BLK, D)."""
+    B, H, Tq, D = x.shape
+    NQB = -(-Tq // BLK)
+    return F.pad(x, (0, 0, 0, NQB * BLK - Tq)).view(B, H, NQB, BLK, D).transpose(1, 2)
+
+
+def slot_lists(view: Optional[KVView], index: Optional[BlockIndex], NS: int, NQB: int, B: int) -> tuple[Tensor, Tensor]:
+    """Per query block, the slots it reads in a pool of the view's NS slots followed by the chunk's NQB
+    blocks: [sink and persistent, sorted ; selected local, sorted]. Returns index (B, Hs, NQB, MAXK)
+    int32 padded with -1 and count (B, Hs, NQB) int32; built on the device, no host sync."""
+    dev = view.k.device if view is not None else index.local.device
+    empty = torch.empty(0, dtype=torch.long, device=dev)
+    fixed = empty if view is None else torch.cat([view.sink, view.persistent]).to(dev).sort().values  # (NSP,)
+    cached = empty if view is None else view.local.to(dev)  # (NL,)
+    cand_slot = torch.cat([cached, NS + torch.arange(NQB, device=dev)])  # (NL + NQB,) candidate -> slot
+    if index is None:
+        local = cand_slot.sort().values.expand(B, 1, NQB, -1)  # (B, 1, NQB, NL + NQB)
+        lcount = torch.full((B, 1, NQB), cand_slot.numel(), dtype=torch.long, device=dev)
+    else:
+        lcount = index.count.long()  # (B, Hs, NQB)
+        valid = torch.arange(index.local.shape[3], device=dev) < lcount[..., None]  # (B, Hs, NQB, K)
+        local = torch.where(valid, cand_slot[index.local.long().clamp(min=0)], NS + NQB).sort(-1).values
+        local = torch.where(valid, local, -1)  # valid entries sorted to the front, padding -1
+    Hs = local.shape[1]
+    slots = torch.cat([fixed.expand(B, Hs, NQB, -1), local], 3).to(torch.int32)  # (B, Hs, NQB, NSP + K)
+    return slots, (lcount + fixed.numel()).to(torch.int32)
+
+
+class PBSA(AttentionBackend):
+    """Persistent block-sparse attention over sink + persistent + selected local blocks (Triton on CUDA)."""
+
+    class Config(PluginConfig):
+        impl: Literal["auto", "torch", "triton"] = "auto"
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, view: Optional[KVView], index: Optional[BlockIndex]
+    ) -> Tensor:
+        B, H, Tq, D = q.shape
+        if view is None and index is None:  # nothing cached, nothing selected: plain dense attention
+            return F.scaled_dot_product_attention(q, k, v)
+        BLK = view.k.shape[3] if view is not None else -(-Tq // index.local.shape[2])
+        NQB = -(-Tq // BLK)
+        pool_k, pool_v = chunk_blocks(k, BLK), chunk_blocks(v, BLK)  # (B, NQB, H, BLK, D)
+        if view is not None:
+            pool_k = torch.cat([view.k, pool_k], 1)  # (B, NS + NQB, H, BLK, D)
+            pool_v = torch.cat([view.v, pool_v], 1)
+        NS = pool_k.shape[1] - NQB
+        block_len = None
+        if Tq % BLK:
+            block_len = torch.full((B, NS + NQB), BLK, dtype=torch.int32, device=q.device)  # (B, NS + NQB)
+            block_len[:, -1] = Tq - (NQB - 1) * BLK
+        slots, count = slot_lists(view, index, NS, NQB, B)
+        return pbsa_attention(q, pool_k, pool_v, slots, count, block_len, impl=self.config.impl)
