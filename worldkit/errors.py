@@ -21,6 +21,7 @@ class Issue(NamedTuple):
     path: str  # dotted field path, e.g. "memory.window_frames" or "stages[1].trainer.type"
     value: Any  # the bad value (``MISSING`` when the field is absent)
     message: str  # what is wrong and what is allowed
+    source: Optional[str] = None  # where it came from when not the error's file, e.g. "--set model.width=x"
 
 
 class _Missing:
@@ -42,7 +43,7 @@ class ConfigError(WorldkitError):
     def lines(self) -> list[str]:
         out = []
         for issue in self.issues:
-            where = [p for p in (self.source, issue.path) if p]
+            where = [p for p in (issue.source or self.source, issue.path) if p]
             got = "" if issue.value is MISSING else f" (got {_show(issue.value)})"
             out.append(": ".join(where + [issue.message + got]))
         return out

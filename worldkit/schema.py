@@ -1,0 +1,284 @@
+"""The experiment schema: pydantic models for an experiment YAML, with the CPU quality defaults.
+
+A plugin field (``env``, ``memory``, ``selector``, ``attention``, ``trainer``) is written
+``{type: NAME, ...}``: validation finds ``NAME`` in the registry, then the plugin's own ``Config``
+validates the remaining keys, and the field becomes a ``PluginSpec``. Defaults follow DESIGN.md
+"Sizes", row "CPU quality default".
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from worldkit import registry
+from worldkit.errors import PluginError
+from worldkit.interfaces import Plugin, PluginConfig
+
+
+def _problem(loc: tuple, value: Any, message: str) -> InitErrorDetails:
+    """One pydantic line error carrying a plain-text message (braces in it are not formatted)."""
+    return {"type": PydanticCustomError("worldkit", "{message}", {"message": message}), "loc": loc, "input": value}
+
+
+def _relocate(error: dict, prefix: tuple) -> InitErrorDetails:
+    """A line error of a nested validation moved under ``prefix``, keeping its type and context."""
+    return {"type": error["type"], "loc": (*prefix, *error["loc"]), "input": error["input"], "ctx": error.get("ctx", {})}
+
+
+def _dotted(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _raise(problems: list[InitErrorDetails], title: str) -> None:
+    if problems:
+        raise ValidationError.from_exception_data(title, problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plugin fields
+
+
+@dataclass(frozen=True)
+class PluginKind:
+    """Annotation marker: this field is a ``PluginSpec`` of ``kind``."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class OverridesOf:
+    """Annotation marker: this dict holds partial overrides of ``model``'s fields."""
+
+    model: type[BaseModel]
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A validated plugin field: the kind, the registered name and the plugin's own validated Config.
+
+    In a schema, ``PluginSpec["memory"]`` is the annotation of a field holding a memory plugin.
+    """
+
+    kind: str
+    type: str
+    config: PluginConfig
+
+    def __class_getitem__(cls, kind: str) -> Any:
+        return Annotated[
+            PluginSpec,
+            PluginKind(kind),
+            PlainValidator(lambda value: PluginSpec.validate(kind, value)),
+            PlainSerializer(lambda spec: spec.to_dict()),
+        ]
+
+    @property
+    def cls(self) -> type[Plugin]:
+        return registry.get(self.kind, self.type)
+
+    def build(self) -> Plugin:
+        """A fresh plugin instance built from this config."""
+        return self.cls(self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{type: NAME, **config}``, every config field included, ready for YAML."""
+        return {"type": self.type, **self.config.model_dump(mode="json")}
+
+    @staticmethod
+    def validate(kind: str, value: Any) -> "PluginSpec":
+        """Stage 1: find ``value["type"]`` in the registry; stage 2: the plugin's Config checks the rest."""
+        if isinstance(value, PluginSpec):
+            if value.kind != kind:
+                _raise([_problem((), value.to_dict(), f"expected a {kind} plugin, got a {value.kind} plugin")], kind)
+            return value
+        if not isinstance(value, dict):
+            choices = ", ".join(registry.names(kind))
+            _raise([_problem((), value, f"expected a mapping {{type: NAME, ...}}; {kind} choices: {choices}")], kind)
+        if "type" not in value:
+            choices = ", ".join(registry.names(kind))
+            _raise([_problem(("type",), value, f"missing; {kind} choices: {choices}")], kind)
+        name = value["type"]
+        if not isinstance(name, str):
+            _raise([_problem(("type",), name, f"expected a {kind} plugin name (a string)")], kind)
+        try:
+            cls = registry.get(kind, name)
+        except PluginError as err:
+            _raise([_problem(("type",), name, str(err))], kind)
+        config = cls.Config.model_validate({k: v for k, v in value.items() if k != "type"})
+        return PluginSpec(kind, name, config)
+
+
+def plugin(name: str) -> Any:
+    """Default of a plugin field: ``{type: name}``, validated (so looked up) when a config is built."""
+    return Field(default_factory=lambda: {"type": name}, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain sections
+
+
+class Section(BaseModel):
+    """Base of the schema's sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    """Episodes generated from the env and cached on disk."""
+
+    train_episodes: PositiveInt = 256
+    val_episodes: PositiveInt = 16
+    test_episodes: PositiveInt = 16
+    episode_frames: PositiveInt = 64
+    cache_dir: str = Field(default_factory=lambda: os.environ.get("WORLDKIT_CACHE", "~/.cache/worldkit"))
+    workers: int = Field(2, ge=0)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
+
+
+class ModelConfig(Section):
+    """The causal video-diffusion transformer."""
+
+    patch: PositiveInt = 8  # pixels per patch side
+    width: PositiveInt = 128
+    layers: PositiveInt = 4
+    heads: PositiveInt = 4
+    mlp_ratio: PositiveFloat = 4.0
+    block_patches: PositiveInt = 2  # a KV block is block_patches x block_patches patches of one frame
+    chunk_frames: PositiveInt = 2  # frames generated per autoregressive step
+    prediction: Literal["x0", "v"] = "x0"
+    sampler_steps: PositiveInt = 4
+    shift: PositiveFloat = 1.0  # noise-schedule shift
+    init: Optional[str] = None  # a checkpoint path or a shipped name such as "base/pendulum"
+
+
+class TrainConfig(Section):
+    """Optimisation and the Lightning trainer."""
+
+    max_steps: PositiveInt = 1000
+    batch_size: PositiveInt = 32
+    clip_frames: PositiveInt = 16
+    lr: PositiveFloat = 3e-4
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    precision: str = "32-true"
+    grad_clip: Optional[PositiveFloat] = 1.0
+    accumulate: PositiveInt = 1
+    accelerator: str = "auto"
+    devices: Union[PositiveInt, str] = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    num_nodes: PositiveInt = 1
+    ema: Optional[float] = Field(None, gt=0, lt=1)
+    log_every: PositiveInt = 10
+    val_every: PositiveInt = 200
+    eval_every: Optional[PositiveInt] = None
+
+
+class EvalConfig(Section):
+    """Long-horizon rollouts against ground truth."""
+
+    horizons: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 12])  # in multiples of train.clip_frames
+    context_frames: PositiveInt = 2
+    episodes: PositiveInt = 16
+    seeds: PositiveInt = 1
+    strips: int = Field(4, ge=0)  # episodes drawn as image strips
+
+
+class StageConfig(Section):
+    """One stage of a multi-stage run: its trainer, optional plugin overrides, and train overrides."""
+
+    name: str
+    trainer: PluginSpec["trainer"]
+    memory: Optional[PluginSpec["memory"]] = None
+    selector: Optional[PluginSpec["selector"]] = None
+    attention: Optional[PluginSpec["attention"]] = None
+    train: Annotated[dict[str, Any], OverridesOf(TrainConfig)] = Field(default_factory=dict)
+
+
+class ExperimentConfig(Section):
+    """One experiment: an env, a model, the four model-side plugins, training, evaluation, stages."""
+
+    name: str = Field(min_length=1)
+    seed: int = 0
+    out_root: str = "runs"
+    env: PluginSpec["env"]
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    memory: PluginSpec["memory"] = plugin("dense")
+    selector: PluginSpec["selector"] = plugin("all")
+    attention: PluginSpec["attention"] = plugin("sdpa")
+    trainer: PluginSpec["trainer"] = plugin("diffusion_forcing")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExperimentConfig":
+        """Cross-field checks; every problem is reported, each at the field to change."""
+        problems: list[InitErrorDetails] = []
+        m = self.model
+        if m.width % m.heads:
+            problems.append(_problem(("model", "heads"), m.heads, f"must divide model.width={m.width}"))
+        size = getattr(self.env.config, "size", None)
+        if isinstance(size, int):
+            if size % m.patch:
+                problems.append(_problem(("model", "patch"), m.patch, f"must divide the env frame size {size}"))
+            elif (size // m.patch) % m.block_patches:
+                problems.append(_problem(
+                    ("model", "block_patches"), m.block_patches,
+                    f"must divide the patches per side ({size} px / patch {m.patch} = {size // m.patch})",
+                ))
+        problems += self._check_train(self.train, ("train",))
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            if stage.name in seen:
+                problems.append(_problem(("stages", i, "name"), stage.name, "stage names must be unique"))
+            seen.add(stage.name)
+            try:
+                train = TrainConfig.model_validate({**self.train.model_dump(), **stage.train})
+            except ValidationError as err:
+                problems += [_relocate(e, ("stages", i, "train")) for e in err.errors()]
+                continue
+            problems += self._check_train(train, ("stages", i, "train"))
+        _raise(problems, type(self).__name__)
+        return self
+
+    def _check_train(self, train: TrainConfig, loc: tuple) -> list[InitErrorDetails]:
+        problems = []
+        if train.clip_frames % self.model.chunk_frames:
+            problems.append(_problem(
+                (*loc, "clip_frames"), train.clip_frames,
+                f"must be a multiple of model.chunk_frames={self.model.chunk_frames}",
+            ))
+        if self.data.episode_frames < train.clip_frames:
+            problems.append(_problem(
+                ("data", "episode_frames"), self.data.episode_frames,
+                f"must be at least {_dotted(loc)}.clip_frames={train.clip_frames}",
+            ))
+        return problems
+
+    def stage_config(self, stage: StageConfig) -> "ExperimentConfig":
+        """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train."""
+        update: dict[str, Any] = {"trainer": stage.trainer, "stages": []}
+        for field in ("memory", "selector", "attention"):
+            if getattr(stage, field) is not None:
+                update[field] = getattr(stage, field)
+        update["train"] = TrainConfig.model_validate({**self.train.model_dump(), **stage.train})
+        return self.model_copy(update=update)
