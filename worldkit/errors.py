@@ -60,7 +60,9 @@ def _show(value: Any) -> str:
 
 
 class PluginError(WorldkitError):
-    """A plugin could not be found or loaded."""
+    """A plugin could not be found or loaded; ``reason`` is the message without the plugin's name."""
+
+    reason: str = ""
 
 
 class UnknownPluginError(PluginError):
@@ -78,10 +80,8 @@ class DuplicatePluginError(PluginError):
 
     def __init__(self, kind: str, name: str, origins: list[str]):
         self.kind, self.name, self.origins = kind, name, origins
-        super().__init__(
-            f"{kind} plugin {name!r} is registered more than once, by: {', '.join(origins)}; "
-            "uninstall one of them"
-        )
+        self.reason = f"registered more than once, by: {', '.join(origins)}; uninstall one of them"
+        super().__init__(f"{kind} plugin {name!r} is {self.reason}")
 
 
 class BrokenPluginError(PluginError):
@@ -89,7 +89,8 @@ class BrokenPluginError(PluginError):
 
     def __init__(self, kind: str, name: str, origin: str, error: str):
         self.kind, self.name, self.origin, self.error = kind, name, origin, error
-        super().__init__(f"{kind} plugin {name!r} from {origin} failed to import: {error}")
+        self.reason = f"failed to import: {error}"
+        super().__init__(f"{kind} plugin {name!r} from {origin} {self.reason}")
 
 
 class PluginTypeError(PluginError):
@@ -97,4 +98,5 @@ class PluginTypeError(PluginError):
 
     def __init__(self, kind: str, name: str, origin: str, message: str):
         self.kind, self.name, self.origin = kind, name, origin
-        super().__init__(f"{kind} plugin {name!r} from {origin} is refused: {message}")
+        self.reason = f"refused: {message}"
+        super().__init__(f"{kind} plugin {name!r} from {origin} is {self.reason}")

@@ -157,7 +157,7 @@ class Registry:
                         cls = self.get(k, name)
                         out.append(Entry(k, name, dist, version, ep.value, describe(cls)))
                     except PluginError as err:
-                        out.append(Entry(k, name, dist, version, ep.value, error=str(err)))
+                        out.append(Entry(k, name, dist, version, ep.value, error=err.reason or str(err)))
         return out
 
     # -- writing (tests, notebooks) ---------------------------------------------------------------

@@ -215,7 +215,7 @@ class StageConfig(Section):
 class ExperimentConfig(Section):
     """One experiment: an env, a model, the four model-side plugins, training, evaluation, stages."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also the run folder's name prefix
     seed: int = 0
     out_root: str = "runs"
     env: PluginSpec["env"]

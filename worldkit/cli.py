@@ -1,0 +1,153 @@
+"""The ``worldkit`` command: run, validate, plugins, data.
+
+User errors (bad YAML, a missing file, validation issues, a broken plugin) print ``error: ...`` lines
+to stderr and exit 2 without a traceback; Ctrl-C exits 130. Heavy modules (the experiment runner,
+data generation) are imported only by the commands that need them.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Optional, Sequence
+
+from worldkit import config, registry
+from worldkit.errors import WorldkitError
+from worldkit.interfaces import KINDS
+from worldkit.schema import ExperimentConfig
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def new_run_dir(cfg: ExperimentConfig, out: Optional[str] = None) -> Path:
+    """A new, empty run folder: ``out`` if given (refused when it holds anything), else
+    ``<out_root>/<name>-<YYYYmmdd-HHMMSS>`` with ``-1``, ``-2``... appended if that name is taken."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise WorldkitError(
+                f"{path}: already exists and is not empty; a run never overwrites earlier results "
+                "(pick another --out, or leave it out for a fresh timestamped folder)"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(cfg.out_root) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in itertools.count():
+        path = base if i == 0 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()  # atomic: two runs starting in the same second get different folders
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate, create a new run folder, save the resolved config.yaml, run the experiment."""
+    if args.resume is not None:
+        if args.config or args.overrides or args.out:
+            raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file, --set or --out")
+        run_dir = Path(args.resume)
+        cfg = config.load(run_dir / "config.yaml")
+        experiment = import_module("worldkit.experiment")
+        experiment.run(cfg, run_dir, resume=True)
+        return 0
+    if args.config is None:
+        raise WorldkitError("run: give an experiment YAML (or --resume RUN_DIR)")
+    cfg = config.load(args.config, args.overrides)
+    experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
+    run_dir = new_run_dir(cfg, args.out)
+    config.save(cfg, run_dir / "config.yaml")
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    experiment.run(cfg, run_dir)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print the resolved config, or every error."""
+    cfg = config.load(args.config, args.overrides)
+    sys.stdout.write(config.to_yaml(cfg))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Generate (or find cached) the episodes the experiment trains and evaluates on."""
+    cfg = config.load(args.config, args.overrides)
+    import_module("worldkit.data").prepare(cfg)
+    return 0
+
+
+def plugin_table(kind: Optional[str] = None) -> str:
+    """Every plugin as a table: kind, name, origin distribution and version, description or error."""
+    rows = [("KIND", "NAME", "ORIGIN", "DESCRIPTION")]
+    for e in registry.entries(kind):
+        rows.append((e.kind, e.name, e.origin, (e.description or "-") if e.ok else f"BROKEN: {e.error}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows) + "\n"
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins; broken ones are shown with their import error."""
+    sys.stdout.write(plugin_table(args.kind))
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="experiment YAML")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field by dotted path, VALUE parsed as YAML (e.g. model.width=256, "
+        "eval.horizons=[1,4], memory.type=sink, stages[1].train.lr=1e-4); repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    try:
+        ver = version("worldkit")
+    except PackageNotFoundError:
+        ver = "unknown"
+    parser = argparse.ArgumentParser(prog="worldkit", description="Autoregressive video-diffusion world models.")
+    parser.add_argument("--version", action="version", version=f"worldkit {ver}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="validate an experiment and run it in a new run folder")
+    _add_config_args(p, required=False)
+    p.add_argument("--out", help="run folder to create (must not exist or be empty)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config.yaml")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="print the resolved config, or every error")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list installed plugins with their origin")
+    p.add_argument("--kind", choices=list(KINDS), help="only this kind")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("data", help="generate and cache the experiment's episodes")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``worldkit`` console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors exit 2, --help / --version exit 0
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
+    try:
+        return args.func(args)
+    except WorldkitError as err:
+        for line in err.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("worldkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
