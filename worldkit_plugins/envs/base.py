@@ -1,0 +1,145 @@
+"""Shared base of the MuJoCo environments: model loading, offscreen rendering, actions, random policy.
+
+A concrete env supplies its MJCF as a string (``model_xml``), draws its initial state in
+``init_episode(rng)`` and reads its low-dimensional state in ``state()``. Everything else (frame
+skip, scaling actions from [-1, 1] to the actuators' ctrl ranges, the camera, the smooth random
+policy) lives here.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco`: Mesa's EGL renders on the CPU
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from worldkit.interfaces import Environment, PluginConfig  # noqa: E402
+
+SHADOW_SIZE = 256  # MuJoCo's default 4096 shadow map makes CPU rendering about 11x slower
+
+# Put inside every model's <mujoco>: small shadow map, flat high-contrast look at 32x32.
+VISUAL_XML = f"""
+  <visual>
+    <quality shadowsize="{SHADOW_SIZE}"/>
+    <headlight ambient="0.4 0.4 0.4" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+    <rgba haze="0 0 0 1"/>
+  </visual>
+"""
+
+
+class MujocoConfig(PluginConfig):
+    """Options every MuJoCo env shares."""
+
+    size: int = Field(32, ge=8, le=1024, description="frame height and width in pixels")
+    frame_skip: int = Field(5, ge=1, description="physics steps per frame")
+    policy_tau: float = Field(8.0, gt=0, description="random policy correlation time, in frames")
+    policy_std: float = Field(0.6, ge=0, description="random policy stationary std before clipping")
+
+
+def ou_actions(rng: np.random.Generator, steps: int, dim: int, tau: float, std: float) -> np.ndarray:
+    """Ornstein-Uhlenbeck noise clipped to [-1, 1], (steps, dim) float32; stationary std ``std``."""
+    decay = np.exp(-1.0 / tau)
+    kick = std * np.sqrt(1.0 - decay**2)
+    noise = rng.standard_normal((steps, dim))  # (steps, A)
+    out = np.empty((steps, dim))  # (steps, A)
+    a = std * rng.standard_normal(dim)  # start in the stationary distribution
+    for t in range(steps):
+        a = decay * a + kick * noise[t]
+        out[t] = a
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+def wrap_angle(x):
+    """Angles wrapped to [-pi, pi)."""
+    return (np.asarray(x) + np.pi) % (2 * np.pi) - np.pi
+
+
+class MujocoEnv(Environment):
+    """Base of the MuJoCo environments (not registered itself)."""
+
+    Config = MujocoConfig
+    camera = "main"  # name of the camera frames are rendered from
+
+    def __init__(self, config: MujocoConfig | None = None):
+        super().__init__(config)
+        self.model = self.load_model()
+        self.model.vis.quality.shadowsize = min(int(self.model.vis.quality.shadowsize), SHADOW_SIZE)
+        size = self.config.size
+        self.model.vis.global_.offwidth = max(int(self.model.vis.global_.offwidth), size)
+        self.model.vis.global_.offheight = max(int(self.model.vis.global_.offheight), size)
+        self.data = mujoco.MjData(self.model)
+        self.check_camera(self.camera)
+        self.renderer = mujoco.Renderer(self.model, height=size, width=size)
+        ctrl = self.model.actuator_ctrlrange.astype(np.float64).copy()  # (nu, 2)
+        unlimited = self.model.actuator_ctrllimited == 0
+        ctrl[unlimited] = (-1.0, 1.0)  # actuators without a range take the raw action
+        self._ctrl_lo, self._ctrl_hi = ctrl[:, 0], ctrl[:, 1]  # (nu,)
+        self.reset(0)  # a fresh env is always a valid episode
+        self._state_dim = int(self.state().shape[0])
+
+    # ---- hooks for subclasses --------------------------------------------------------------------
+
+    def model_xml(self) -> str:
+        """The MJCF of this env."""
+        raise NotImplementedError
+
+    def load_model(self) -> mujoco.MjModel:
+        """Compile the model (default: from ``model_xml()``)."""
+        return mujoco.MjModel.from_xml_string(self.model_xml())
+
+    def init_episode(self, rng: np.random.Generator) -> None:
+        """Draw the episode's initial state into ``self.data`` (and the model's per-episode looks)."""
+
+    # ---- Environment -----------------------------------------------------------------------------
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.model.nu)
+
+    @property
+    def state_dim(self) -> int:
+        return self._state_dim
+
+    def reset(self, seed: int) -> None:
+        mujoco.mj_resetData(self.model, self.data)
+        self.init_episode(np.random.default_rng(seed))
+        self.forward()
+
+    def step(self, action: np.ndarray) -> None:
+        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)  # (A,)
+        self.data.ctrl[:] = self._ctrl_lo + (a + 1.0) * 0.5 * (self._ctrl_hi - self._ctrl_lo)
+        mujoco.mj_step(self.model, self.data, nstep=self.config.frame_skip)
+
+    def render(self) -> np.ndarray:
+        self.renderer.update_scene(self.data, camera=self.camera)
+        return self.renderer.render().copy()  # (H, W, 3) uint8
+
+    def sample_actions(self, rng: np.random.Generator, steps: int) -> np.ndarray:
+        c = self.config
+        return ou_actions(rng, steps, self.action_dim, c.policy_tau, c.policy_std)  # (steps, A)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def camera_names(self) -> list[str]:
+        """Names of the model's cameras."""
+        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(self.model.ncam)]
+
+    def check_camera(self, name: str, field: str = "camera") -> None:
+        """Raise ``ValueError`` naming ``field`` and the choices when the model has no camera ``name``."""
+        if mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, name) < 0:
+            raise ValueError(f"{field}: no camera named {name!r} in the model; choices: {self.camera_names()}")
+
+    def forward(self) -> None:
+        """Recompute derived quantities (positions, contacts) after editing ``self.data`` directly."""
+        mujoco.mj_forward(self.model, self.data)
+
+    @property
+    def frame_dt(self) -> float:
+        """Simulated seconds between two frames."""
+        return float(self.model.opt.timestep) * self.config.frame_skip
+
+    def close(self) -> None:
+        """Free the renderer's GL context."""
+        self.renderer.close()
