@@ -1,0 +1,151 @@
+"""Memory policies over the block-paged cache: what is kept, where, and how many bytes it takes."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worldkit.interfaces import CacheSpec
+from worldkit_plugins.baselines.memory import Dense, Sink, SlidingWindow
+
+
+def spec(chunk=2, nb=3, train=8, layers=2, batch=2, heads=2, blk=2, dim=6):
+    return CacheSpec(
+        layers=layers, batch=batch, heads=heads, head_dim=dim, block_tokens=blk, blocks_per_frame=nb,
+        chunk_frames=chunk, train_frames=train, dtype=torch.float32, device=torch.device("cpu"),
+    )
+
+
+def tagged_chunk(s: CacheSpec, first_frame: int):
+    """K/V of one chunk whose every value encodes (layer, batch, frame, block)."""
+    L, B, H, D = s.layers, s.batch, s.heads, s.head_dim
+    n = s.chunk_frames * s.blocks_per_frame
+    frame = first_frame + torch.arange(n) // s.blocks_per_frame
+    block = torch.arange(n) % s.blocks_per_frame
+    tag = (torch.arange(L).view(L, 1, 1) * 1e6 + torch.arange(B).view(1, B, 1) * 1e4 + frame * 10 + block).float()
+    k = tag.view(L, B, 1, n, 1, 1).expand(L, B, H, n, s.block_tokens, D).reshape(L, B, H, n * s.block_tokens, D)
+    return k.clone(), -k.clone(), torch.zeros(L, B, H, n, D)
+
+
+def expected_frames(policy_kind, sink, hist, seen):
+    frames = list(range(seen))
+    keep_sink = [f for f in frames if f < sink]
+    rest = [f for f in frames if f >= sink]
+    local = rest if hist is None else rest[-hist:] if hist else []
+    return keep_sink, local
+
+
+policies = st.sampled_from(["dense", "sliding_window", "sink"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=policies,
+    chunk=st.integers(1, 3),
+    nb=st.integers(1, 4),
+    sink=st.integers(1, 3),
+    extra_window=st.integers(0, 5),
+    commits=st.integers(1, 12),
+)
+def test_policy_keeps_exactly_what_it_should(kind, chunk, nb, sink, extra_window, commits):
+    s = spec(chunk=chunk, nb=nb)
+    window = chunk + extra_window
+    policy = {
+        "dense": lambda: Dense(),
+        "sliding_window": lambda: SlidingWindow(SlidingWindow.Config(window_frames=window)),
+        "sink": lambda: Sink(Sink.Config(sink_frames=sink, window_frames=window)),
+    }[kind]()
+    policy.reset(s)
+    sink_frames = sink if kind == "sink" else 0
+    hist = None if kind == "dense" else window - chunk
+    capacity = policy.capacity
+    per_slot = 2 * s.layers * s.batch * s.heads * s.block_tokens * s.head_dim * 4
+    for c in range(commits):
+        policy.commit(*tagged_chunk(s, c * chunk))
+        seen = (c + 1) * chunk
+        exp_sink, exp_local = expected_frames(kind, sink_frames, hist, seen)
+        for layer in range(s.layers):
+            view = policy.view(layer)
+            # sink: every block of the first frames, in order, never evicted
+            sink_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.sink]
+            assert sink_meta == [(f, b) for f in exp_sink for b in range(nb)]
+            # local: exactly the last frames, oldest first, each block once
+            local_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.local]
+            assert local_meta == [(f, b) for f in exp_local for b in range(nb)]
+            assert view.persistent.numel() == 0
+            # contents are the committed K/V of that (layer, batch, frame, block)
+            vis = view.visible
+            for b in range(s.batch):
+                tag = layer * 1e6 + b * 1e4 + view.slot_frame[b, vis] * 10 + view.slot_block[b, vis]
+                assert torch.equal(view.k[b, vis].flatten(1).amin(1), tag.float())
+                assert torch.equal(view.v[b, vis].flatten(1).amax(1), -tag.float())
+            assert view.query_pos == seen
+        assert policy.nbytes() == (len(exp_sink) + len(exp_local)) * nb * per_slot
+        if kind != "dense":  # bounded: preallocated, never grows
+            assert policy.capacity == capacity
+
+
+def test_bounded_policy_memory_is_flat_and_dense_grows():
+    s = spec(chunk=2, nb=4)
+    sw, dense = SlidingWindow(SlidingWindow.Config(window_frames=6)), Dense()
+    sw.reset(s)
+    dense.reset(s)
+    sizes_sw, sizes_dense = [], []
+    for c in range(20):
+        chunk = tagged_chunk(s, 2 * c)
+        sw.commit(*chunk)
+        dense.commit(*chunk)
+        sizes_sw.append(sw.nbytes())
+        sizes_dense.append(dense.nbytes())
+    assert len(set(sizes_sw[2:])) == 1  # flat once the window has filled (after 2 of its 3 chunks... and on)
+    assert sizes_dense == sorted(sizes_dense) and sizes_dense[-1] == 20 * sizes_dense[0]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SlidingWindow(SlidingWindow.Config(window_frames=6)),
+    lambda: Sink(Sink.Config(sink_frames=2, window_frames=6)),
+])
+def test_read_positions_stay_within_training_distance_at_100x(make):
+    """At 100x the training clip, no visible block is read further back than the training clip."""
+    s = spec(chunk=2, nb=2, train=8)
+    policy = make()
+    policy.reset(s)
+    for c in range(400):  # 800 frames = 100 x 8
+        policy.commit(*tagged_chunk(s, 2 * c))
+        view = policy.view(0)
+        pos = view.slot_pos[:, view.visible]
+        newest_query = view.query_pos + s.chunk_frames - 1
+        assert (newest_query - pos).max() <= s.train_frames - 1
+        assert (pos <= view.query_pos - 1).all()  # the past stays in the past
+
+
+def test_sink_absolute_positions_grow_with_the_horizon():
+    s = spec(chunk=2, nb=2, train=8)
+    policy = Sink(Sink.Config(sink_frames=2, window_frames=6, sink_position="absolute"))
+    policy.reset(s)
+    for c in range(50):
+        policy.commit(*tagged_chunk(s, 2 * c))
+    view = policy.view(0)
+    assert view.query_pos - view.slot_pos[:, view.sink].min() == 100
+
+
+def test_window_shorter_than_chunk_is_refused():
+    with pytest.raises(ValueError, match="window_frames"):
+        SlidingWindow(SlidingWindow.Config(window_frames=1)).reset(spec(chunk=2))
+
+
+@pytest.mark.parametrize("make", [Dense, lambda: SlidingWindow(SlidingWindow.Config(window_frames=4)),
+                                  lambda: Sink(Sink.Config(sink_frames=2, window_frames=4))])
+def test_visibility_mask_matches_what_the_cache_holds(make):
+    """The static mask used for parallel training agrees with the cache, chunk by chunk."""
+    s = spec(chunk=2, nb=1, train=8)
+    policy = make()
+    policy.reset(s)
+    visible, key_pos = policy.visibility(12)
+    for c in range(6):
+        view = policy.view(0)
+        cached = sorted(int(f) for f in view.slot_frame[0, view.visible])
+        own = [2 * c, 2 * c + 1]
+        assert visible[c].nonzero().squeeze(1).tolist() == sorted(cached + own)
+        for slot in view.visible:
+            assert key_pos[c, view.slot_frame[0, slot]] == view.slot_pos[0, slot]
+        policy.commit(*tagged_chunk(s, 2 * c))

@@ -1,0 +1,141 @@
+"""The causal video DiT: cached chunk-by-chunk passes equal the parallel path under the policy's mask."""
+import pytest
+import torch
+
+from worldkit import diffusion
+from worldkit.model import ChunkContext, ParallelContext, WorldModel
+from worldkit.rollout import Rollout
+from worldkit_plugins.baselines.memory import Dense, Sink, SlidingWindow
+from worldkit_plugins.baselines.sdpa import SDPA
+from worldkit_plugins.baselines.selector import AllBlocks
+
+
+def tiny_model(dtype=torch.float64, seed=0, chunk=2):
+    torch.manual_seed(seed)
+    m = WorldModel(frame_size=16, action_dim=2, patch=4, width=48, layers=2, heads=2, block_patches=2, chunk_frames=chunk)
+    for p in m.parameters():  # zero-initialised gates would hide attention: give every weight a value
+        torch.nn.init.normal_(p, std=0.05)
+    return m.to(dtype)
+
+
+POLICIES = {
+    "dense": lambda: Dense(),
+    "sliding_window": lambda: SlidingWindow(SlidingWindow.Config(window_frames=4)),
+    "sink": lambda: Sink(Sink.Config(sink_frames=2, window_frames=4)),
+    "sink_absolute": lambda: Sink(Sink.Config(sink_frames=2, window_frames=4, sink_position="absolute")),
+}
+
+
+def parallel_context(policy, frames, chunk):
+    visible, key_pos = policy.visibility(frames)
+    return ParallelContext(
+        visible.repeat_interleave(chunk, 0)[:frames],
+        torch.arange(frames, dtype=torch.float64),
+        key_pos.repeat_interleave(chunk, 0)[:frames].double(),
+    )
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_cached_chunks_equal_parallel_forward(name):
+    """Every chunk's cached pass (clean context committed, the chunk itself noisy) equals one parallel
+    forward over the clip with the policy's visibility mask, for the same inputs."""
+    m = tiny_model()
+    B, Fr, fc = 2, 10, 2
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, Fr, 3, 16, 16, generator=g, dtype=torch.float64)
+    a = torch.randn(B, Fr, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(B, Fr, generator=g, dtype=torch.float64)
+    policy = POLICIES[name]()
+    policy.reset(m.cache_spec(B, train_frames=6))
+    for c in range(0, Fr, fc):
+        # parallel: clean frames before the chunk, the chunk noisy (later frames are masked out)
+        tt = torch.zeros(B, Fr, dtype=torch.float64)
+        tt[:, c : c + fc] = t[:, c : c + fc]
+        par = m(x, tt, a, parallel_context(policy, Fr, fc))[:, c : c + fc]
+        cached = m(x[:, c : c + fc], t[:, c : c + fc], a[:, c : c + fc], ChunkContext(policy, AllBlocks(), SDPA()))
+        torch.testing.assert_close(cached, par, rtol=1e-9, atol=1e-9)
+        ctx = ChunkContext(policy, AllBlocks(), SDPA(), collect=True)
+        m(x[:, c : c + fc], torch.zeros(B, fc, dtype=torch.float64), a[:, c : c + fc], ctx)
+        policy.commit(*ctx.kv_for_commit())
+
+
+def test_policies_actually_differ():
+    """The parity above is not vacuous: a sliding window changes late chunks against dense."""
+    m = tiny_model()
+    B, Fr, fc = 1, 10, 2
+    x = torch.randn(B, Fr, 3, 16, 16, dtype=torch.float64)
+    a = torch.randn(B, Fr, 2, dtype=torch.float64)
+    t = torch.zeros(B, Fr, dtype=torch.float64)
+    outs = {}
+    for name in ("dense", "sliding_window", "sink"):
+        policy = POLICIES[name]()
+        policy.reset(m.cache_spec(B, train_frames=6))
+        outs[name] = m(x, t, a, parallel_context(policy, Fr, fc))
+    assert torch.allclose(outs["dense"][:, :4], outs["sliding_window"][:, :4])  # window not yet full
+    assert not torch.allclose(outs["dense"][:, 8:], outs["sliding_window"][:, 8:], atol=1e-6)
+    assert not torch.allclose(outs["sink"][:, 8:], outs["sliding_window"][:, 8:], atol=1e-6)
+
+
+def test_patchify_roundtrip_and_block_major_order():
+    m = tiny_model()
+    x = torch.randn(2, 3, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(m.unpatchify(m.patchify(x)), x)
+    # tokens of block 0 are the top-left 2x2 patches
+    perm = m.perm[: m.geometry.block_tokens].tolist()
+    assert perm == [0, 1, 4, 5]
+
+
+def test_rollout_is_deterministic_and_reports_timing():
+    m = tiny_model(torch.float32)
+    r = Rollout(m, Dense(), AllBlocks(), SDPA(), steps=3, train_frames=6)
+    ctx = torch.randn(2, 2, 3, 16, 16)
+    act = torch.randn(2, 8, 2)
+    a = r.run(ctx, act, 6, generator=torch.Generator().manual_seed(0))
+    b = r.run(ctx, act, 6, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 6, 3, 16, 16)
+    torch.testing.assert_close(a, b)
+    assert len(r.timings) == 3
+    assert all(t.total_ms >= t.denoise_ms > 0 for t in r.timings)
+    kv = [t.kv_bytes for t in r.timings]
+    assert kv == sorted(kv) and kv[0] < kv[-1]  # dense grows with every commit
+
+
+def test_bounded_policy_rolls_out_100x_with_flat_memory():
+    """A bounded policy runs 100x the training clip: no error, KV bytes flat once the window is full."""
+    m = tiny_model(torch.float32)
+    m = WorldModel(frame_size=8, action_dim=1, patch=4, width=24, layers=1, heads=2, block_patches=1, chunk_frames=2)
+    train = 4
+    r = Rollout(m, Sink(Sink.Config(sink_frames=2, window_frames=4)), AllBlocks(), SDPA(), steps=1, train_frames=train)
+    out = r.run(torch.zeros(1, 2, 3, 8, 8), torch.zeros(1, 2 + 100 * train, 1), 100 * train)
+    assert out.shape[1] == 400 and torch.isfinite(out).all()
+    kv = [t.kv_bytes for t in r.timings]
+    assert len(set(kv[3:])) == 1
+
+
+def test_exit_step_is_the_only_differentiable_step():
+    """With an exit step, the steps before it run without gradient; the committed cache is detached."""
+    m = tiny_model(torch.float32)
+    r = Rollout(m, Dense(), AllBlocks(), SDPA(), steps=4, train_frames=6)
+    r.reset(1)
+    seen = []
+    handle = m.blocks[0].attn.register_forward_hook(lambda mod, inp, out: seen.append(out.requires_grad))
+    x0 = r.chunk(torch.randn(1, 2, 2), exit_step=2)
+    handle.remove()
+    assert seen == [False, False, True, False]  # steps 0, 1 (no grad), exit step 2, commit pass
+    assert x0.requires_grad
+    assert not r.memory.k.requires_grad
+    x0.sum().backward()
+    assert m.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_schedule_and_prediction_conversions():
+    ts = diffusion.schedule(4, shift=3.0)
+    assert ts[0] == 1 and ts[-1] == 0 and (ts[:-1] > ts[1:]).all()
+    x0, eps = torch.randn(2, 1, 3, 4, 4), torch.randn(2, 1, 3, 4, 4)
+    t = torch.full((2, 1), 0.3)
+    xt = diffusion.add_noise(x0, eps, t)
+    v = diffusion.target(x0, eps, "v")
+    torch.testing.assert_close(diffusion.to_x0(v, xt, t, "v"), x0)
+    # the deterministic step from the true x0 lands on the true trajectory
+    tn = torch.full((2, 1), 0.1)
+    torch.testing.assert_close(diffusion.step(x0, xt, t, tn, None), diffusion.add_noise(x0, eps, tn))

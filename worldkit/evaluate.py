@@ -1,0 +1,190 @@
+"""Long-horizon evaluation against ground truth.
+
+Held-out episodes are rolled out from their first ``context_frames`` ground-truth frames and their true
+actions to ``max(horizons) x clip_frames`` new frames. Every figure is reported per horizon bucket:
+bucket ``h`` covers the generated frames after ``h_prev x clip`` up to ``h x clip`` (the first bucket
+starts at the first generated frame), as a mean over episodes (and sampling seeds) with its standard
+error. Beside the model, the persistence forecast (copy the last context frame) and the mean training
+frame are scored on the same frames, and skill = 1 - MSE(model) / MSE(persistence).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from worldkit import metrics
+from worldkit.rollout import Rollout
+
+
+def frames_to_tensor(frames: np.ndarray) -> Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1
+    return t.movedim(-1, -3)
+
+
+def tensor_to_frames(x: Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+
+
+@dataclass
+class EvalResult:
+    """Per-bucket means and standard errors, per-frame curves, timing and memory of one rollout set."""
+
+    horizons: list[int]
+    clip_frames: int
+    buckets: dict = field(default_factory=dict)  # metric -> forecaster -> [ (mean, se) per horizon ]
+    curves: dict = field(default_factory=dict)  # metric -> forecaster -> [mean per generated frame]
+    ms_per_chunk: dict = field(default_factory=dict)  # denoise / commit / total -> [median per horizon]
+    kv_bytes: list = field(default_factory=list)  # after each chunk's commit
+    peak_kv_bytes: int = 0
+    episodes: int = 0
+    seeds: int = 0
+
+    def bucket(self, metric: str, who: str = "model") -> list[tuple[float, float]]:
+        return self.buckets[metric][who]
+
+    def summary(self) -> dict[str, float]:
+        """Flat scalars: e.g. ``psnr@4x``, ``psnr_se@4x``, ``skill@12x``, ``ms_per_chunk``, ``kv_mib``."""
+        out = {}
+        for metric in ("psnr", "ssim", "fg_psnr", "skill"):
+            if metric not in self.buckets:
+                continue
+            for h, (m, se) in zip(self.horizons, self.buckets[metric]["model"]):
+                out[f"{metric}@{h}x"] = m
+                out[f"{metric}_se@{h}x"] = se
+        out["ms_per_chunk"] = self.ms_per_chunk["total"][-1] if self.ms_per_chunk else float("nan")
+        out["kv_mib"] = self.peak_kv_bytes / 2**20
+        return out
+
+    def save(self, path: os.PathLike) -> None:
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+
+def _bucket_slices(horizons: list[int], clip: int) -> list[slice]:
+    edges = [0] + [h * clip for h in horizons]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@torch.no_grad()
+def evaluate(
+    rollout: Rollout,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    horizons: list[int],
+    clip_frames: int,
+    context_frames: int,
+    mean_frame: Tensor,
+    background: Optional[Tensor] = None,
+    seeds: int = 1,
+    batch_size: int = 16,
+    out_dir: Optional[os.PathLike] = None,
+    strips: int = 4,
+    desc: str = "eval",
+) -> EvalResult:
+    """Roll out every episode of ``frames`` (N, T, H, W, 3) uint8 / ``actions`` (N, T, A) and score it.
+
+    ``mean_frame`` (3, H, W) in [-1, 1] is the mean training frame; ``background`` (3, H, W) the
+    reference for the foreground PSNR (default: ``mean_frame``). Strips are saved under ``out_dir``."""
+    model = rollout.model
+    device = next(model.parameters()).device
+    n_gen = max(horizons) * clip_frames
+    need = context_frames + n_gen
+    if frames.shape[1] < need:
+        raise ValueError(f"test episodes have {frames.shape[1]} frames; the horizons need {need}")
+    background = mean_frame if background is None else background
+    per = {m: {w: [] for w in ("model", "persistence", "mean_frame")} for m in ("psnr", "ssim", "mse", "fg_psnr")}
+    timings, kv = [], []
+    first_pred = None
+    n = frames.shape[0]
+    bar = tqdm(total=n * seeds * n_gen, desc=desc, unit="frame", leave=False)
+    for seed in range(seeds):
+        for s in range(0, n, batch_size):
+            gt = frames_to_tensor(frames[s : s + batch_size, :need]).to(device)  # (B, T, 3, H, W)
+            act = torch.from_numpy(actions[s : s + batch_size, :need]).float().to(device)  # (B, T, A)
+            g = torch.Generator(device="cpu").manual_seed(1_000_003 * seed + s)
+            ctx, target = gt[:, :context_frames], gt[:, context_frames:]
+            pred = rollout.run(ctx, act, n_gen, generator=g, progress=lambda k, b=gt.shape[0]: bar.update(k * b))
+            timings.append(list(rollout.timings))  # one entry per generated chunk
+            if not kv:
+                kv = [t.kv_bytes for t in rollout.timings]
+            if first_pred is None:
+                first_pred = (target[:strips].cpu(), pred[:strips].cpu())
+            forecasts = {
+                "model": pred,
+                "persistence": metrics.persistence_forecast(ctx, n_gen),
+                "mean_frame": metrics.mean_frame_forecast(mean_frame.to(device), gt.shape[0], n_gen),
+            }
+            for who, f in forecasts.items():
+                per["psnr"][who].append(metrics.psnr(f, target).cpu())
+                per["ssim"][who].append(metrics.ssim(f, target).cpu())
+                per["mse"][who].append(metrics.mse(f, target).cpu())
+                per["fg_psnr"][who].append(metrics.foreground_psnr(f, target, background.to(device)).cpu())
+    bar.close()
+    cat = {m: {w: torch.cat(v) for w, v in d.items()} for m, d in per.items()}  # each (N * seeds, n_gen)
+    res = EvalResult(horizons=list(horizons), clip_frames=clip_frames, episodes=n, seeds=seeds)
+    slices = _bucket_slices(horizons, clip_frames)
+    for m, d in cat.items():
+        res.curves[m] = {w: torch.nanmean(x, 0).tolist() for w, x in d.items()}
+        res.buckets[m] = {w: [metrics.mean_stderr(torch.nanmean(x[:, sl], 1)) for sl in slices] for w, x in d.items()}
+    res.buckets["skill"] = {
+        who: [
+            metrics.mean_stderr(metrics.skill(cat["mse"][who][:, sl].mean(1), cat["mse"]["persistence"][:, sl].mean(1)))
+            for sl in slices
+        ]
+        for who in ("model", "mean_frame")
+    }
+    fc = rollout.chunk_frames
+    chunk_slices = [slice(sl.start // fc, sl.stop // fc) for sl in slices]
+    for part in ("denoise_ms", "commit_ms", "total_ms"):
+        res.ms_per_chunk[part.removesuffix("_ms")] = [
+            statistics.median(getattr(t, part) for run in timings for t in run[cs]) for cs in chunk_slices
+        ]
+    res.kv_bytes = kv
+    res.peak_kv_bytes = max(kv) if kv else 0
+    if out_dir is not None and first_pred is not None:
+        save_strip(first_pred[0], first_pred[1], Path(out_dir) / "strips.png", clip_frames)
+    return res
+
+
+def save_strip(gt: Tensor, pred: Tensor, path: Path, clip_frames: int, columns: int = 12) -> None:
+    """A PNG of ground truth over prediction for a few episodes at ``columns`` evenly spaced frames.
+
+    gt, pred: (B, T, 3, H, W)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    B, T = gt.shape[:2]
+    cols = np.unique(np.linspace(0, T - 1, min(columns, T)).round().astype(int))
+    fig, axes = plt.subplots(2 * B, len(cols), figsize=(len(cols) * 0.9, 2 * B * 0.95), squeeze=False)
+    g, p = tensor_to_frames(gt), tensor_to_frames(pred)
+    for b in range(B):
+        for j, t in enumerate(cols):
+            for row, img, name in ((2 * b, g, "truth"), (2 * b + 1, p, "model")):
+                ax = axes[row][j]
+                ax.imshow(img[b, t], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(f"{name} {b}", fontsize=6)
+                if row == 0:
+                    ax.set_title(f"t+{t + 1} ({(t + 1) / clip_frames:.1f}x)", fontsize=6)
+    fig.tight_layout(pad=0.1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
