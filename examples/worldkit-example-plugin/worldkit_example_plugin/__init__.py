@@ -1,0 +1,1 @@
+"""An example third-party worldkit plugin package (see README.md)."""
