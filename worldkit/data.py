@@ -1,0 +1,404 @@
+"""Episodes from an env plugin, an on-disk cache of them, and the clip datasets training reads.
+
+An episode of ``T`` frames is recorded under the env's smooth random policy: ``frames`` (T, H, W, 3)
+uint8, ``actions`` (T, A) float32 and ``states`` (T, S) float32, where ``actions[t]`` is the action
+that took frame ``t - 1`` to frame ``t`` (``actions[0]`` is zero): every frame is paired with the
+action that produced it.
+
+Splits are seed ranges (train from 0, val from 1_000_000, test from 2_000_000). A split request
+(env name, resolved env config, split, episodes, frames, format version) is hashed into the name of
+one ``.npz`` in the cache folder, written atomically; the same request later reads that file.
+
+MuJoCo is never imported here: envs are built through the registry, inside the env plugins.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from worldkit import registry
+from worldkit.interfaces import Environment
+
+FORMAT_VERSION = 1  # bump when the recorded content or the file layout changes
+SPLIT_FIRST_SEED = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+SPLIT_SIZE_LIMIT = 1_000_000  # episodes per split, so seed ranges never overlap
+CHUNK_EPISODES = 8  # episodes per task handed to a generation worker
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Episode:
+    """One recorded episode."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    actions: np.ndarray  # (T, A) float32, actions[t] produced frame t; actions[0] = 0
+    states: np.ndarray  # (T, S) float32
+    seed: int
+
+
+@dataclass
+class EpisodeSet:
+    """Episodes of one split stacked into arrays."""
+
+    frames: np.ndarray  # (N, T, H, W, 3) uint8
+    actions: np.ndarray  # (N, T, A) float32
+    states: np.ndarray  # (N, T, S) float32
+    seeds: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[1])
+
+    def episode(self, i: int) -> Episode:
+        return Episode(self.frames[i], self.actions[i], self.states[i], int(self.seeds[i]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Recording
+
+
+def record_episode(env: Environment, seed: int, frames: int) -> Episode:
+    """Reset ``env`` with ``seed`` and record ``frames`` frames under its random policy."""
+    env.reset(seed)
+    policy_rng = np.random.default_rng([seed, 1])  # a stream apart from the one reset(seed) draws from
+    actions = np.zeros((frames, env.action_dim), dtype=np.float32)  # (T, A)
+    actions[1:] = env.sample_actions(policy_rng, frames - 1)
+    first = env.render()  # (H, W, 3)
+    video = np.empty((frames, *first.shape), dtype=np.uint8)  # (T, H, W, 3)
+    states = np.empty((frames, env.state_dim), dtype=np.float32)  # (T, S)
+    video[0], states[0] = first, env.state()
+    for t in range(1, frames):
+        env.step(actions[t])
+        video[t], states[t] = env.render(), env.state()
+    return Episode(video, actions, states, seed)
+
+
+def _make_env(name: str, config: dict) -> Environment:
+    """The env plugin ``name`` built from ``config`` through the registry."""
+    return registry.build("env", name, config)
+
+
+def resolve_config(name: str, config: dict) -> dict:
+    """``config`` validated by the env's own Config, every field filled in (JSON types)."""
+    return registry.get("env", name).Config.model_validate(config).model_dump(mode="json")
+
+
+_worker_envs: dict[str, Environment] = {}  # per process: one env per (name, config)
+
+
+def _record_chunk(task: tuple[str, dict, list[int], int]) -> list[Episode]:
+    """Worker task: record the episodes of ``seeds`` with this process's own env."""
+    name, config, seeds, frames = task
+    key = json.dumps([name, config], sort_keys=True)
+    if key not in _worker_envs:
+        _worker_envs[key] = _make_env(name, config)
+    return [record_episode(_worker_envs[key], seed, frames) for seed in seeds]
+
+
+def _stack(episodes: list[Episode]) -> EpisodeSet:
+    return EpisodeSet(
+        frames=np.stack([e.frames for e in episodes]),  # (N, T, H, W, 3)
+        actions=np.stack([e.actions for e in episodes]),  # (N, T, A)
+        states=np.stack([e.states for e in episodes]),  # (N, T, S)
+        seeds=np.array([e.seed for e in episodes], dtype=np.int64),  # (N,)
+    )
+
+
+def generate(
+    name: str, config: dict, seeds: list[int], frames: int, workers: int = 2, desc: str = "", progress: bool = True
+) -> EpisodeSet:
+    """Record one episode per seed, in ``workers`` processes (in this one when ``workers <= 1``)."""
+    tasks = [(name, config, seeds[i : i + CHUNK_EPISODES], frames) for i in range(0, len(seeds), CHUNK_EPISODES)]
+    workers = min(workers, len(tasks))
+    episodes: list[Episode] = []
+    with tqdm(total=len(seeds), desc=desc or name, unit="ep", disable=not progress) as bar:
+        if workers <= 1:
+            results: Iterator[list[Episode]] = map(_record_chunk, tasks)
+            for chunk in results:
+                episodes += chunk
+                bar.update(len(chunk))
+        else:
+            # fork: children start at once and inherit imports (torch and lightning take seconds to import)
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            with mp.get_context(method).Pool(workers) as pool:
+                for chunk in pool.imap(_record_chunk, tasks):
+                    episodes += chunk
+                    bar.update(len(chunk))
+    return _stack(episodes)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+
+
+def split_seeds(split: str, episodes: int) -> list[int]:
+    """The seeds of the first ``episodes`` episodes of ``split``."""
+    if split not in SPLIT_FIRST_SEED:
+        raise ValueError(f"split: unknown split {split!r}; choices: {list(SPLIT_FIRST_SEED)}")
+    if not 0 < episodes <= SPLIT_SIZE_LIMIT:
+        raise ValueError(f"episodes: must be in 1..{SPLIT_SIZE_LIMIT}, got {episodes}")
+    first = SPLIT_FIRST_SEED[split]
+    return list(range(first, first + episodes))
+
+
+def cache_path(name: str, config: dict, split: str, episodes: int, frames: int, cache_dir: PathLike) -> Path:
+    """Where the split request is cached: the file name ends with a hash of everything that shapes it."""
+    request = {
+        "format": FORMAT_VERSION,
+        "env": name,
+        "config": resolve_config(name, config),
+        "split": split,
+        "first_seed": SPLIT_FIRST_SEED[split],
+        "episodes": episodes,
+        "frames": frames,
+    }
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"{name}-{split}-{episodes}x{frames}-{digest}.npz"
+
+
+def _write_atomic(path: Path, data: EpisodeSet) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, frames=data.frames, actions=data.actions, states=data.states, seeds=data.seeds)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read(path: Path) -> EpisodeSet:
+    with np.load(path) as z:
+        return EpisodeSet(z["frames"], z["actions"], z["states"], z["seeds"])
+
+
+def ensure_split(
+    env_spec_name: str,
+    env_config: dict,
+    split: str,
+    episodes: int,
+    frames: int,
+    cache_dir: PathLike,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """The cache file of a split request, generating it first when it is not there yet."""
+    seeds = split_seeds(split, episodes)
+    path = cache_path(env_spec_name, env_config, split, episodes, frames, cache_dir)
+    if not path.exists():
+        config = resolve_config(env_spec_name, env_config)
+        data = generate(env_spec_name, config, seeds, frames, workers, f"{env_spec_name} {split}", progress)
+        _write_atomic(path, data)
+    return path
+
+
+def load_split(
+    env_spec_name: str,
+    env_config: dict,
+    split: str,
+    episodes: int,
+    frames: int,
+    cache_dir: PathLike,
+    workers: int = 2,
+    progress: bool = True,
+) -> EpisodeSet:
+    """``episodes`` episodes of ``frames`` frames from ``split``, read from the cache (generated once)."""
+    path = ensure_split(env_spec_name, env_config, split, episodes, frames, cache_dir, workers, progress)
+    return _read(path)
+
+
+def eval_episode_frames(cfg: Any) -> int:
+    """Length of a test episode: the context plus the longest evaluation horizon."""
+    return cfg.eval.context_frames + max(cfg.eval.horizons) * cfg.train.clip_frames
+
+
+def split_requests(cfg: Any) -> dict[str, tuple[int, int]]:
+    """(episodes, frames) of the train, val and test splits of an experiment config."""
+    d = cfg.data
+    return {
+        "train": (d.train_episodes, d.episode_frames),
+        "val": (d.val_episodes, d.episode_frames),
+        "test": (d.test_episodes, eval_episode_frames(cfg)),
+    }
+
+
+def _env_request(cfg: Any) -> tuple[str, dict]:
+    return cfg.env.type, cfg.env.config.model_dump(mode="json")
+
+
+def prepare(cfg: Any, progress: bool = True) -> dict[str, Path]:
+    """Generate (or find) the train, val and test splits of an experiment; their cache files."""
+    name, config = _env_request(cfg)
+    return {
+        split: ensure_split(name, config, split, n, frames, cfg.data.cache_dir, cfg.data.workers, progress)
+        for split, (n, frames) in split_requests(cfg).items()
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+class ClipDataset(Dataset):
+    """Every clip of ``clip_frames`` frames starting at a multiple of ``stride``; item i is fixed.
+
+    Randomness lives in the sampler (``EpochSampler``), so an item index always means the same clip.
+    Items: ``frames`` (T, 3, H, W) float32 in [-1, 1], ``actions`` (T, A), ``states`` (T, S),
+    ``episode`` and ``start``.
+    """
+
+    def __init__(self, episodes: EpisodeSet, clip_frames: int, stride: int = 1):
+        if not 0 < clip_frames <= episodes.num_frames:
+            raise ValueError(f"clip_frames: must be in 1..{episodes.num_frames} (episode length), got {clip_frames}")
+        self.episodes = episodes
+        self.clip_frames = clip_frames
+        self.stride = stride
+        self.starts_per_episode = (episodes.num_frames - clip_frames) // stride + 1
+
+    def __len__(self) -> int:
+        return len(self.episodes) * self.starts_per_episode
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(episode, start frame) of item ``index``."""
+        episode, k = divmod(index, self.starts_per_episode)
+        return episode, k * self.stride
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        e, s = self.locate(index)
+        clip = slice(s, s + self.clip_frames)
+        frames = torch.from_numpy(self.episodes.frames[e, clip])  # (T, H, W, 3) uint8
+        return {
+            "frames": frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0,  # (T, 3, H, W) in [-1, 1]
+            "actions": torch.from_numpy(self.episodes.actions[e, clip]),  # (T, A)
+            "states": torch.from_numpy(self.episodes.states[e, clip]),  # (T, S)
+            "episode": e,
+            "start": s,
+        }
+
+
+class EpochSampler(Sampler[int]):
+    """A random order of item indices that depends only on ``seed + epoch`` (resumes see the same data).
+
+    ``samples`` items per epoch: a prefix of a permutation, or draws with replacement when it exceeds
+    the dataset. Lightning calls ``set_epoch`` at the start of every epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0, samples: Optional[int] = None):
+        self.size, self.seed = size, seed
+        self.samples = size if samples is None else samples
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.samples <= self.size:
+            order = torch.randperm(self.size, generator=g)[: self.samples]
+        else:
+            order = torch.randint(self.size, (self.samples,), generator=g)
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.samples
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Training clips (random, seeded per epoch) and validation clips (all, in order) of one env."""
+
+    def __init__(
+        self,
+        env: str,
+        env_config: dict,
+        cache_dir: PathLike,
+        clip_frames: int = 16,
+        batch_size: int = 32,
+        train_episodes: int = 256,
+        val_episodes: int = 16,
+        episode_frames: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+        gen_workers: int = 2,
+        samples_per_epoch: Optional[int] = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.env, self.env_config, self.cache_dir = env, dict(env_config), cache_dir
+        self.clip_frames, self.batch_size = clip_frames, batch_size
+        self.episodes = {"train": train_episodes, "val": val_episodes}
+        self.episode_frames = episode_frames
+        self.seed, self.num_workers, self.gen_workers = seed, num_workers, gen_workers
+        self.samples_per_epoch, self.progress = samples_per_epoch, progress
+        self.train_set: Optional[ClipDataset] = None
+        self.val_set: Optional[ClipDataset] = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, num_workers: int = 0, **overrides: Any) -> "VideoDataModule":
+        """The data module of an experiment config (``cfg.env``, ``cfg.data``, ``cfg.train``, ``cfg.seed``)."""
+        name, config = _env_request(cfg)
+        d = cfg.data
+        kwargs = dict(
+            env=name, env_config=config, cache_dir=d.cache_dir, clip_frames=cfg.train.clip_frames,
+            batch_size=cfg.train.batch_size, train_episodes=d.train_episodes, val_episodes=d.val_episodes,
+            episode_frames=d.episode_frames, seed=cfg.seed, num_workers=num_workers, gen_workers=d.workers,
+        )
+        return cls(**{**kwargs, **overrides})
+
+    def _load(self, split: str) -> EpisodeSet:
+        return load_split(
+            self.env, self.env_config, split, self.episodes[split], self.episode_frames, self.cache_dir,
+            self.gen_workers, self.progress,
+        )
+
+    def prepare_data(self) -> None:
+        for split in self.episodes:
+            ensure_split(
+                self.env, self.env_config, split, self.episodes[split], self.episode_frames, self.cache_dir,
+                self.gen_workers, self.progress,
+            )
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is None:
+            self.train_set = ClipDataset(self._load("train"), self.clip_frames)
+            self.val_set = ClipDataset(self._load("val"), self.clip_frames, stride=self.clip_frames)
+
+    @property
+    def action_dim(self) -> int:
+        self.setup()
+        return int(self.train_set.episodes.actions.shape[-1])
+
+    @property
+    def state_dim(self) -> int:
+        self.setup()
+        return int(self.train_set.episodes.states.shape[-1])
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        sampler = EpochSampler(len(self.train_set), self.seed, self.samples_per_epoch)
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            drop_last=len(sampler) >= self.batch_size, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
