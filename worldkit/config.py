@@ -236,9 +236,9 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
         child = _child(node, part, data)
         nxt = _step(data, part)
         if nxt is MISSING or nxt is None:
-            if child[0] == "list":
-                raise ValueError(f"{format_path(parts[:i + 1])} has no items to index")
-            nxt = data[part] = _default_section(node, part)
+            nxt = [] if child[0] == "list" else _default_section(node, part)  # an index into [] fails next
+            if isinstance(nxt, dict):
+                data[part] = nxt
         elif not isinstance(nxt, (dict, list)):
             raise ValueError(f"{format_path(parts[:i + 1])} is {nxt!r}, not a section")
         node, data = child, nxt

@@ -1,0 +1,302 @@
+"""Experiment configs: two-stage plugin validation, every error with its path and value, --set overrides,
+cross-field checks, stages, YAML round trip. Plugins are small fakes registered by hand, so these tests
+do not depend on the built-in plugin modules."""
+from __future__ import annotations
+
+import copy
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import yaml
+from pydantic import Field, create_model
+
+from worldkit import config, registry
+from worldkit.errors import MISSING, ConfigError
+from worldkit.interfaces import KINDS, PluginConfig
+from worldkit.schema import ExperimentConfig, PluginSpec, TrainConfig
+
+
+def fake(kind: str, doc: str, **fields) -> type:
+    """A concrete plugin class of ``kind`` whose Config has ``fields`` (name=(type, default))."""
+    base = KINDS[kind]
+    cfg = create_model(f"{kind.title()}Config", __base__=PluginConfig, **fields)
+    methods = {m: (lambda self, *a, **k: None) for m in base.__abstractmethods__}
+    return type(f"Fake{kind.title()}", (base,), {"__doc__": doc, "Config": cfg, **methods})
+
+
+FAKES = {
+    ("env", "toy_env"): fake("env", "A toy env.", size=(int, 32)),
+    ("memory", "toy_window"): fake("memory", "A toy window.", window_frames=(int, Field(4, ge=1))),
+    ("memory", "dense"): fake("memory", "Stands in for dense."),
+    ("selector", "all"): fake("selector", "Stands in for all."),
+    ("attention", "sdpa"): fake("attention", "Stands in for sdpa."),
+    ("trainer", "diffusion_forcing"): fake("trainer", "Stands in for diffusion forcing."),
+    ("trainer", "toy_trainer"): fake("trainer", "A toy trainer.", exit_steps=(Optional[int], None)),
+}
+
+
+@pytest.fixture(autouse=True)
+def fakes():
+    with ExitStack() as stack:
+        for (kind, name), cls in FAKES.items():
+            stack.enter_context(registry.register(kind, name, cls, replace=True))
+        yield FAKES
+
+
+MINIMAL = {"name": "toy", "env": {"type": "toy_env"}}
+
+
+def issues(raw, overrides=()) -> dict[str, tuple]:
+    """Validate ``raw`` (after ``overrides``) expecting failure: {path: (value, message, source)}."""
+    raw = copy.deepcopy(raw)
+    with pytest.raises(ConfigError) as err:
+        applied = config.apply_overrides(raw, overrides)
+        config.validate(raw, "x.yaml", applied)
+    return {i.path: (i.value, i.message, i.source) for i in err.value.issues}
+
+
+def test_minimal_config_fills_defaults_from_the_registry():
+    cfg = config.validate(copy.deepcopy(MINIMAL))
+    assert isinstance(cfg.memory, PluginSpec) and cfg.memory.kind == "memory" and cfg.memory.type == "dense"
+    assert (cfg.selector.type, cfg.attention.type, cfg.trainer.type) == ("all", "sdpa", "diffusion_forcing")
+    assert cfg.env.config.size == 32
+    assert (cfg.model.patch, cfg.model.width, cfg.model.layers, cfg.model.heads) == (8, 128, 4, 4)
+    assert (cfg.train.clip_frames, cfg.train.batch_size, cfg.eval.horizons) == (16, 32, [1, 4, 12])
+    assert cfg.stages == []
+
+
+def test_plugin_fields_are_validated_by_the_plugins_own_config_and_build():
+    cfg = config.validate({**MINIMAL, "memory": {"type": "toy_window", "window_frames": "6"}})
+    assert cfg.memory.config.window_frames == 6
+    assert isinstance(cfg.memory.config, FAKES[("memory", "toy_window")].Config)
+    plugin = cfg.memory.build()
+    assert isinstance(plugin, FAKES[("memory", "toy_window")]) and plugin.config.window_frames == 6
+    assert cfg.memory.to_dict() == {"type": "toy_window", "window_frames": 6}
+
+
+def test_unknown_plugin_name_names_the_field_the_value_and_the_choices():
+    found = issues({**MINIMAL, "memory": {"type": "toy_windw"}})
+    value, message, _ = found["memory.type"]
+    assert value == "toy_windw"
+    assert "did you mean 'toy_window'?" in message and "dense" in message
+
+
+def test_unknown_keys_are_errors_with_the_allowed_keys():
+    found = issues({**MINIMAL, "memory": {"type": "toy_window", "window_frmes": 3}, "model": {"widht": 64}})
+    value, message, _ = found["memory.window_frmes"]
+    assert value == 3 and "did you mean 'window_frames'?" in message and "allowed: type, window_frames" in message
+    value, message, _ = found["model.widht"]
+    assert value == 64 and "did you mean 'width'?" in message and "patch" in message
+
+
+def test_every_error_is_collected_not_only_the_first():
+    raw = {
+        "name": "toy",
+        "env": {"type": "toy_env", "size": "big"},
+        "memory": {"type": "toy_window", "window_frames": 0},
+        "model": {"prediction": "eps", "width": -1},
+        "train": {"devices": [1], "schedule": "linear"},
+        "stages": [{"name": "a", "trainer": {"type": "nope"}}],
+    }
+    found = issues(raw)
+    assert set(found) == {
+        "env.size", "memory.window_frames", "model.prediction", "model.width",
+        "train.devices", "train.schedule", "stages[0].trainer.type",
+    }
+    assert found["model.prediction"][0] == "eps" and "'x0' or 'v'" in found["model.prediction"][1]
+    assert found["memory.window_frames"][0] == 0 and "greater than or equal to 1" in found["memory.window_frames"][1]
+    assert "integer" in found["train.devices"][1] and "string" in found["train.devices"][1]  # union: one line
+
+
+def test_missing_required_fields():
+    found = issues({"env": {"type": "toy_env"}, "stages": [{"name": "s"}]})
+    assert found["name"][0] is MISSING
+    assert found["stages[0].trainer"][0] is MISSING and "toy_trainer" in found["stages[0].trainer"][1]
+    found = issues({"name": "toy"})
+    assert "env choices" in found["env"][1] and "toy_env" in found["env"][1]
+    found = issues({"name": "toy", "env": {"size": 32}})
+    assert "toy_env" in found["env.type"][1]
+    found = issues({"name": "toy", "env": "toy_env"})
+    assert "expected a mapping {type: NAME, ...}" in found["env"][1]
+
+
+@pytest.mark.parametrize(
+    "raw, path, value, words",
+    [
+        ({"model": {"width": 130, "heads": 4}}, "model.heads", 4, "divide model.width=130"),
+        ({"env": {"type": "toy_env", "size": 36}}, "model.patch", 8, "divide the env frame size 36"),
+        ({"env": {"type": "toy_env", "size": 24}}, "model.block_patches", 2, "patches per side"),
+        ({"data": {"episode_frames": 8}}, "data.episode_frames", 8, "train.clip_frames=16"),
+        ({"train": {"clip_frames": 15}}, "train.clip_frames", 15, "multiple of model.chunk_frames=2"),
+        ({"name": "a/b"}, "name", "a/b", "pattern"),
+    ],
+)
+def test_cross_field_checks_point_at_the_field_to_change(raw, path, value, words):
+    found = issues({**MINIMAL, **raw})
+    assert found[path][0] == value and words in found[path][1]
+
+
+def test_stages_merge_train_overrides_and_plugin_overrides():
+    raw = {
+        **MINIMAL,
+        "memory": {"type": "toy_window", "window_frames": 8},
+        "train": {"lr": 1e-3, "max_steps": 50},
+        "stages": [
+            {"name": "warm", "trainer": {"type": "diffusion_forcing"}, "memory": {"type": "dense"}},
+            {"name": "sf", "trainer": {"type": "toy_trainer", "exit_steps": 2}, "train": {"lr": 1e-4}},
+        ],
+    }
+    cfg = config.validate(raw)
+    warm, sf = (cfg.stage_config(s) for s in cfg.stages)
+    assert (warm.trainer.type, warm.memory.type, warm.train.lr) == ("diffusion_forcing", "dense", 1e-3)
+    assert (sf.trainer.type, sf.trainer.config.exit_steps, sf.memory.type) == ("toy_trainer", 2, "toy_window")
+    assert isinstance(sf.train, TrainConfig) and (sf.train.lr, sf.train.max_steps) == (1e-4, 50)
+    assert warm.stages == [] and sf.name == "toy"
+
+
+def test_stage_errors_name_the_stage():
+    stage = {"name": "a", "trainer": {"type": "toy_trainer"}}
+    found = issues({**MINIMAL, "stages": [stage, {**stage, "train": {"lr": "fast", "bogus": 1, "clip_frames": 9}}]})
+    assert found["stages[1].train.lr"][0] == "fast"
+    assert "allowed:" in found["stages[1].train.bogus"][1] and "clip_frames" in found["stages[1].train.bogus"][1]
+    found = issues({**MINIMAL, "stages": [stage, {**stage, "train": {"clip_frames": 9}}]})
+    assert found["stages[1].train.clip_frames"][0] == 9
+    found = issues({**MINIMAL, "stages": [stage, stage]})
+    assert "unique" in found["stages[1].name"][1]
+
+
+# --------------------------------------------------------------------------------------------------
+# --set
+
+
+def test_overrides_coerce_values_as_yaml():
+    raw = {**MINIMAL, "stages": [{"name": "s", "trainer": {"type": "toy_trainer"}}]}
+    applied = config.apply_overrides(raw, [
+        "model.width=256", "eval.horizons=[1,4]", "memory.type=toy_window", "memory.window_frames=3",
+        "train.devices=auto", "stages[0].train.lr=1e-4", "stages.0.trainer.exit_steps=5", "model.init=",
+    ])
+    cfg = config.validate(raw, "x.yaml", applied)
+    assert cfg.model.width == 256 and isinstance(cfg.model.width, int)
+    assert cfg.eval.horizons == [1, 4]
+    assert (cfg.memory.type, cfg.memory.config.window_frames) == ("toy_window", 3)
+    assert cfg.train.devices == "auto"
+    assert cfg.stage_config(cfg.stages[0]).train.lr == 1e-4
+    assert cfg.stages[0].trainer.config.exit_steps == 5
+    assert cfg.model.init is None
+
+
+def test_override_of_an_absent_plugin_field_starts_from_its_default():
+    raw = copy.deepcopy(MINIMAL)
+    with pytest.raises(ConfigError) as err:
+        config.apply_overrides(raw, ["memory.window_frames=3"])  # default memory is the fake dense: no such key
+    assert "keys available there: type" in err.value.lines()[0]
+    config.apply_overrides(raw, ["memory.type=toy_window"])
+    config.apply_overrides(raw, ["memory.window_frames=3"])
+    assert raw["memory"] == {"type": "toy_window", "window_frames": 3}
+
+
+@pytest.mark.parametrize(
+    "override, path, words",
+    [
+        ("model.widht=256", "model.widht", "(did you mean 'width'?); keys available there: patch, width"),
+        ("modle.width=256", "modle.width", "did you mean 'model'?"),
+        ("memory.type=toy_window", None, None),
+        ("model.width.deep=1", "model.width.deep", "model.width is a value, not a section"),
+        ("stages[2].name=x", "stages[2].name", "no item 2 in stages, which has 0 items"),
+        ("model..width=1", "model..width", "malformed path"),
+        ("model.width", "model.width", "expected KEY=VALUE"),
+        ("model.width=[1", "model.width", "invalid YAML"),
+    ],
+)
+def test_bad_override_paths_name_the_path_and_the_keys_there(override, path, words):
+    raw = copy.deepcopy(MINIMAL)
+    if path is None:
+        config.apply_overrides(raw, [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        config.apply_overrides(raw, [override])
+    (issue,) = err.value.issues
+    assert err.value.source == "--set" and issue.path == path and words in issue.message
+    assert err.value.lines()[0].startswith(f"--set: {path}: ")
+
+
+def test_bad_override_values_are_blamed_on_the_override():
+    found = issues(MINIMAL, ["model.width=abc", "train.lr=-1"])
+    assert found["model.width"][0] == "abc" and found["model.width"][2] == "--set model.width=abc"
+    assert found["train.lr"][2] == "--set train.lr=-1"
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+def test_load_round_trips_through_to_yaml(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({
+        **MINIMAL, "memory": {"type": "toy_window"},
+        "stages": [{"name": "s", "trainer": {"type": "toy_trainer"}, "train": {"lr": 0.1}}],
+    }))
+    cfg = config.load(path, ["model.width=64"])
+    text = config.to_yaml(cfg)
+    assert yaml.safe_load(text)["memory"] == {"type": "toy_window", "window_frames": 4}
+    again = tmp_path / "again.yaml"
+    config.save(cfg, again)
+    assert again.read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.yaml", "x.yaml"]  # no temporary file left
+    assert config.load(again) == cfg
+
+
+def test_yaml_syntax_errors_and_duplicate_keys_name_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: toy\nenv: {type: toy_env\nmodel: {}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert err.value.source == str(path) and err.value.issues[0].path.startswith("line ")
+    path.write_text("name: toy\nenv: {type: toy_env}\nname: other\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert err.value.issues[0].path.startswith("line 3") and "duplicate key 'name' (first at line 1)" in str(err.value)
+
+
+def test_top_level_must_be_a_mapping_and_the_file_must_exist(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config.load(path)
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "absent.yaml")
+
+
+def test_cache_dir_default_comes_from_worldkit_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLDKIT_CACHE", str(tmp_path))
+    assert config.validate(copy.deepcopy(MINIMAL)).data.cache_path == tmp_path
+    explicit = config.validate({**MINIMAL, "data": {"cache_dir": "~/elsewhere"}})
+    assert explicit.data.cache_dir == "~/elsewhere"
+    monkeypatch.delenv("WORLDKIT_CACHE")
+    assert config.validate(copy.deepcopy(MINIMAL)).data.cache_dir == "~/.cache/worldkit"
+
+
+def test_python_construction_validates_plugin_fields_too():
+    cfg = ExperimentConfig(name="py", env={"type": "toy_env"}, memory=PluginSpec.validate("memory", {"type": "dense"}))
+    assert cfg.memory.type == "dense"
+    with pytest.raises(Exception, match="expected a memory plugin, got a env plugin"):
+        ExperimentConfig(name="py", env={"type": "toy_env"}, memory=cfg.env)
+
+
+def test_main_experiment_yaml_validates_when_its_plugins_exist():
+    names = {
+        ("env", "pendulum"), ("memory", "persistent_block"), ("selector", "local_window"), ("attention", "pbsa"),
+        ("trainer", "self_forcing"), ("memory", "dense"), ("selector", "all"), ("attention", "sdpa"),
+        ("trainer", "diffusion_forcing"),
+    }
+    with ExitStack() as stack:
+        for kind, name in names:  # stand-ins with empty configs: the YAML gives only `type:` for now
+            stack.enter_context(registry.register(kind, name, fake(kind, name), replace=True))
+        cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
+    assert (cfg.memory.type, cfg.selector.type, cfg.attention.type, cfg.trainer.type) == (
+        "persistent_block", "local_window", "pbsa", "self_forcing")
+    assert [s.name for s in cfg.stages] == ["dense_diffusion_forcing", "sparse_self_forcing"]
+    assert [s.trainer.type for s in cfg.stages] == ["diffusion_forcing", "self_forcing"]
+    assert cfg.stages[0].memory.type == "dense" and cfg.stages[1].memory is None
