@@ -1,0 +1,187 @@
+"""Env plugins: the contract every registered env keeps, reproducibility, the memory room, MJCF loading."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worldkit import registry
+from worldkit.data import record_episode
+from worldkit.interfaces import Environment
+
+BUILTIN = ["pendulum", "cartpole", "reacher", "bouncing_balls", "memory"]
+
+
+def _buildable() -> list[str]:
+    """Every registered env whose Config has defaults for all fields (MJCF needs a file: tested below)."""
+    out = []
+    for name in registry.names("env"):
+        fields = registry.get("env", name).Config.model_fields.values()
+        if all(not f.is_required() for f in fields):
+            out.append(name)
+    return out
+
+
+ENVS = _buildable()
+_cache: dict[str, Environment] = {}
+
+
+def env(name: str) -> Environment:
+    """One instance per env for the whole module (a renderer costs a GL context)."""
+    if name not in _cache:
+        _cache[name] = registry.build("env", name, {})
+    return _cache[name]
+
+
+def test_builtin_envs_registered():
+    assert set(BUILTIN) <= set(ENVS)
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_contract(name):
+    e = env(name)
+    assert e.__doc__ and e.Config.model_fields["size"].default == 32
+    e.reset(0)
+    frame = e.render()
+    assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+    assert len(np.unique(frame.reshape(-1, 3), axis=0)) >= 3, "a blank frame"
+    state = e.state()
+    assert state.shape == (e.state_dim,) and state.dtype == np.float32 and np.isfinite(state).all()
+
+    actions = e.sample_actions(np.random.default_rng(0), 200)
+    assert actions.shape == (200, e.action_dim) and actions.dtype == np.float32
+    assert np.abs(actions).max() <= 1.0 and actions.std() > 0.05
+    # smooth: consecutive actions are strongly correlated
+    a = actions - actions.mean(0)
+    assert (a[1:] * a[:-1]).sum() / (a * a).sum() > 0.7
+
+    ep = record_episode(e, seed=1, frames=24)
+    moved = np.abs(np.diff(ep.frames.astype(np.int16), axis=0)).sum(axis=(1, 2, 3))  # (T-1,)
+    assert (moved > 0).mean() > 0.8, "nothing moves between frames"
+    assert np.abs(np.diff(ep.states, axis=0)).sum(axis=1).min() > 0
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_same_seed_same_episode_other_seed_differs(name):
+    e = env(name)
+    a = record_episode(e, seed=5, frames=12)
+    record_episode(e, seed=6, frames=12)  # state left behind by another episode must not leak
+    b = record_episode(e, seed=5, frames=12)
+    c = record_episode(e, seed=7, frames=12)
+    for x, y in [(a.frames, b.frames), (a.actions, b.actions), (a.states, b.states)]:
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.frames, c.frames)
+    assert not np.array_equal(a.states, c.states)
+
+
+def test_fresh_instance_reproduces_episode():
+    first = record_episode(env("reacher"), seed=3, frames=8)
+    other = registry.build("env", "reacher", {})
+    np.testing.assert_array_equal(record_episode(other, seed=3, frames=8).frames, first.frames)
+    other.close()
+
+
+def test_size_and_unknown_keys():
+    small = registry.build("env", "pendulum", {"size": 16})
+    assert small.render().shape == (16, 16, 3)
+    small.close()
+    with pytest.raises(ValueError, match="not_a_field"):
+        registry.get("env", "pendulum").Config.model_validate({"not_a_field": 1})
+
+
+def test_models_use_a_small_shadow_map():
+    for name in ENVS:
+        assert env(name).model.vis.quality.shadowsize <= 256
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory room
+
+
+def _colour_pixels(frames: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """Per frame, how many pixels have the hue of the saturated colour ``rgb``, (T,)."""
+    f = frames.astype(np.float32) / 255.0  # (T, H, W, 3)
+    norm = np.linalg.norm(f, axis=-1) + 1e-6  # (T, H, W)
+    cos = (f @ (rgb / np.linalg.norm(rgb))) / norm  # (T, H, W)
+    return ((cos > 0.97) & (norm > 0.3)).sum(axis=(1, 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_memory_objects_leave_and_come_back(seed):
+    e = env("memory")
+    n = e.config.n_objects
+    ep = record_episode(e, seed=seed, frames=120)
+    yaw, angles = ep.states[:, 0], ep.states[:, 1 : 1 + n]  # (T,), (T, n)
+    colours = ep.states[0, 1 + n :].reshape(n, 3)
+    np.testing.assert_array_equal(angles, np.broadcast_to(angles[0], angles.shape))  # objects never move
+    rel = np.abs((angles[:, 0] - yaw + np.pi) % (2 * np.pi) - np.pi)  # (T,) object 0 off the view axis
+    in_view = rel < e.half_fov * 0.8
+    out_of_view = rel > e.half_fov * 1.5
+    assert in_view[0], "object 0 starts in view"
+    gone = int(np.argmax(out_of_view))
+    assert out_of_view.any() and in_view[gone:].any(), "object 0 leaves the view and comes back"
+    back = gone + int(np.argmax(in_view[gone:]))
+    # the same, seen in the pixels: object 0's colour is there, then absent, then there again
+    pixels = _colour_pixels(ep.frames, colours[0])  # (T,)
+    assert pixels[0] >= 4 and pixels[gone] == 0 and pixels[back] >= 4
+
+
+def test_memory_colours_and_placement_vary_per_episode():
+    e = env("memory")
+    s0, s1 = record_episode(e, 0, 2).states[0], record_episode(e, 1, 2).states[0]
+    n = e.config.n_objects
+    assert not np.allclose(s0[1 + n :], s1[1 + n :])  # colours
+    assert not np.allclose(s0[1 : 1 + n], s1[1 : 1 + n])  # angles
+
+
+# --------------------------------------------------------------------------------------------------
+# MJCF
+
+MJCF = """
+<mujoco>
+  <worldbody>
+    <light pos="0 0 3"/>
+    <camera name="front" pos="0 -3 0.5" xyaxes="1 0 0 0 0 1"/>
+    <body name="arm" pos="0 0 0.5">
+      <joint name="hinge" type="hinge" axis="0 1 0"/>
+      <geom type="capsule" fromto="0 0 0 0.8 0 0" size="0.1" rgba="1 0.3 0.1 1"/>
+    </body>
+  </worldbody>
+  <actuator>
+    <motor joint="hinge" ctrlrange="-2 2" ctrllimited="true"/>
+  </actuator>
+</mujoco>
+"""
+
+
+@pytest.fixture()
+def mjcf_file(tmp_path):
+    path = tmp_path / "arm.xml"
+    path.write_text(MJCF)
+    return path
+
+
+def test_mjcf_loads_renders_and_scales_actions(mjcf_file):
+    e = registry.build("env", "mjcf", {"path": str(mjcf_file), "camera": "front", "size": 24})
+    assert e.action_dim == 1 and e.state_dim == 2  # one motor; qpos + qvel of one hinge
+    assert e.model.vis.quality.shadowsize <= 256  # capped even though the file does not set it
+    ep = record_episode(e, seed=0, frames=10)
+    assert ep.frames.shape == (10, 24, 24, 3) and ep.frames.dtype == np.uint8
+    assert not np.array_equal(ep.frames[0], ep.frames[-1])
+    np.testing.assert_array_equal(record_episode(e, seed=0, frames=10).frames, ep.frames)
+    e.step(np.array([1.0]))
+    assert e.data.ctrl[0] == pytest.approx(2.0)  # [-1, 1] -> ctrlrange
+    e.step(np.array([-5.0]))
+    assert e.data.ctrl[0] == pytest.approx(-2.0)  # clipped first
+    e.step(np.array([0.0]))
+    assert e.data.ctrl[0] == pytest.approx(0.0)
+    e.close()
+
+
+def test_mjcf_missing_camera_names_the_choices(mjcf_file):
+    with pytest.raises(ValueError, match=r"camera(.|\n)*'side'(.|\n)*choices: \['front'\]"):
+        registry.build("env", "mjcf", {"path": str(mjcf_file), "camera": "side"})
+
+
+def test_mjcf_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"path(.|\n)*no such MJCF file"):
+        registry.build("env", "mjcf", {"path": str(tmp_path / "nope.xml"), "camera": "front"})
