@@ -1,0 +1,247 @@
+"""Running an experiment: data, the training stages, evaluation after each stage, the summary.
+
+A run folder holds ``config.yaml``, one folder per stage (``stages/<i>-<name>/``: Lightning checkpoints,
+``model.pt`` when the stage is finished, ``eval.json`` and ``strips.png``), TensorBoard event files
+under ``tb/`` and the summary (``results.csv``, ``results.md``). ``resume=True`` skips finished stages
+and continues the unfinished one from its ``last.ckpt``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from worldkit import data as wk_data
+from worldkit.errors import WorldkitError
+from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
+from worldkit.rollout import Rollout
+from worldkit.schema import TrainConfig
+from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer
+
+BASE_DIR = Path(__file__).parent / "base"
+
+
+@dataclass
+class Stage:
+    """One training stage with every plugin resolved (stage overrides on top of the experiment's)."""
+
+    index: int
+    name: str
+    trainer: dict
+    memory: dict
+    selector: dict
+    attention: dict
+    train: TrainConfig
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.index}-{self.name}"
+
+
+def resolve_stages(cfg) -> list[Stage]:
+    """The experiment's stages; an experiment without ``stages`` is one stage named ``train``."""
+    top = dict(trainer=cfg.trainer, memory=cfg.memory, selector=cfg.selector, attention=cfg.attention)
+    if not cfg.stages:
+        return [Stage(0, "train", **{k: v.to_dict() for k, v in top.items()}, train=cfg.train)]
+    out = []
+    for i, st in enumerate(cfg.stages):
+        specs = {k: (getattr(st, k, None) or top[k]).to_dict() for k in top}
+        train = TrainConfig.model_validate({**cfg.train.model_dump(), **(st.train or {})})
+        out.append(Stage(i, st.name, **specs, train=train))
+    return out
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights and constructor arguments, written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def resolve_init(name: str) -> Path:
+    """A checkpoint path, or a shipped base checkpoint by name (``base/pendulum``)."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    if name.startswith("base/"):
+        shipped = BASE_DIR / f"{name.removeprefix('base/')}.pt"
+        if shipped.exists():
+            return shipped
+        have = sorted(f"base/{q.stem}" for q in BASE_DIR.glob("*.pt"))
+        raise WorldkitError(f"model.init: no shipped checkpoint {name!r}; shipped: {', '.join(have) or 'none'}")
+    raise WorldkitError(f"model.init: {name!r} is neither a file nor a shipped name (base/...)")
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = blob.get("state_dict", blob)
+    mismatch = {k: v for k, v in blob.get("hparams", {}).items() if model.hparams.get(k) != v}
+    if mismatch:
+        raise WorldkitError(
+            f"model.init: {path} was trained with other model settings: "
+            + ", ".join(f"{k}={v} (config has {model.hparams.get(k)})" for k, v in mismatch.items())
+        )
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class RunData:
+    """The experiment's train / val / test episodes, their clip datasets and reference frames."""
+
+    def __init__(self, cfg):
+        name, env_cfg = cfg.env.type, cfg.env.config.model_dump(mode="json")
+        self.sets = {
+            split: wk_data.load_split(name, env_cfg, split, n, frames, cfg.data.cache_dir, cfg.data.workers)
+            for split, (n, frames) in wk_data.split_requests(cfg).items()
+        }
+        train = self.sets["train"]
+        self.frame_size = train.frames.shape[2]
+        self.action_dim = train.actions.shape[2]
+        sample = frames_to_tensor(train.frames[:, :: max(1, train.frames.shape[1] // 8)])  # (N, T', 3, H, W)
+        self.mean_frame = sample.mean((0, 1))  # (3, H, W)
+        self.background = sample.flatten(0, 1).median(0).values  # (3, H, W)
+
+    def clips(self, split: str, clip_frames: int):
+        return wk_data.ClipDataset(self.sets[split], clip_frames, stride=1 if split == "train" else clip_frames)
+
+
+def make_module(cfg, stage: Stage, d: RunData) -> WorldModule:
+    model = dict(
+        frame_size=d.frame_size, action_dim=d.action_dim, patch=cfg.model.patch, width=cfg.model.width,
+        layers=cfg.model.layers, heads=cfg.model.heads, mlp_ratio=cfg.model.mlp_ratio,
+        block_patches=cfg.model.block_patches, chunk_frames=cfg.model.chunk_frames, prediction=cfg.model.prediction,
+    )
+    return WorldModule(
+        model=model, trainer=stage.trainer, memory=stage.memory, selector=stage.selector,
+        attention=stage.attention, train=stage.train.model_dump(),
+        sampler=dict(steps=cfg.model.sampler_steps, shift=cfg.model.shift), seed=cfg.seed + stage.index,
+    )
+
+
+def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d: RunData,
+                   out_dir: Optional[Path], desc: str = "eval") -> EvalResult:
+    """Long-horizon evaluation of ``model`` with the given plugins on the test episodes."""
+    test = d.sets["test"]
+    n = min(cfg.eval.episodes, len(test))
+    rollout = Rollout(
+        model, build_plugin("memory", memory), build_plugin("selector", selector), build_plugin("attention", attention),
+        steps=cfg.model.sampler_steps, shift=cfg.model.shift, train_frames=cfg.train.clip_frames,
+    )
+    model.eval()
+    return evaluate(
+        rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
+        cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
+        strips=cfg.eval.strips, desc=desc,
+    )
+
+
+def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:
+    """Per-horizon scalars and per-frame curves to TensorBoard."""
+    w = logger.experiment
+    for k, v in res.summary().items():
+        if "_se@" not in k and np.isfinite(v):
+            w.add_scalar(f"{prefix}/{k}", v, step)
+    for i, v in enumerate(res.curves["psnr"]["model"]):
+        w.add_scalar(f"{prefix}/psnr_by_frame", v, i + 1)
+    w.flush()
+
+
+def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path], resume: bool) -> WorldModule:
+    """Train one stage (or continue it from ``last.ckpt``); returns the trained module."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    stage_dir = run_dir / "stages" / stage.dirname
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    module = make_module(cfg, stage, d)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path is None and init is not None:
+        load_weights(module.model, init)
+        if module.ema_model is not None:
+            module.ema_model.load_state_dict(module.model.state_dict())
+    tr = stage.train
+    datamod = ResumableData(d.clips("train", tr.clip_frames), d.clips("val", tr.clip_frames), tr.batch_size,
+                            tr.max_steps, tr.accumulate, cfg.seed + stage.index, workers=0)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage.dirname, default_hp_metric=False)
+    saver = SaveOnInterrupt(last)
+    trainer = make_trainer(tr, stage_dir, [saver], logger, val_batches=4)
+    try:
+        trainer.fit(module, datamodule=datamod, ckpt_path=ckpt_path)
+    except SystemExit:
+        if saver.interrupted:  # Lightning turns Ctrl-C into exit(1) after our checkpoint
+            raise KeyboardInterrupt(f"stopped; resume with: worldkit run --resume {run_dir}") from None
+        raise
+    module._logger_for_eval = logger
+    return module
+
+
+def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
+    """Run every stage of ``cfg`` in ``run_dir``, evaluating after each; returns the summary rows."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    d = RunData(cfg)
+    init = resolve_init(cfg.model.init) if cfg.model.init else None
+    rows = []
+    for stage in resolve_stages(cfg):
+        stage_dir = run_dir / "stages" / stage.dirname
+        final = stage_dir / "model.pt"
+        if resume and final.exists() and (stage_dir / "eval.json").exists():
+            rows.append(json.loads((stage_dir / "summary.json").read_text()))
+            init = final
+            continue
+        print(f"== stage {stage.dirname}: {stage.trainer['type']} with memory={stage.memory['type']} "
+              f"selector={stage.selector['type']} attention={stage.attention['type']}", flush=True)
+        module = fit_stage(cfg, stage, d, run_dir, init, resume)
+        model = module.inference_model()
+        save_weights(model, final)
+        res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
+                             desc=f"eval {stage.name}")
+        res.save(stage_dir / "eval.json")
+        log_eval(module._logger_for_eval, res, module.global_step)
+        row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],
+               "selector": stage.selector["type"], "attention": stage.attention["type"], **res.summary()}
+        atomic_write(stage_dir / "summary.json", json.dumps(row))
+        rows.append(row)
+        init = final
+    write_summary(rows, run_dir, cfg.eval.horizons)
+    return rows
+
+
+def write_summary(rows: list[dict], run_dir: Path, horizons: list[int]) -> str:
+    """results.csv and results.md in ``run_dir``; returns the markdown table (also printed)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=keys)
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write(run_dir / "results.csv", buf.getvalue())
+    cols = ["stage", "memory", "selector", "attention"]
+    head = cols + [f"PSNR@{h}x" for h in horizons] + [f"skill@{h}x" for h in horizons] + ["ms/chunk", "KV MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r[c]) for c in cols]
+        cells += [f"{r[f'psnr@{h}x']:.2f} ± {r[f'psnr_se@{h}x']:.2f}" for h in horizons]
+        cells += [f"{r[f'skill@{h}x']:+.3f} ± {r[f'skill_se@{h}x']:.3f}" for h in horizons]
+        cells += [f"{r['ms_per_chunk']:.1f}", f"{r['kv_mib']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    atomic_write(run_dir / "results.md", f"# Results\n\n{table}\n")
+    print(table, flush=True)
+    return table

@@ -1,0 +1,213 @@
+"""Lightning glue: a LightningModule that holds the world model and its plugins and delegates the loss
+to a trainer plugin; a resumable sampler; the ``lightning.Trainer`` built from ``TrainConfig``.
+
+Everything random in a training step is drawn from generators seeded by (seed, global step), and the
+data order depends only on (seed, sample position), so a run resumed from a checkpoint sees the same
+batches and noise as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from worldkit import registry
+from worldkit.errors import WorldkitError
+from worldkit.model import WorldModel
+from worldkit.rollout import Rollout
+
+
+def build_plugin(kind: str, spec: dict):
+    """A plugin from its ``{type: NAME, ...}`` dict."""
+    rest = {k: v for k, v in spec.items() if k != "type"}
+    return registry.build(kind, spec["type"], rest)
+
+
+class StepSampler(Sampler[int]):
+    """An endless, resumable stream of item indices: position p draws item ``perm_e[p % size]`` of the
+    permutation of epoch ``e = p // size`` seeded by ``seed + e``. ``start`` skips positions already
+    consumed (set from the restored global step on resume)."""
+
+    def __init__(self, size: int, seed: int, length: int):
+        self.size, self.seed, self.length = size, seed, length
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        p = self.start
+        while p < self.length:
+            e = p // self.size
+            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + e)).tolist()
+            for i in perm[p % self.size :]:
+                if p >= self.length:
+                    return
+                yield i
+                p += 1
+
+    def __len__(self) -> int:
+        return self.length - self.start
+
+
+class NonFiniteLoss(WorldkitError):
+    """The loss became NaN or infinite."""
+
+
+class WorldModule(L.LightningModule):
+    """The world model, its memory / selector / attention plugins and a trainer plugin for the loss.
+
+    Built from plain dicts (saved as hyperparameters) so a checkpoint is self-describing."""
+
+    def __init__(
+        self,
+        model: dict,
+        trainer: dict,
+        memory: dict,
+        selector: dict,
+        attention: dict,
+        train: dict,
+        sampler: dict,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = WorldModel(**model)
+        self.trainer_plugin = build_plugin("trainer", trainer)
+        self.memory = build_plugin("memory", memory)
+        self.selector = build_plugin("selector", selector)
+        self.backend = build_plugin("attention", attention)
+        self.train_cfg = train
+        self.seed = seed
+        self.rollout = Rollout(
+            self.model, self.memory, self.selector, self.backend,
+            steps=sampler["steps"], shift=sampler["shift"], train_frames=train["clip_frames"],
+        )
+        self.ema_model: Optional[WorldModel] = None
+        if train.get("ema"):
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+
+    # ---- randomness ---------------------------------------------------------------------------
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by (seed, global step, salt): draws are reproducible across resumes."""
+        step = self.global_step if self._trainer is not None else 0
+        return torch.Generator().manual_seed(hash((self.seed, step, salt, self.training)) % 2**62)
+
+    def randn(self, shape, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(self.device)
+
+    def rand(self, shape, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(shape, generator=generator).to(self.device)
+
+    # ---- Lightning hooks ----------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logs = self.trainer_plugin.loss(self, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept in "
+                "the stage's checkpoints/ folder (try a lower train.lr or train.grad_clip)"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["frames"].shape[0])
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, batch_size=batch["frames"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, _ = self.trainer_plugin.loss(self, batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["frames"].shape[0], sync_dist=True)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema_model is not None:
+            d = self.train_cfg["ema"]
+            with torch.no_grad():
+                for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
+                    pe.lerp_(p, 1 - d)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay = [p for n, p in self.named_parameters() if p.requires_grad and p.ndim >= 2]
+        other = [p for n, p in self.named_parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
+            lr=cfg["lr"], betas=(0.9, 0.99),
+        )
+        warm, total, cosine = cfg["warmup_steps"], cfg["max_steps"], cfg["schedule"] == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if not cosine:
+                return 1.0
+            p = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def inference_model(self) -> WorldModel:
+        """The weights to evaluate with: the EMA copy when there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+
+class ResumableData(L.LightningDataModule):
+    """Training clips through a ``StepSampler`` (resumable order), validation clips in a fixed order."""
+
+    def __init__(self, train_set, val_set, batch_size: int, max_steps: int, accumulate: int, seed: int, workers: int = 0):
+        super().__init__()
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size, self.seed, self.workers = batch_size, seed, workers
+        self.sampler = StepSampler(len(train_set), seed, max_steps * accumulate * batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is not None:  # resumed: skip what the restored steps already consumed
+            self.sampler.start = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler,
+                          num_workers=self.workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.workers)
+
+
+class SaveOnInterrupt(L.Callback):
+    """Ctrl-C: save ``last.ckpt`` so the run can be resumed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.interrupted = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+            trainer.save_checkpoint(self.path)
+
+
+def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batches: Optional[int] = None) -> L.Trainer:
+    """A ``lightning.Trainer`` from a ``TrainConfig``; checkpoints (last + best by val/loss) in stage_dir."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(
+        dirpath=stage_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
+        save_last=True, save_top_k=1, every_n_train_steps=min(train.val_every, train.max_steps),
+    )
+    return L.Trainer(
+        max_steps=train.max_steps,
+        precision=train.precision,
+        gradient_clip_val=train.grad_clip,
+        accumulate_grad_batches=train.accumulate,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,  # ddp on CPU runs over gloo
+        num_nodes=train.num_nodes,
+        val_check_interval=min(train.val_every, train.max_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=val_batches,
+        log_every_n_steps=train.log_every,
+        callbacks=[ckpt, *callbacks],
+        logger=logger,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )

@@ -1,0 +1,34 @@
+"""Diffusion forcing: an independent noise level per frame (or chunk), the whole clip in parallel."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from worldkit import diffusion
+from worldkit.interfaces import RolloutTrainer
+from worldkit.model import ParallelContext
+from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask
+
+
+class DiffusionForcing(RolloutTrainer):
+    """Independent noise level per frame or chunk; parallel over the clip under the policy's mask."""
+
+    class Config(NoiseConfig):
+        per: Literal["frame", "chunk"] = Field("frame", description="draw one noise level per frame or per chunk")
+
+    def loss(self, module, batch):
+        x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
+        B, F = x.shape[:2]
+        fc = module.model.chunk_frames
+        g = module.generator()
+        if self.config.per == "frame":
+            t = draw_levels(module, (B, F), self.config, g)
+        else:
+            t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]
+        eps = module.randn(x.shape, g)
+        visible, key_pos = policy_mask(module, F)
+        ctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32), key_pos)
+        pred = module.model(diffusion.add_noise(x, eps, t), t, a, ctx)
+        return denoising_loss(module, pred, x, eps), {}

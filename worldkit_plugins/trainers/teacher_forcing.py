@@ -1,0 +1,36 @@
+"""Teacher forcing: every chunk denoised from clean ground-truth context, all chunks in parallel."""
+from __future__ import annotations
+
+import torch
+
+from worldkit import diffusion
+from worldkit.interfaces import RolloutTrainer
+from worldkit.model import ParallelContext
+from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask
+
+
+class TeacherForcing(RolloutTrainer):
+    """Clean context, noisy target chunk; the clip twice (clean, then noisy) under one mask."""
+
+    class Config(NoiseConfig):
+        pass
+
+    def loss(self, module, batch):
+        x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
+        B, F = x.shape[:2]
+        fc = module.model.chunk_frames
+        g = module.generator()
+        t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]  # (B, F)
+        eps = module.randn(x.shape, g)
+        visible, key_pos = policy_mask(module, F)  # (F, F): what a chunk sees, its own chunk included
+        own = (torch.arange(F)[:, None] // fc) == (torch.arange(F)[None, :] // fc)  # same chunk
+        past = visible & ~own
+        # queries [clean ; noisy] over keys [clean ; noisy]: clean frames see the clean context the
+        # policy keeps (own chunk included); noisy frames see the same clean past and their own noisy chunk
+        vis2 = torch.cat([torch.cat([visible, torch.zeros_like(visible)], 1), torch.cat([past, own & visible], 1)], 0)
+        pos2 = key_pos.repeat(2, 2)  # a clean frame and its noisy twin sit at the same position
+        q_pos = torch.arange(F, dtype=torch.float32).repeat(2)
+        inp = torch.cat([x, diffusion.add_noise(x, eps, t)], 1)
+        levels = torch.cat([torch.zeros_like(t), t], 1)
+        pred = module.model(inp, levels, torch.cat([a, a], 1), ParallelContext(vis2, q_pos, pos2))[:, F:]
+        return denoising_loss(module, pred, x, eps), {}
