@@ -148,6 +148,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in err.lines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("worldkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"worldkit: interrupted{f' ({stop})' if str(stop) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,304 @@
+"""The ``worldkit`` command: exit codes, error lines that name file, field and value, run folders that
+are never reused, the plugin table. The experiment runner and data generation are faked."""
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+import types
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import yaml
+from pydantic import Field, create_model
+
+from worldkit import cli, config, registry
+from worldkit.interfaces import KINDS, PluginConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake(kind: str, doc: str, **fields) -> type:
+    """A concrete plugin class of ``kind`` whose Config has ``fields`` (name=(type, default))."""
+    base = KINDS[kind]
+    cfg = create_model(f"{kind.title()}Config", __base__=PluginConfig, **fields)
+    methods = {m: (lambda self, *a, **k: None) for m in base.__abstractmethods__}
+    return type(f"Fake{kind.title()}", (base,), {"__doc__": doc, "Config": cfg, **methods})
+
+
+FAKES = {
+    ("env", "toy_env"): fake("env", "A toy env.", size=(int, 32)),
+    ("memory", "toy_window"): fake("memory", "A toy window.", window_frames=(int, Field(4, ge=1))),
+    ("memory", "dense"): fake("memory", "Stands in for dense."),
+    ("selector", "all"): fake("selector", "Stands in for all."),
+    ("attention", "sdpa"): fake("attention", "Stands in for sdpa."),
+    ("trainer", "diffusion_forcing"): fake("trainer", "Stands in for diffusion forcing."),
+    ("trainer", "toy_trainer"): fake("trainer", "A toy trainer.", exit_steps=(Optional[int], None)),
+}
+BASE = {"name": "toy", "env": {"type": "toy_env"}}
+
+
+@pytest.fixture(autouse=True)
+def fakes():
+    with ExitStack() as stack:
+        for (kind, name), cls in FAKES.items():
+            stack.enter_context(registry.register(kind, name, cls, replace=True))
+        yield
+
+
+@pytest.fixture
+def experiment(monkeypatch):
+    """A fake ``worldkit.experiment`` whose ``run`` records its calls (and can be told to raise)."""
+    module = types.ModuleType("worldkit.experiment")
+    module.calls = []
+    module.raises = None
+
+    def run(cfg, run_dir, **kw):
+        module.calls.append((cfg, Path(run_dir), kw))
+        if module.raises is not None:
+            raise module.raises
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "worldkit.experiment", module)
+    return module
+
+
+def write(tmp_path: Path, data, name: str = "x.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def call(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------------------------------
+# validate: a table of bad experiments
+
+
+STAGE = {"name": "a", "trainer": {"type": "toy_trainer"}}
+
+
+@pytest.mark.parametrize(
+    "data, path, shown",
+    [
+        ({**BASE, "memory": {"type": "slidng"}}, "memory.type", "'slidng'"),
+        ({**BASE, "memory": {"type": "toy_widow"}}, "memory.type", "did you mean 'toy_window'?"),
+        ({**BASE, "model": {"width": "wide"}}, "model.width", "'wide'"),
+        ({**BASE, "memory": {"type": "toy_window", "window_frames": -2}}, "memory.window_frames", "-2"),
+        ({**BASE, "memory": {"type": "toy_window", "size": 3}}, "memory.size", "allowed: type, window_frames"),
+        ({**BASE, "train": {"schedule": "linear"}}, "train.schedule", "'linear'"),
+        ({**BASE, "train": {"precison": "bf16"}}, "train.precison", "did you mean 'precision'?"),
+        ({**BASE, "model": {"heads": 3}}, "model.heads", "(got 3)"),
+        ({**BASE, "eval": {"horizons": [1, "x"]}}, "eval.horizons[1]", "'x'"),
+        ({**BASE, "env": {"type": "toy_env", "colour": "red"}}, "env.colour", "'red'"),
+        ({**BASE, "env": {"type": "toy_env", "size": 30}}, "model.patch", "frame size 30"),
+        ({**BASE, "data": {"episode_frames": 4}}, "data.episode_frames", "(got 4)"),
+        ({**BASE, "stages": [STAGE, {"name": "b", "trainer": {"type": "self_forcng"}}]}, "stages[1].trainer.type",
+         "'self_forcng'"),
+        ({**BASE, "stages": [{**STAGE, "train": {"lr": "fast"}}]}, "stages[0].train.lr", "'fast'"),
+        ({**BASE, "stages": [{"name": "a"}]}, "stages[0].trainer", "toy_trainer"),
+        ({"env": {"type": "toy_env"}}, "name", "missing"),
+        ({**BASE, "nmae": "typo"}, "nmae", "'typo'"),
+    ],
+)
+def test_validate_reports_file_field_and_value(tmp_path, capsys, data, path, shown):
+    file = write(tmp_path, data)
+    code, out, err = call(capsys, "validate", file)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith(f"error: {file}: {path}: ")]
+    assert lines and shown in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_validate_prints_the_resolved_config(tmp_path, capsys):
+    file = write(tmp_path, {**BASE, "memory": {"type": "toy_window"}})
+    code, out, err = call(capsys, "validate", file, "--set", "model.width=64", "--set", "memory.window_frames=2")
+    assert (code, err) == (0, "")
+    resolved = yaml.safe_load(out)
+    assert resolved["model"]["width"] == 64 and resolved["memory"] == {"type": "toy_window", "window_frames": 2}
+    assert resolved["train"]["clip_frames"] == 16 and resolved["selector"] == {"type": "all"}
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name: toy\nenv: {type: toy_env\n", ": line 3, column 1: invalid YAML"),
+        ("name: toy\n  env: 1\n", ": line 2, column 6: invalid YAML"),
+        ("name: toy\nname: again\n", ": line 2, column 1: invalid YAML: duplicate key 'name'"),
+        ("- 1\n", "expected a mapping of experiment fields"),
+    ],
+)
+def test_unreadable_yaml_names_the_line(tmp_path, capsys, text, words):
+    file = write(tmp_path, text)
+    code, _, err = call(capsys, "validate", file)
+    assert code == 2 and err.startswith(f"error: {file}") and words in err and "Traceback" not in err
+
+
+def test_missing_file_and_bad_set(tmp_path, capsys):
+    code, _, err = call(capsys, "validate", tmp_path / "nope.yaml")
+    assert code == 2 and err == f"error: {tmp_path / 'nope.yaml'}: no such file\n"
+    file = write(tmp_path, BASE)
+    code, _, err = call(capsys, "validate", file, "--set", "model.widht=3", "--set", "train.lr=slow")
+    assert code == 2
+    assert "error: --set: model.widht: no key 'widht' in model (did you mean 'width'?); keys available there:" in err
+    code, _, err = call(capsys, "validate", file, "--set", "train.lr=slow")
+    assert code == 2 and err.startswith("error: --set train.lr=slow: train.lr: ") and "'slow'" in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert call(capsys, "bogus")[0] == 2
+    assert call(capsys, "plugins", "--kind", "memroy")[0] == 2
+    assert call(capsys)[0] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+def test_run_writes_the_resolved_config_into_a_new_folder(tmp_path, capsys, experiment):
+    file = write(tmp_path, BASE)
+    out_root = tmp_path / "runs"
+    code, _, err = call(capsys, "run", file, "--set", f"out_root={out_root}", "--set", "train.max_steps=7")
+    assert code == 0, err
+    (run_dir,) = run_dirs(out_root)
+    assert re.fullmatch(r"toy-\d{8}-\d{6}", run_dir.name)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    saved = config.load(run_dir / "config.yaml")
+    (cfg, called_dir, kw) = experiment.calls[0]
+    assert called_dir == run_dir and kw == {} and saved == cfg and cfg.train.max_steps == 7
+    assert (run_dir / "config.yaml").read_text() == config.to_yaml(cfg)
+
+
+def test_runs_never_reuse_a_folder(tmp_path, capsys, experiment, monkeypatch):
+    monkeypatch.setattr(cli.time, "strftime", lambda fmt: "20240102-030405")
+    file = write(tmp_path, {**BASE, "out_root": str(tmp_path / "runs")})
+    assert call(capsys, "run", file)[0] == 0
+    first = tmp_path / "runs" / "toy-20240102-030405"
+    (first / "results.csv").write_text("earlier results\n")
+    assert call(capsys, "run", file)[0] == 0
+    assert call(capsys, "run", file)[0] == 0
+    assert [p.name for p in run_dirs(tmp_path / "runs")] == [
+        "toy-20240102-030405", "toy-20240102-030405-1", "toy-20240102-030405-2"]
+    assert (first / "results.csv").read_text() == "earlier results\n"
+    assert [call_[1].name for call_ in experiment.calls] == [p.name for p in run_dirs(tmp_path / "runs")]
+
+
+def test_run_out_refuses_a_folder_with_results(tmp_path, capsys, experiment):
+    file = write(tmp_path, BASE)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.csv").write_text("keep me\n")
+    code, _, err = call(capsys, "run", file, "--out", taken)
+    assert code == 2 and f"error: {taken}: already exists and is not empty" in err
+    assert (taken / "results.csv").read_text() == "keep me\n" and not (taken / "config.yaml").exists()
+    assert experiment.calls == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert call(capsys, "run", file, "--out", empty)[0] == 0 and (empty / "config.yaml").exists()
+    fresh = tmp_path / "a" / "b"
+    assert call(capsys, "run", file, "--out", fresh)[0] == 0 and (fresh / "config.yaml").exists()
+    assert len(experiment.calls) == 2
+
+
+def test_invalid_run_creates_no_folder(tmp_path, capsys, experiment):
+    file = write(tmp_path, {**BASE, "out_root": str(tmp_path / "runs"), "model": {"width": "x"}})
+    code, _, err = call(capsys, "run", file)
+    assert code == 2 and "model.width" in err
+    assert run_dirs(tmp_path / "runs") == [] and experiment.calls == []
+
+
+def test_resume_uses_the_saved_config(tmp_path, capsys, experiment):
+    file = write(tmp_path, BASE)
+    run_dir = tmp_path / "run"
+    assert call(capsys, "run", file, "--out", run_dir)[0] == 0
+    assert call(capsys, "run", "--resume", run_dir)[0] == 0
+    (cfg0, _, _), (cfg1, dir1, kw1) = experiment.calls
+    assert cfg1 == cfg0 and dir1 == run_dir and kw1 == {"resume": True}
+    code, _, err = call(capsys, "run", file, "--resume", run_dir)
+    assert code == 2 and "--resume uses the run folder's own config.yaml" in err
+    code, _, err = call(capsys, "run", "--resume", tmp_path / "nowhere")
+    assert code == 2 and "config.yaml: no such file" in err
+    assert call(capsys, "run")[0] == 2
+
+
+def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
+    experiment.raises = KeyboardInterrupt()
+    code, _, err = call(capsys, "run", write(tmp_path, BASE), "--out", tmp_path / "r")
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_data_calls_prepare_with_the_validated_config(tmp_path, capsys, monkeypatch):
+    module = types.ModuleType("worldkit.data")
+    module.prepare = lambda cfg: prepared.append(cfg)
+    prepared: list = []
+    monkeypatch.setitem(sys.modules, "worldkit.data", module)
+    assert call(capsys, "data", write(tmp_path, BASE), "--set", "data.train_episodes=3")[0] == 0
+    assert prepared[0].data.train_episodes == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# plugins
+
+
+def test_plugins_lists_every_kind_with_origin_and_description(capsys):
+    code, out, _ = call(capsys, "plugins")
+    assert code == 0
+    rows = [re.split(r"\s{2,}", line) for line in out.splitlines()]
+    assert rows[0] == ["KIND", "NAME", "ORIGIN", "DESCRIPTION"]
+    assert ["memory", "toy_window", registry.REGISTERED, "A toy window."] in rows
+    assert {r[0] for r in rows[1:]} == set(KINDS)
+    installed = {r[1]: r for r in rows[1:] if r[2].startswith("worldkit ")}
+    assert {"persistent_block", "local_window", "pbsa", "self_forcing", "pendulum"} <= set(installed)
+    code, out, _ = call(capsys, "plugins", "--kind", "trainer")
+    assert code == 0 and {line.split()[0] for line in out.splitlines()[1:]} == {"trainer"}
+
+
+def test_plugins_shows_a_broken_plugin_without_hiding_the_others(tmp_path, capsys, monkeypatch):
+    info = tmp_path / "shaky_plugins-0.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shaky-plugins\nVersion: 0.2\n")
+    (info / "entry_points.txt").write_text("[worldkit.selector]\nshaky = wk_cli_shaky:Shaky\n")
+    (tmp_path / "wk_cli_shaky.py").write_text("import numpy\nraise RuntimeError('CUDA 99 required')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    registry.clear_cache()
+    try:
+        code, out, _ = call(capsys, "plugins", "--kind", "selector")
+    finally:
+        registry.clear_cache()
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if " shaky " in line]
+    assert "shaky-plugins 0.2" in line and "BROKEN: failed to import: RuntimeError: CUDA 99 required" in line
+    assert any(" all " in line for line in out.splitlines())
+
+
+# --------------------------------------------------------------------------------------------------
+# the installed console script, and the README's commands
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    file = write(tmp_path, {"name": "toy"})
+    proc = subprocess.run(["worldkit", "validate", str(file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {file}: env: required field is missing; env choices: ")
+    assert "pendulum" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line.strip() for line in readme.splitlines() if "python -m pytest" in line]
+    assert commands, "README.md gives no test command"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[0] in [line.strip() for line in ci]
+    assert "set -euo pipefail" in ci
