@@ -44,7 +44,8 @@ def test_a_yaml_using_it_validates(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("name: ext\nenv: {type: toy}\nmemory: {type: every_other, max_chunks: 3}\n")
     with ExitStack() as stack:  # the other plugin fields get stand-ins; only memory is under test
-        for kind, name in [("env", "toy"), ("selector", "all"), ("attention", "sdpa"), ("trainer", "diffusion_forcing")]:
+        others = [("env", "toy"), ("selector", "all"), ("attention", "sdpa"), ("trainer", "diffusion_forcing")]
+        for kind, name in others:
             stack.enter_context(registry.register(kind, name, stand_in(kind), replace=True))
         cfg = config.load(path)
         assert cfg.memory.type == "every_other" and cfg.memory.config.max_chunks == 3

@@ -301,9 +301,10 @@ def _merge(issues: list[Issue]) -> list[Issue]:
     merged: dict[tuple[str, Optional[str]], Issue] = {}
     for issue in issues:
         key = (issue.path, issue.source)
-        if key in merged and issue.message not in merged[key].message:
-            merged[key] = merged[key]._replace(message=f"{merged[key].message}, or {issue.message[:1].lower()}{issue.message[1:]}")
-        merged.setdefault(key, issue)
+        first = merged.setdefault(key, issue)
+        if issue.message not in first.message:
+            alternative = issue.message[:1].lower() + issue.message[1:]
+            merged[key] = first._replace(message=f"{first.message}, or {alternative}")
     return list(merged.values())
 
 

@@ -37,7 +37,8 @@ def _problem(loc: tuple, value: Any, message: str) -> InitErrorDetails:
 
 def _relocate(error: dict, prefix: tuple) -> InitErrorDetails:
     """A line error of a nested validation moved under ``prefix``, keeping its type and context."""
-    return {"type": error["type"], "loc": (*prefix, *error["loc"]), "input": error["input"], "ctx": error.get("ctx", {})}
+    loc = (*prefix, *error["loc"])
+    return {"type": error["type"], "loc": loc, "input": error["input"], "ctx": error.get("ctx", {})}
 
 
 def _dotted(loc: tuple) -> str:
