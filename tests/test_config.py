@@ -4,6 +4,7 @@ do not depend on the built-in plugin modules."""
 from __future__ import annotations
 
 import copy
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
@@ -204,8 +205,10 @@ def test_override_of_an_absent_plugin_field_starts_from_its_default():
         ("modle.width=256", "modle.width", "did you mean 'model'?"),
         ("memory.type=toy_window", None, None),
         ("model.width.deep=1", "model.width.deep", "model.width is a value, not a section"),
-        ("stages[2].name=x", "stages[2].name", "no item 2 in stages, which has 0 items"),
+        ("stages[2].name=x", "stages[2].name", "stages is not given, so it has no items to index"),
         ("model..width=1", "model..width", "malformed path"),
+        ("train.devices.x=1", "train.devices.x", "train.devices is a value"),
+        ("eval.horizons[0]=1", "eval.horizons[0]", "set it whole: eval.horizons=[...]"),
         ("model.width", "model.width", "expected KEY=VALUE"),
         ("model.width=[1", "model.width", "invalid YAML"),
     ],
@@ -220,6 +223,18 @@ def test_bad_override_paths_name_the_path_and_the_keys_there(override, path, wor
     (issue,) = err.value.issues
     assert err.value.source == "--set" and issue.path == path and words in issue.message
     assert err.value.lines()[0].startswith(f"--set: {path}: ")
+
+
+def test_override_through_a_section_of_the_wrong_shape_is_refused():
+    raw = {**MINIMAL, "stages": [{"name": "a", "trainer": {"type": "toy_trainer"}}]}
+    with pytest.raises(ConfigError, match=re.escape("no item 1 in stages, which has 1 items")):
+        config.apply_overrides(raw, ["stages[1].name=b"])
+    for raw, override, words in [
+        ({**MINIMAL, "model": [1]}, "model.width=3", "model is [1], not a section"),
+        ({**MINIMAL, "stages": {"a": 1}}, "stages[0].name=x", "stages is {'a': 1}, not a list"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            config.apply_overrides(copy.deepcopy(raw), [override])
 
 
 def test_bad_override_values_are_blamed_on_the_override():

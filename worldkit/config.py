@@ -236,11 +236,12 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
         child = _child(node, part, data)
         nxt = _step(data, part)
         if nxt is MISSING or nxt is None:
-            nxt = [] if child[0] == "list" else _default_section(node, part)  # an index into [] fails next
-            if isinstance(nxt, dict):
-                data[part] = nxt
-        elif not isinstance(nxt, (dict, list)):
-            raise ValueError(f"{format_path(parts[:i + 1])} is {nxt!r}, not a section")
+            if child[0] == "list":
+                where = format_path(parts[:i + 1])
+                raise ValueError(f"{where} is not given, so it has no items to index; set it whole: {where}=[...]")
+            nxt = data[part] = _default_section(node, part)
+        elif not isinstance(nxt, list if child[0] == "list" else dict):
+            raise ValueError(f"{format_path(parts[:i + 1])} is {nxt!r}, not a {'list' if child[0] == 'list' else 'section'}")
         node, data = child, nxt
 
 
