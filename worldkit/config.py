@@ -241,7 +241,8 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
                 raise ValueError(f"{where} is not given, so it has no items to index; set it whole: {where}=[...]")
             nxt = data[part] = _default_section(node, part)
         elif not isinstance(nxt, list if child[0] == "list" else dict):
-            raise ValueError(f"{format_path(parts[:i + 1])} is {nxt!r}, not a {'list' if child[0] == 'list' else 'section'}")
+            shape = "list" if child[0] == "list" else "section"
+            raise ValueError(f"{format_path(parts[:i + 1])} is {nxt!r}, not a {shape}")
         node, data = child, nxt
 
 
