@@ -1,0 +1,317 @@
+"""PBSA kernels against the dense fp64 reference: outputs, lse and gradients; block helpers' properties.
+
+The Triton kernels run on the CPU under TRITON_INTERPRET=1, set here before Triton is imported.
+"""
+import importlib
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worldkit_kernels import (
+    build_transposed,
+    pbsa_attention,
+    pbsa_attention_with_lse,
+    pbsa_torch,
+    pool_blocks,
+    reference,
+    resolve_top_k,
+    topk_blocks,
+)
+
+try:
+    import triton
+
+    HAS_TRITON = bool(triton.knobs.runtime.interpret)  # False if Triton was imported before the env var
+except (ImportError, AttributeError):
+    HAS_TRITON = False
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton interpreter not available")
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2}  # error relative to max |ref|
+
+
+def make_case(B, H, Hi, Tq, D, NS, BLK, n_persistent, density, p_empty, ragged, dtype, seed, scale_logits=1.0):
+    """Random q, slot pool and lists: [persistent (same for all rows) ; random local subset] per row."""
+    g = torch.Generator().manual_seed(seed)
+    NQB = -(-Tq // BLK)
+    q = torch.randn(B, H, Tq, D, generator=g, dtype=torch.float64) * scale_logits  # (B, H, Tq, D)
+    k = torch.randn(B, NS, H, BLK, D, generator=g, dtype=torch.float64)  # (B, NS, H, BLK, D)
+    v = torch.randn(B, NS, H, BLK, D, generator=g, dtype=torch.float64)
+    perm = torch.randperm(NS, generator=g)
+    persistent = perm[:n_persistent].sort().values
+    others = perm[n_persistent:]
+    MAXK = NS
+    index = torch.full((B, Hi, NQB, MAXK), -1, dtype=torch.int32)
+    count = torch.zeros(B, Hi, NQB, dtype=torch.int32)
+    for b in range(B):
+        for h in range(Hi):
+            for r in range(NQB):
+                if torch.rand(1, generator=g).item() < p_empty:
+                    continue
+                pick = others[torch.rand(len(others), generator=g) < density].sort().values
+                row = torch.cat([persistent, pick])
+                index[b, h, r, : len(row)] = row.to(torch.int32)
+                count[b, h, r] = len(row)
+    block_len = None
+    if ragged:
+        block_len = torch.randint(0, BLK + 1, (B, NS), generator=g, dtype=torch.int32)  # (B, NS)
+    cast = [t.to(dtype) for t in (q, k, v)]
+    return cast, index, count, block_len
+
+
+def rel_err(a, ref):
+    """Max abs error over max |ref| (1 if ref is all zeros)."""
+    a, ref = a.double(), ref.double()
+    denom = ref.abs().max().item() or 1.0
+    return (a - ref).abs().max().item() / denom
+
+
+def check_lse(lse, ref_lse, tol):
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "empty rows differ"
+    fin = torch.isfinite(ref_lse)
+    if fin.any():
+        assert (lse.double()[fin] - ref_lse.double()[fin]).abs().max().item() <= tol * 10
+
+
+def run_and_grads(fn, q, k, v, dout, dlse):
+    """Forward with fn, then gradients of <out, dout> + <finite lse, dlse> w.r.t. q, k, v."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, lse = fn(q, k, v)
+    loss = (out.double() * dout).sum() + (torch.where(torch.isfinite(lse), lse, 0.0).double() * dlse).sum()
+    return (out, lse, *torch.autograd.grad(loss, (q, k, v)))
+
+
+def check_against_reference(impl, tensors, index, count, block_len, dtype):
+    q, k, v = tensors
+    g = torch.Generator().manual_seed(1)
+    dout = torch.randn(q.shape, generator=g, dtype=torch.float64)
+    dlse = torch.randn(q.shape[:3], generator=g, dtype=torch.float64)
+    ref = run_and_grads(
+        lambda q_, k_, v_: reference(q_, k_, v_, index, count, block_len),
+        q.double(), k.double(), v.double(), dout, dlse,
+    )
+    got = run_and_grads(
+        lambda q_, k_, v_: pbsa_attention_with_lse(q_, k_, v_, index, count, block_len, impl=impl),
+        q, k, v, dout, dlse,
+    )
+    assert got[0].dtype == dtype and got[0].shape == q.shape
+    assert got[1].shape == q.shape[:3] and got[1].dtype in (torch.float32, torch.float64)
+    check_lse(got[1], ref[1], TOL[dtype])
+    for name, a, r in zip(["out", "lse", "dq", "dk", "dv"], got, ref):
+        if name != "lse":
+            assert torch.isfinite(a).all(), name
+            assert rel_err(a, r) <= TOL[dtype] * (4 if name != "out" else 1), (name, rel_err(a, r))
+
+
+shapes = st.fixed_dictionaries(
+    dict(
+        B=st.integers(1, 2),
+        H=st.integers(1, 3),
+        shared=st.booleans(),
+        NQB=st.integers(1, 3),
+        tail=st.integers(0, 3),
+        NS=st.integers(1, 8),
+        n_persistent=st.integers(0, 3),
+        density=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+        p_empty=st.sampled_from([0.0, 0.3]),
+        ragged=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+)
+
+
+def case_from(s, BLK, D, dtype, scale_logits=1.0):
+    Tq = max(1, s["NQB"] * BLK - s["tail"])
+    Hi = 1 if s["shared"] else s["H"]
+    return make_case(
+        s["B"], s["H"], Hi, Tq, D, s["NS"], BLK, min(s["n_persistent"], s["NS"]), s["density"],
+        s["p_empty"], s["ragged"], dtype, s["seed"], scale_logits,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(s=shapes, BLK=st.sampled_from([1, 3, 4, 8]), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_torch_path_matches_reference(s, BLK, dtype):
+    check_against_reference("torch", *case_from(s, BLK, 8, dtype), dtype)
+
+
+@settings(max_examples=10, deadline=None)
+@given(s=shapes, scale_logits=st.sampled_from([1.0, 10.0]))
+def test_torch_path_fp16(s, scale_logits):
+    check_against_reference("torch", *case_from(s, 4, 16, torch.float16, scale_logits), torch.float16)
+
+
+@needs_triton
+@settings(max_examples=12, deadline=None)
+@given(
+    s=shapes,
+    BLK=st.sampled_from([4, 16]),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
+    scale_logits=st.sampled_from([1.0, 10.0]),
+)
+def test_triton_matches_reference(s, BLK, dtype, scale_logits):
+    s = dict(s, B=1, H=min(s["H"], 2), NS=min(s["NS"], 6))
+    check_against_reference("triton", *case_from(s, BLK, 32, dtype, scale_logits), dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("D", [64, 128])
+def test_triton_head_dims(D):
+    (q, k, v), index, count, block_len = make_case(1, 2, 2, 20, D, 3, 16, 1, 0.5, 0.0, True, torch.float32, 7)
+    check_against_reference("triton", (q, k, v), index, count, block_len, torch.float32)
+
+
+def row_kinds_case(dtype):
+    """Rows of every kind in one batch: persistent only, local only, both, empty (per-head lists)."""
+    B, H, BLK, D, NS = 1, 2, 16, 32, 6
+    Tq = 4 * BLK - 5  # ragged last query block
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, H, Tq, D, generator=g).to(dtype)
+    k = torch.randn(B, NS, H, BLK, D, generator=g).to(dtype)
+    v = torch.randn(B, NS, H, BLK, D, generator=g).to(dtype)
+    rows = [[0, 1], [3, 5], [0, 1, 2, 4], []]  # slots 0, 1 persistent
+    index = torch.full((B, H, 4, 4), -1, dtype=torch.int64)
+    count = torch.zeros(B, H, 4, dtype=torch.int64)
+    for h in range(H):
+        for r, row in enumerate(rows[h:] + rows[:h]):
+            index[0, h, r, : len(row)] = torch.tensor(row)
+            count[0, h, r] = len(row)
+    block_len = torch.tensor([[16, 9, 16, 1, 16, 16]], dtype=torch.int32)
+    return (q, k, v), index, count, block_len
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_row_kinds_and_empty_rows(impl):
+    (q, k, v), index, count, block_len = row_kinds_case(torch.float32)
+    check_against_reference(impl, (q, k, v), index, count, block_len, torch.float32)
+    q = q.clone().requires_grad_()
+    out, lse = pbsa_attention_with_lse(q, k, v, index, count, block_len, impl=impl)
+    empty = count[0, 0] == 0  # head 0: last query block reads nothing
+    rows = torch.arange(q.shape[2]) // 16
+    assert (out[0, 0, empty[rows]] == 0).all() and torch.isneginf(lse[0, 0, empty[rows]]).all()
+    out.sum().backward()
+    assert (q.grad[0, 0, empty[rows]] == 0).all()
+
+
+@needs_triton
+def test_triton_strided_pool_and_determinism():
+    """Slot pools that are views of a larger buffer; two backward passes give identical gradients."""
+    (q, k, v), index, count, block_len = make_case(2, 2, 2, 30, 32, 6, 16, 2, 0.5, 0.0, False, torch.float32, 11)
+    big_k = torch.randn(2, 9, 2, 16, 32)
+    big_k[:, 1:7] = k
+    k_view = big_k[:, 1:7]  # non-contiguous slot pool
+    outs = [pbsa_attention(q, k_view, v, index, count, impl="triton") for _ in range(2)]
+    ref = pbsa_attention(q, k, v, index, count, impl="torch")
+    assert rel_err(outs[0], ref) < 1e-5
+    grads = []
+    for _ in range(2):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k_view, v))
+        pbsa_attention(qq, kk, vv, index.long(), count.long(), impl="triton").square().sum().backward()
+        grads.append((qq.grad, kk.grad, vv.grad))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_auto_dispatch_and_validation():
+    (q, k, v), index, count, _ = make_case(1, 2, 1, 8, 8, 3, 4, 1, 1.0, 0.0, False, torch.float32, 0)
+    assert torch.equal(pbsa_attention(q, k, v, index, count), pbsa_torch(q, k, v, index, count)[0])
+    with pytest.raises(ValueError, match="impl"):
+        pbsa_attention(q, k, v, index, count, impl="cuda")
+    with pytest.raises(ValueError, match="index"):
+        pbsa_attention(q, k, v, index[:, :, :1], count[:, :, :1])
+    with pytest.raises(ValueError, match="k, v"):
+        pbsa_attention(q, k[..., :4], v, index, count)
+
+
+def test_torch_path_chunks_rows(monkeypatch):
+    """Bounding the gather memory splits rows into chunks without changing the result."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_torch")  # the module, not the function
+
+    (q, k, v), index, count, block_len = make_case(1, 2, 2, 40, 8, 8, 4, 2, 0.5, 0.2, True, torch.float64, 5)
+    whole = mod.pbsa_torch(q, k, v, index, count, block_len)
+    monkeypatch.setattr(mod, "GATHER_BUDGET", 1)
+    chunked = mod.pbsa_torch(q, k, v, index, count, block_len)
+    assert torch.allclose(whole[0], chunked[0]) and torch.equal(torch.isinf(whole[1]), torch.isinf(chunked[1]))
+
+
+# ------------------------------------------------------------------------------------------------
+# block helpers
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 2), Hi=st.integers(1, 3), NQB=st.integers(1, 6), NS=st.integers(1, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_build_transposed(B, Hi, NQB, NS, seed):
+    g = torch.Generator().manual_seed(seed)
+    MAXK = NS
+    index = torch.full((B, Hi, NQB, MAXK), -1, dtype=torch.int32)
+    count = torch.randint(0, NS + 1, (B, Hi, NQB), generator=g, dtype=torch.int32)
+    for b in range(B):
+        for h in range(Hi):
+            for r in range(NQB):
+                n = int(count[b, h, r])
+                index[b, h, r, :n] = torch.randperm(NS, generator=g)[:n].sort().values.to(torch.int32)
+    tindex, tcount = build_transposed(index, count, NS)
+    assert tindex.shape == (B, Hi, NS, NQB) and tindex.dtype == torch.int32
+    for b in range(B):
+        for h in range(Hi):
+            for s in range(NS):
+                readers = [r for r in range(NQB) if s in index[b, h, r, : int(count[b, h, r])].tolist()]
+                assert int(tcount[b, h, s]) == len(readers)
+                assert tindex[b, h, s].tolist() == readers + [-1] * (NQB - len(readers))
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(1, 40), block=st.integers(1, 9), dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_pool_blocks(T, block, dtype):
+    x = torch.randn(2, 3, T, 5).to(dtype)  # (B, H, T, D)
+    pooled = pool_blocks(x, block)
+    assert pooled.shape == (2, 3, -(-T // block), 5) and pooled.dtype == dtype
+    for i in range(pooled.shape[2]):
+        want = x[:, :, i * block : (i + 1) * block].float().mean(2)
+        assert torch.allclose(pooled[:, :, i].float(), want, atol=1e-3 if dtype == torch.float16 else 1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 2), H=st.integers(1, 3), NQB=st.integers(1, 5), NL=st.integers(0, 8),
+    k=st.integers(0, 12), forced=st.booleans(), shared=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_topk_blocks(B, H, NQB, NL, k, forced, shared, seed):
+    g = torch.Generator().manual_seed(seed)
+    NC = NL + NQB
+    pq = torch.randn(B, H, NQB, 8, generator=g)  # (B, H, NQB, D)
+    pk = torch.randn(B, H, NC, 8, generator=g)  # (B, H, NC, D)
+    own = torch.arange(NQB) + NL
+    index, count = topk_blocks(pq, pk, k, forced=own if forced else None, shared_heads=shared)
+    K = min(max(k, int(forced)), NC)
+    assert index.shape == (B, 1 if shared else H, NQB, K) and index.dtype == torch.long
+    assert (count == K).all()
+    score = (torch.einsum("bhqd,bhcd->bhqc", pq, pk) / 8**0.5).softmax(-1)
+    if shared:
+        score = score.sum(1, keepdim=True)
+    for b in range(index.shape[0]):
+        for h in range(index.shape[1]):
+            for r in range(NQB):
+                row = index[b, h, r].tolist()
+                assert row == sorted(set(row)) and all(0 <= c < NC for c in row)
+                if forced:
+                    assert int(own[r]) in row
+                free = [c for c in row if not (forced and c == int(own[r]))]
+                rest = [c for c in range(NC) if c not in row]
+                if free and rest:  # every freely chosen block scores at least as high as any left out
+                    assert score[b, h, r, free].min() >= score[b, h, r, rest].max()
+
+
+def test_resolve_top_k():
+    assert resolve_top_k(0.25, 12) == 3
+    assert resolve_top_k(0.25, 13) == 4  # rounded up
+    assert resolve_top_k(1.0, 7) == 7
+    assert resolve_top_k(5, 3) == 3
+    assert resolve_top_k(2, 10) == 2
