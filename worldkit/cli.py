@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from importlib import import_module
@@ -22,6 +23,7 @@ from worldkit.schema import ExperimentConfig
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+RUN_DIR_VAR = "WORLDKIT_RUN_DIR"  # the run folder, for worker processes relaunched by DDP
 
 
 def new_run_dir(cfg: ExperimentConfig, out: Optional[str] = None) -> Path:
@@ -62,9 +64,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise WorldkitError("run: give an experiment YAML (or --resume RUN_DIR)")
     cfg = config.load(args.config, args.overrides)
     experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
+    inherited = os.environ.get(RUN_DIR_VAR)
+    if inherited:  # a worker that multi-device training relaunched with this command line
+        experiment.run(cfg, Path(inherited), resume=True)
+        return 0
     run_dir = new_run_dir(cfg, args.out)
     config.save(cfg, run_dir / "config.yaml")
     print(f"run folder: {run_dir}", file=sys.stderr)
+    os.environ[RUN_DIR_VAR] = str(run_dir)  # inherited by relaunched DDP workers
     experiment.run(cfg, run_dir)
     return 0
 

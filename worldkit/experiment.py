@@ -208,7 +208,12 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
               f"selector={stage.selector['type']} attention={stage.attention['type']}", flush=True)
         module = fit_stage(cfg, stage, d, run_dir, init, resume)
         model = module.inference_model()
-        save_weights(model, final)
+        if module.trainer.is_global_zero:
+            save_weights(model, final)
+        module.trainer.strategy.barrier("stage weights saved")
+        if not module.trainer.is_global_zero:  # other DDP ranks: rank 0 evaluates
+            init = final
+            continue
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
                              desc=f"eval {stage.name}")
         res.save(stage_dir / "eval.json")

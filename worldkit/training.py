@@ -74,7 +74,9 @@ class WorldModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = WorldModel(**model)
+        with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
+            torch.manual_seed(seed)
+            self.model = WorldModel(**model)
         self.trainer_plugin = build_plugin("trainer", trainer)
         self.memory = build_plugin("memory", memory)
         self.selector = build_plugin("selector", selector)

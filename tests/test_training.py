@@ -1,0 +1,163 @@
+"""Trainers on Lightning: losses fall, self forcing trains through the inference path, resume is exact,
+stages chain, DDP runs."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from worldkit import config as wk_config
+from worldkit import experiment
+from worldkit.experiment import RunData, fit_stage, make_module, resolve_stages
+
+
+def tiny_raw(tmp_cache, **train):
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "env": {"type": "pendulum", "size": 16},
+        "data": {"train_episodes": 8, "val_episodes": 2, "test_episodes": 2, "episode_frames": 16,
+                 "cache_dir": str(tmp_cache), "workers": 1},
+        "model": {"patch": 4, "width": 32, "layers": 2, "heads": 2, "block_patches": 2, "chunk_frames": 2,
+                  "sampler_steps": 2},
+        "train": {"max_steps": 8, "batch_size": 4, "clip_frames": 6, "warmup_steps": 2, "val_every": 4,
+                  "log_every": 1, "lr": 2e-3, **train},
+        "eval": {"horizons": [1, 2], "episodes": 2, "context_frames": 2},
+    }
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def run_data(cache):
+    return RunData(wk_config.validate(tiny_raw(cache)))
+
+
+def val_loss(module, batch):
+    module.eval()
+    with torch.no_grad():
+        return module.trainer_plugin.loss(module, batch)[0].item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["diffusion_forcing", "teacher_forcing", "self_forcing"])
+def test_validation_loss_falls(trainer, cache, run_data, tmp_path):
+    cfg = wk_config.validate({**tiny_raw(cache, max_steps=100, val_every=100, batch_size=8), "trainer": {"type": trainer}})
+    stage = resolve_stages(cfg)[0]
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("val", 6), batch_size=4)))
+    before = val_loss(make_module(cfg, stage, run_data), batch)
+    module = fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=False)
+    after = val_loss(module, batch)
+    assert after < 0.5 * before, (before, after)
+
+
+def test_self_forcing_gradient_flows_only_through_exit_steps(cache, run_data):
+    cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing"}})
+    module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    acts = []
+
+    def keep(mod, inp, out):
+        out.retain_grad() if out.requires_grad else None
+        acts.append(out)
+
+    h = module.model.blocks[0].attn.register_forward_hook(keep)
+    loss, logs = module.trainer_plugin.loss(module, batch)
+    h.remove()
+    loss.backward()
+    # per chunk: (exit_step + 1) denoise passes then one commit pass; context chunk: one commit pass
+    differentiable = [a for a in acts if a.requires_grad]
+    assert len(differentiable) == 2  # one exit step in each of the two generated chunks
+    assert all(a.grad is not None for a in differentiable)
+    assert len(acts) > len(differentiable)  # pre-exit steps and commit passes ran, without gradient
+    assert module.model.blocks[0].ada.weight.grad.abs().sum() > 0  # (attention gates start at zero)
+
+
+def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monkeypatch):
+    """Self forcing calls the configured attention backend: the same code path as inference."""
+    cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing"}})
+    module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+    calls = []
+    original = type(module.backend).attend
+    monkeypatch.setattr(type(module.backend), "attend", lambda self, *a: calls.append(1) or original(self, *a))
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    module.trainer_plugin.loss(module, batch)
+    assert len(calls) > 0 and module.rollout.backend is module.backend
+
+
+def test_resume_reaches_the_same_weights(cache, run_data, tmp_path):
+    import lightning as L
+
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=8, val_every=4))
+    stage = resolve_stages(cfg)[0]
+    full = fit_stage(cfg, stage, run_data, tmp_path / "full", init=None, resume=False)
+
+    class Interrupt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 5:
+                raise KeyboardInterrupt
+
+    orig = experiment.make_trainer
+    experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Interrupt()], lg, val_batches)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="--resume"):
+            fit_stage(cfg, stage, run_data, tmp_path / "cut", init=None, resume=False)
+    finally:
+        experiment.make_trainer = orig
+    assert (tmp_path / "cut" / "stages" / stage.dirname / "checkpoints" / "last.ckpt").exists()
+    resumed = fit_stage(cfg, stage, run_data, tmp_path / "cut", init=None, resume=True)
+    assert resumed.global_step == full.global_step == 8
+    for (n, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
+
+
+def test_nan_loss_stops_with_a_clear_message(cache, run_data, tmp_path):
+    from worldkit.training import NonFiniteLoss
+
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=4, lr=1e30, grad_clip=None, warmup_steps=0))
+    with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
+        fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path, init=None, resume=False)
+
+
+def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
+    raw = tiny_raw(cache, max_steps=3, val_every=3)
+    raw["stages"] = [
+        {"name": "dense_df", "trainer": {"type": "diffusion_forcing"}},
+        {"name": "window_sf", "trainer": {"type": "self_forcing"}, "memory": {"type": "sliding_window", "window_frames": 4}},
+    ]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from worldkit.cli import main
+
+    loaded = []
+    orig = experiment.load_weights
+    monkeypatch.setattr(experiment, "load_weights", lambda model, p: loaded.append(p) or orig(model, p))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    for stage in ("0-dense_df", "1-window_sf"):
+        assert (run / "stages" / stage / "model.pt").exists()
+        assert (run / "stages" / stage / "eval.json").exists()
+    rows = [ln for ln in (run / "results.md").read_text().splitlines() if ln.startswith("| ") and "stage" not in ln]
+    assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf"]
+    assert loaded == [run / "stages" / "0-dense_df" / "model.pt"]  # stage 2 starts from stage 1's weights
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(cache, tmp_path):
+    raw = tiny_raw(cache, max_steps=2, val_every=2, strategy="ddp", devices=2, accelerator="cpu")
+    raw["stages"] = [{"name": "a", "trainer": {"type": "diffusion_forcing"}}, {"name": "b", "trainer": {"type": "teacher_forcing"}}]
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "worldkit", "run", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("0-a", "1-b"):
+        ckpts = sorted(c.name for c in (tmp_path / "run" / "stages" / stage / "checkpoints").glob("*.ckpt"))
+        assert ckpts == ["best.ckpt", "last.ckpt"]
+        assert (tmp_path / "run" / "stages" / stage / "eval.json").exists()
