@@ -102,12 +102,11 @@ def test_rollout_is_deterministic_and_reports_timing():
 
 def test_bounded_policy_rolls_out_100x_with_flat_memory():
     """A bounded policy runs 100x the training clip: no error, KV bytes flat once the window is full."""
-    m = tiny_model(torch.float32)
-    m = WorldModel(frame_size=8, action_dim=1, patch=4, width=24, layers=1, heads=2, block_patches=1, chunk_frames=2)
-    train = 4
-    r = Rollout(m, Sink(Sink.Config(sink_frames=2, window_frames=4)), AllBlocks(), SDPA(), steps=1, train_frames=train)
-    out = r.run(torch.zeros(1, 2, 3, 8, 8), torch.zeros(1, 2 + 100 * train, 1), 100 * train)
-    assert out.shape[1] == 400 and torch.isfinite(out).all()
+    m = WorldModel(frame_size=8, action_dim=1, patch=4, width=24, layers=1, heads=2, block_patches=1, chunk_frames=4)
+    train = 8
+    r = Rollout(m, Sink(Sink.Config(sink_frames=4, window_frames=4)), AllBlocks(), SDPA(), steps=1, train_frames=train)
+    out = r.run(torch.zeros(1, 4, 3, 8, 8), torch.zeros(1, 4 + 100 * train, 1), 100 * train)
+    assert out.shape[1] == 800 and torch.isfinite(out).all()
     kv = [t.kv_bytes for t in r.timings]
     assert len(set(kv[3:])) == 1
 
