@@ -70,7 +70,7 @@ class Rollout:
     def _commit(self, x0: Tensor, actions: Tensor) -> None:
         """One pass over the clean chunk at noise 0, then hand its K/V to the memory policy."""
         ctx = self._ctx(collect=True)
-        zeros = torch.zeros(x0.shape[:2], device=x0.device)
+        zeros = torch.zeros(x0.shape[:2], device=x0.device, dtype=x0.dtype)
         with torch.no_grad():
             self.model(x0.detach(), zeros, actions, ctx)
             self.memory.commit(*ctx.kv_for_commit())
@@ -98,11 +98,13 @@ class Rollout:
         B, fc = actions.shape[:2]
         shape = (B, fc, geo.channels, geo.frame_size, geo.frame_size)
         dev = actions.device
+        dtype = next(model.parameters()).dtype
         exit_step = self.steps - 1 if exit_step is None else exit_step
-        ts = diffusion.schedule(self.steps, self.shift, device=dev)
+        ts = diffusion.schedule(self.steps, self.shift, device=dev).to(dtype)
 
         def randn():
-            return torch.randn(shape, generator=generator, device=dev if generator is None else generator.device).to(dev)
+            where = dev if generator is None else generator.device
+            return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(dev)
 
         _sync(dev)
         t0 = time.perf_counter()

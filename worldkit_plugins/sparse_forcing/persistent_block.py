@@ -1,0 +1,94 @@
+"""Sparse Forcing's memory: sink + persistent block memory P + local window, under one softmax.
+
+When the window slides, the blocks leaving it (E) join P as candidates; every block of P u E is scored
+by block-level attention from the current chunk's pooled queries (softmax over the candidates per
+head and query block, summed over query blocks and heads) and the top C are kept, per layer and batch
+element: ``P <- TopC(P u E)``. What is dropped is gone. P holds clean K/V (commits are clean passes),
+changes once per chunk, and is fixed during the denoising steps.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from worldkit.cache import BlockMemory
+from worldkit.interfaces import CacheSpec, PluginConfig
+
+
+def score_candidates(pooled_q: Tensor, cand_k: Tensor) -> Tensor:
+    """Block-level attention mass each candidate receives from the chunk's pooled queries.
+
+    pooled_q: (L, B, H, NQB, D); cand_k: (L, B, n, H, D) pooled candidate keys -> (L, B, n)."""
+    d = pooled_q.shape[-1]
+    logits = torch.einsum("lbhqd,lbnhd->lbhqn", pooled_q.float(), cand_k.float()) / math.sqrt(d)
+    return logits.softmax(-1).sum((2, 3))
+
+
+class PersistentBlock(BlockMemory):
+    """Sink frames + top-C persistent blocks scored by attention + a local window of recent frames."""
+
+    class Config(PluginConfig):
+        sink_frames: int = Field(1, ge=0, description="first frames kept for ever")
+        persistent_frames: float = Field(
+            6.0, gt=0, description="capacity C of the persistent memory, in frames' worth of blocks"
+        )
+        persistent_blocks: Optional[int] = Field(None, ge=1, description="capacity C in blocks (overrides persistent_frames)")
+        window_frames: int = Field(6, ge=1, description="recent frames visible, the current chunk included")
+        pooling: Literal["mean", "max"] = Field("mean", description="how a candidate block's keys are pooled for scoring")
+        position: Literal["before_window", "absolute"] = Field(
+            "before_window",
+            description="read P (and the sink, before it) just before the window, or at true frame indices",
+        )
+
+    def layout(self, spec: CacheSpec):
+        c = self.config
+        if c.window_frames < spec.chunk_frames:
+            raise ValueError(
+                f"memory.window_frames={c.window_frames} must be at least the chunk length ({spec.chunk_frames} frames)"
+            )
+        cap = c.persistent_blocks or max(1, round(c.persistent_frames * spec.blocks_per_frame))
+        return c.sink_frames, c.window_frames - spec.chunk_frames, cap
+
+    # ---- P <- TopC(P u E) -----------------------------------------------------------------------
+    def on_evict(self, k: Tensor, v: Tensor, frame: Tensor, block: Tensor, pooled_q: Tensor) -> None:
+        L, B, n = k.shape[:3]
+        p = slice(self.p_base, self.p_base + self.n_persistent)
+        cand_k = torch.cat([self.k[:, :, p], k], dim=2)  # (L, B, n_p + n, H, BLK, D)
+        cand_v = torch.cat([self.v[:, :, p], v], dim=2)
+        cand_frame = torch.cat([self.slot_frame[:, :, p], frame.expand(L, B, n)], dim=2)  # (L, B, n_p + n)
+        cand_block = torch.cat([self.slot_block[:, :, p], block.expand(L, B, n)], dim=2)
+        pooled = cand_k.mean(4) if self.config.pooling == "mean" else cand_k.amax(4)  # (L, B, n_c, H, D)
+        scores = score_candidates(pooled_q.to(pooled.device), pooled)  # (L, B, n_c)
+        keep = min(self.persistent_cap, scores.shape[2])
+        top = scores.topk(keep, dim=2).indices.sort(dim=2).values  # (L, B, keep), candidate order kept
+        self.last_scores = scores
+
+        def take(x: Tensor) -> Tensor:
+            idx = top.view(L, B, keep, *([1] * (x.dim() - 3))).expand(L, B, keep, *x.shape[3:])
+            return x.gather(2, idx)
+
+        dst = slice(self.p_base, self.p_base + keep)
+        self.k[:, :, dst] = take(cand_k)
+        self.v[:, :, dst] = take(cand_v)
+        self.slot_frame[:, :, dst] = take(cand_frame)
+        self.slot_block[:, :, dst] = take(cand_block)
+        self.n_persistent = keep
+
+    # ---- read-time positions --------------------------------------------------------------------
+    def _window_start(self) -> int:
+        return max(self.sink_frames, self.frames_seen - self.history_frames)
+
+    def persistent_pos(self, layer: int, frame_pos: Tensor) -> Tensor:
+        if self.config.position == "absolute":
+            return frame_pos
+        return torch.full_like(frame_pos, float(self._window_start() - 1))  # one frame before the window
+
+    def sink_shift(self, query_frame: int) -> float:
+        if self.config.position == "absolute":
+            return 0.0
+        gap = 1 if self.persistent_cap else 0  # the frame position P occupies
+        return float(max(0, self._window_start() - gap - self.sink_frames))
