@@ -3,7 +3,8 @@
 One program per (query block, batch x head) walks that block's slot list with an online softmax
 (exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV
 walk the transposed lists (``build_transposed``), so every gradient is written by one program:
-deterministic, no atomics. Tiles are max(16, BLK) wide and masked, so small blocks work too.
+deterministic, no atomics. A query block is one tile of max(16, BLK) rows (masked, so small blocks
+work too); keys and backward query rows are walked in sub-tiles so K/V stages fit shared memory.
 Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbsa_bwd``.
 """
 from __future__ import annotations
@@ -33,44 +34,49 @@ def _fwd_kernel(
     s_ob, s_oh, s_ot, s_od,
     s_eb, s_eh, s_et,
     H, Tq,
-    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
 ):
+    NSUB: tl.constexpr = BLOCK_M // BLOCK_N  # key sub-tiles per slot
     r = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs = tl.arange(0, TILE)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    rows = r * BLK + offs
-    row_ok = (offs < BLK) & (rows < Tq)
+    rows = r * BLK + offs_m
+    row_ok = (offs_m < BLK) & (rows < Tq)
     q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                mask=row_ok[:, None], other=0.0)  # (TILE, D)
+                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
-    m_i = tl.full([TILE], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
-    l_i = tl.zeros([TILE], tl.float32)
-    acc = tl.zeros([TILE, D], tl.float32)
-    for j in range(0, n):
-        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + j * s_ik).to(tl.int64)
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for it in range(0, n * NSUB):
+        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik).to(tl.int64)
         if HAS_BLEN:
             kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
         else:
             kl = BLK
-        col_ok = offs < kl
-        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
-                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
-        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (TILE, TILE), log2 units
+        offs_n = (it % NSUB) * BLOCK_N + offs_n0
+        col_ok = offs_n < kl
+        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         qk = tl.where(col_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
-                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
+        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
+                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
         m_i = m_new
     nonempty = l_i > 0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, (m_i + tl.log2(tl.where(nonempty, l_i, 1.0))) / 1.4426950408889634, float("-inf"))
+    l_safe = tl.where(nonempty, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
     tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
              out.to(O.dtype.element_ty), mask=row_ok[:, None])
     tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse, mask=row_ok)
@@ -89,39 +95,43 @@ def _bwd_dq_kernel(
     s_lb, s_ls,
     s_gb, s_gh, s_gt, s_gd,  # dQ
     H, Tq,
-    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
 ):
+    NSUB: tl.constexpr = BLOCK_M // BLOCK_N
     r = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs = tl.arange(0, TILE)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    rows = r * BLK + offs
-    row_ok = (offs < BLK) & (rows < Tq)
+    rows = r * BLK + offs_m
+    row_ok = (offs_m < BLK) & (rows < Tq)
     q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                mask=row_ok[:, None], other=0.0)  # (TILE, D)
+                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
     do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
-                 mask=row_ok[:, None], other=0.0)  # (TILE, D)
+                 mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
     lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # empty rows have no valid column anyway
     delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
-    dq = tl.zeros([TILE, D], tl.float32)
-    for j in range(0, n):
-        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + j * s_ik).to(tl.int64)
+    dq = tl.zeros([BLOCK_M, D], tl.float32)
+    for it in range(0, n * NSUB):
+        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik).to(tl.int64)
         if HAS_BLEN:
             kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
         else:
             kl = BLK
-        col_ok = offs < kl
-        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
-                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
-        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
-                     mask=col_ok[:, None], other=0.0)  # (TILE, D)
-        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (TILE, TILE)
+        offs_n = (it % NSUB) * BLOCK_N + offs_n0
+        col_ok = offs_n < kl
+        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
+                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(qk - lse2[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (TILE, TILE)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
     tl.store(DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd,
@@ -140,57 +150,71 @@ def _bwd_dkdv_kernel(
     s_cb, s_ch, s_cs,
     s_lb, s_ls,
     H, NS, Tq,
-    BLK: tl.constexpr, TILE: tl.constexpr, D: tl.constexpr, HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    s = tl.program_id(0).to(tl.int64)
+    NSUB_K: tl.constexpr = TILE // BLOCK_N  # programs per slot, each owns BLOCK_N of its keys
+    NSUB_Q: tl.constexpr = TILE // BLOCK_M  # query sub-tiles per reading query block
+    s = (tl.program_id(0) // NSUB_K).to(tl.int64)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs = tl.arange(0, TILE)
+    offs_n = (tl.program_id(0) % NSUB_K) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     if HAS_BLEN:
         kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
     else:
         kl = BLK
-    col_ok = offs < kl
-    kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs[:, None] * s_kt + offs_d[None, :] * s_kd,
-                 mask=col_ok[:, None], other=0.0)  # (TILE, D)
-    vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs[:, None] * s_vt + offs_d[None, :] * s_vd,
-                 mask=col_ok[:, None], other=0.0)  # (TILE, D)
+    col_ok = offs_n < kl
+    kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+                 mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+    vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
+                 mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
     n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
-    dk = tl.zeros([TILE, D], tl.float32)
-    dv = tl.zeros([TILE, D], tl.float32)
-    for j in range(0, n):
-        r = tl.load(TIDX + b * s_ib + h * s_ih + s * s_is + j * s_ir)
-        rows = r * BLK + offs
-        row_ok = (offs < BLK) & (rows < Tq)
+    dk = tl.zeros([BLOCK_N, D], tl.float32)
+    dv = tl.zeros([BLOCK_N, D], tl.float32)
+    for it in range(0, n * NSUB_Q):
+        r = tl.load(TIDX + b * s_ib + h * s_ih + s * s_is + (it // NSUB_Q) * s_ir)
+        offs_m = (it % NSUB_Q) * BLOCK_M + offs_m0
+        rows = r * BLK + offs_m
+        row_ok = (offs_m < BLK) & (rows < Tq)
         q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                    mask=row_ok[:, None], other=0.0)  # (TILE, D)
+                    mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
         do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
-                     mask=row_ok[:, None], other=0.0)  # (TILE, D)
+                     mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
         lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
         lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
         delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
-        qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (TILE keys, TILE queries)
+        qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N keys, BLOCK_M queries)
         p_t = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(qk_t - lse2[None, :]), 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
-        dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (TILE, TILE)
+        dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (BLOCK_N, BLOCK_M)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
-    out_off = ((b * NS + s) * H + h) * (BLK * D) + offs[:, None] * D + offs_d[None, :]
-    out_ok = (offs < BLK)[:, None]
+    out_off = ((b * NS + s) * H + h) * (BLK * D) + offs_n[:, None] * D + offs_d[None, :]  # dk, dv contiguous
+    out_ok = (offs_n < BLK)[:, None]
     tl.store(DK + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=out_ok)
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
-def _launch_cfg(BLK: int, D: int, dtype: torch.dtype) -> dict:
-    """Tile width, warps and dot precision for a block size and head dim."""
-    tile = max(16, triton.next_power_of_2(BLK))
-    return dict(
-        TILE=tile,
-        PREC="ieee" if dtype == torch.float32 else "tf32",
-        num_warps=8 if tile * D >= 128 * 128 else 4,
-    )
+# Sub-tile widths (capped by the tile): forward keys, dQ keys, dK/dV keys per program and query rows
+# per step. Small enough that K/V stages fit shared memory at BLK = 128, D = 128.
+FWD_BLOCK_N, DQ_BLOCK_N, DKDV_BLOCK_N, DKDV_BLOCK_M = 64, 32, 64, 32
+
+
+def _tile(BLK: int) -> int:
+    """Rows of one block padded to a power of two >= 16 (the minimum tl.dot size)."""
+    return max(16, triton.next_power_of_2(BLK))
+
+
+def _warps(rows: int, D: int) -> int:
+    return 8 if rows * D >= 128 * 128 else 4
+
+
+def _prec(dtype: torch.dtype) -> str:
+    """fp32 inputs stay fp32 in tl.dot (no TF32), half inputs use the tensor-core default."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _check(q: Tensor, k: Tensor, D: int) -> None:
@@ -219,6 +243,7 @@ def pbsa_fwd(
     if out.numel() == 0:
         return out, lse
     blen = block_len if block_len is not None else count  # placeholder pointer, never read
+    tile = _tile(BLK)
     _fwd_kernel[(NQB, B * H)](
         q, k, v, index, count, blen, out, lse,
         scale * LOG2E,
@@ -228,7 +253,8 @@ def pbsa_fwd(
         blen.stride(0), blen.stride(1) if block_len is not None else 0,
         *out.stride(), *lse.stride(),
         H, Tq,
-        BLK=BLK, D=D, HAS_BLEN=block_len is not None, **_launch_cfg(BLK, D, q.dtype),
+        BLK=BLK, BLOCK_M=tile, BLOCK_N=min(FWD_BLOCK_N, tile), D=D, HAS_BLEN=block_len is not None,
+        PREC=_prec(q.dtype), num_warps=_warps(tile, D), num_stages=3,
     )
     return out, lse
 
@@ -258,8 +284,9 @@ def pbsa_bwd(
         return dq.zero_(), dk.zero_(), dv.zero_()
     blen = block_len if block_len is not None else count
     s_blen = (blen.stride(0), blen.stride(1) if block_len is not None else 0)
-    cfg = _launch_cfg(BLK, D, q.dtype)
-    common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, **cfg)
+    tile = _tile(BLK)
+    common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), num_stages=2)
+    dkdv_n = min(DKDV_BLOCK_N, tile)
     _bwd_dq_kernel[(NQB, B * H)](
         q, k, v, do, lse, delta, index, count, blen, dq,
         scale * LOG2E, scale,
@@ -267,17 +294,19 @@ def pbsa_bwd(
         index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
         count.stride(0), _head_stride(count, Hi), count.stride(2),
         *s_blen, *dq.stride(),
-        H, Tq, **common,
+        H, Tq,
+        BLOCK_M=tile, BLOCK_N=min(DQ_BLOCK_N, tile), num_warps=_warps(tile, D), **common,
     )
     tindex, tcount = build_transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
-    _bwd_dkdv_kernel[(NS, B * H)](
+    _bwd_dkdv_kernel[(NS * (tile // dkdv_n), B * H)](
         q, k, v, do, lse, delta, tindex, tcount, blen, dk, dv,
         scale * LOG2E, scale,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
         tindex.stride(0), _head_stride(tindex, Hi), tindex.stride(2), tindex.stride(3),
         tcount.stride(0), _head_stride(tcount, Hi), tcount.stride(2),
         *s_blen,
-        H, NS, Tq, **common,
+        H, NS, Tq,
+        TILE=tile, BLOCK_M=min(DKDV_BLOCK_M, tile), BLOCK_N=dkdv_n, num_warps=_warps(2 * dkdv_n, D), **common,
     )
     return dq, dk, dv
 

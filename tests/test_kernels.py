@@ -165,6 +165,16 @@ def test_triton_head_dims(D):
     check_against_reference("triton", (q, k, v), index, count, block_len, torch.float32)
 
 
+@needs_triton
+def test_triton_sub_tiles(monkeypatch):
+    """Blocks wider than the sub-tiles: keys and backward query rows walked in several steps."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    for name in ("FWD_BLOCK_N", "DQ_BLOCK_N", "DKDV_BLOCK_N", "DKDV_BLOCK_M"):
+        monkeypatch.setattr(mod, name, 16)
+    case = make_case(1, 2, 1, 3 * 32 - 7, 32, 4, 32, 1, 0.5, 0.2, True, torch.float32, 13)
+    check_against_reference("triton", *case, torch.float32)
+
+
 def row_kinds_case(dtype):
     """Rows of every kind in one batch: persistent only, local only, both, empty (per-head lists)."""
     B, H, BLK, D, NS = 1, 2, 16, 32, 6
