@@ -161,3 +161,14 @@ def test_ddp_two_cpu_processes(cache, tmp_path):
         ckpts = sorted(c.name for c in (tmp_path / "run" / "stages" / stage / "checkpoints").glob("*.ckpt"))
         assert ckpts == ["best.ckpt", "last.ckpt"]
         assert (tmp_path / "run" / "stages" / stage / "eval.json").exists()
+
+
+def test_periodic_evaluation_is_logged(cache, run_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=4, val_every=4, eval_every=2))
+    stage = resolve_stages(cfg)[0]
+    fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=False)
+    acc = EventAccumulator(str(tmp_path / "tb" / stage.dirname)).Reload()
+    steps = [e.step for e in acc.Scalars("eval_periodic/psnr@1x")]
+    assert steps == [2, 4]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -161,6 +162,23 @@ def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:
     w.flush()
 
 
+class PeriodicEval(L.Callback):
+    """Every ``every`` optimizer steps, the long-horizon evaluation of the current weights, logged."""
+
+    def __init__(self, cfg, stage: Stage, d: RunData, every: int):
+        self.cfg, self.stage, self.d, self.every = cfg, stage, d, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every or not trainer.is_global_zero:
+            return
+        st = self.stage
+        res = evaluate_model(self.cfg, pl_module.inference_model(), st.memory, st.selector, st.attention, self.d,
+                             out_dir=None, desc=f"eval@{step}")
+        log_eval(trainer.logger, res, step, prefix="eval_periodic")
+        pl_module.model.train()
+
+
 def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path], resume: bool) -> WorldModule:
     """Train one stage (or continue it from ``last.ckpt``); returns the trained module."""
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -179,7 +197,8 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
                             tr.max_steps, tr.accumulate, cfg.seed + stage.index, workers=0)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage.dirname, default_hp_metric=False)
     saver = SaveOnInterrupt(last)
-    trainer = make_trainer(tr, stage_dir, [saver], logger, val_batches=4)
+    callbacks = [saver] + ([PeriodicEval(cfg, stage, d, tr.eval_every)] if tr.eval_every else [])
+    trainer = make_trainer(tr, stage_dir, callbacks, logger, val_batches=4)
     try:
         trainer.fit(module, datamodule=datamod, ckpt_path=ckpt_path)
     except SystemExit:
@@ -194,6 +213,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
     """Run every stage of ``cfg`` in ``run_dir``, evaluating after each; returns the summary rows."""
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     d = RunData(cfg)
     init = resolve_init(cfg.model.init) if cfg.model.init else None
     rows = []

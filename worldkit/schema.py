@@ -190,6 +190,7 @@ class TrainConfig(Section):
     log_every: PositiveInt = 10
     val_every: PositiveInt = 200
     eval_every: Optional[PositiveInt] = None
+    max_minutes: Optional[PositiveFloat] = None  # stop the stage after this wall time (a safety net)
 
 
 class EvalConfig(Section):

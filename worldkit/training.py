@@ -196,6 +196,7 @@ def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batch
     )
     return L.Trainer(
         max_steps=train.max_steps,
+        max_time=None if train.max_minutes is None else {"seconds": int(60 * train.max_minutes)},
         precision=train.precision,
         gradient_clip_val=train.grad_clip,
         accumulate_grad_batches=train.accumulate,
