@@ -1,4 +1,4 @@
-"""The ``worldkit`` command: run, validate, plugins, data.
+"""The ``worldkit`` command: run, validate, plugins, data, report.
 
 User errors (bad YAML, a missing file, validation issues, a broken plugin) print ``error: ...`` lines
 to stderr and exit 2 without a traceback; Ctrl-C exits 130. Heavy modules (the experiment runner,
@@ -50,19 +50,37 @@ def new_run_dir(cfg: ExperimentConfig, out: Optional[str] = None) -> Path:
     raise AssertionError("unreachable")
 
 
+def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg: ExperimentConfig,
+             out: Optional[str] = None) -> int:
+    """Validate every cell of a grid experiment, then run its cells in a new grid folder (or resume ``grid_dir``)."""
+    grid = import_module("worldkit.grid")
+    g = grid.load(path, overrides)
+    if grid_dir is None:
+        grid_dir = new_run_dir(cfg, out)
+        grid.save_config(g, grid_dir)
+        print(f"grid folder: {grid_dir} ({len(g.cells)} cells)", file=sys.stderr)
+    grid.run(g, grid_dir)
+    print(Path(grid_dir, "results.md").read_text(), flush=True)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Validate, create a new run folder, save the resolved config.yaml, run the experiment."""
+    """Validate, create a new run folder, save the resolved config.yaml, run the experiment (or its grid)."""
     if args.resume is not None:
         if args.config or args.overrides or args.out:
             raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file, --set or --out")
         run_dir = Path(args.resume)
         cfg = config.load(run_dir / "config.yaml")
+        if cfg.grid:
+            return run_grid(run_dir / "config.yaml", [], run_dir, cfg)
         experiment = import_module("worldkit.experiment")
         experiment.run(cfg, run_dir, resume=True)
         return 0
     if args.config is None:
         raise WorldkitError("run: give an experiment YAML (or --resume RUN_DIR)")
     cfg = config.load(args.config, args.overrides)
+    if cfg.grid:
+        return run_grid(Path(args.config), args.overrides, None, cfg, args.out)
     experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
     inherited = os.environ.get(RUN_DIR_VAR)
     if inherited:  # a worker that multi-device training relaunched with this command line
@@ -77,16 +95,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print the resolved config, or every error."""
+    """Print the resolved config, or every error; for a grid, also validate and list every cell."""
     cfg = config.load(args.config, args.overrides)
+    cells = import_module("worldkit.grid").load(args.config, args.overrides).cells if cfg.grid else []
     sys.stdout.write(config.to_yaml(cfg))
+    if cells:
+        sys.stdout.write(f"# {len(cells)} cells, each valid:\n" + "".join(f"#   {c.name}\n" for c in cells))
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """Generate (or find cached) the episodes the experiment trains and evaluates on."""
+    """Generate (or find cached) the episodes the experiment (every cell of a grid) trains and evaluates on."""
     cfg = config.load(args.config, args.overrides)
-    import_module("worldkit.data").prepare(cfg)
+    cfgs = [c.config for c in import_module("worldkit.grid").load(args.config, args.overrides).cells] if cfg.grid else [cfg]
+    for c in cfgs:
+        import_module("worldkit.data").prepare(c)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a grid folder's results.csv, results.md and plots from its cell folders; print the table."""
+    sys.stdout.write(import_module("worldkit.report").build(args.grid_dir))
     return 0
 
 
@@ -140,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate and cache the experiment's episodes")
     _add_config_args(p)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("report", help="rebuild a grid folder's results tables and plots from its cells")
+    p.add_argument("grid_dir", metavar="GRID_DIR", help="the folder `worldkit run` made for a grid experiment")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from worldkit import data as wk_data
+from worldkit import report
 from worldkit.errors import WorldkitError
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
@@ -238,6 +239,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
                              desc=f"eval {stage.name}")
         res.save(stage_dir / "eval.json")
         log_eval(module._logger_for_eval, res, module.global_step)
+        report.log_stage(module._logger_for_eval, cfg, stage.index, res, stage_dir, module.global_step)
         row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],
                "selector": stage.selector["type"], "attention": stage.attention["type"], **res.summary()}
         atomic_write(stage_dir / "summary.json", json.dumps(row))

@@ -1,0 +1,347 @@
+"""Grid experiments: one experiment YAML, many cells, each cell a plain experiment in its own run folder.
+
+An experiment with ``grid:`` (dotted config path -> list of values) has one cell per combination of
+values, minus every cell that matches a partial assignment in ``exclude:``. A cell is the experiment with
+its values set exactly as ``--set PATH=VALUE`` would set them (shallow paths first, so ``memory.window_frames``
+refines a ``memory`` axis); every cell is validated before anything runs.
+
+A grid folder holds::
+
+    config.yaml             the grid as given (``--set`` applied, ``grid:`` kept); ``run --resume`` reads it
+    tb/                     the HParams declaration (which hparams and metrics the table compares)
+    cells/<name>/           a run folder (worldkit.experiment) plus cell.json, and done.json once its
+                            results are written, or error.txt when it failed
+    results.csv, results.md, psnr_vs_horizon.png, cost_vs_horizon.png   (worldkit.report)
+
+Cells run one after another in this process. Running cells in parallel, or a cell on several devices
+(DDP), is not supported yet: such cells are refused.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import yaml
+
+from worldkit import config, report
+from worldkit.errors import MISSING, ConfigError, Issue
+from worldkit.schema import ExperimentConfig
+
+Parts = tuple[Union[str, int], ...]
+CELLS = "cells"
+DONE = "done.json"  # written atomically after the cell's results: the cell is finished
+ERROR = "error.txt"  # the traceback of a failed cell
+CELL = "cell.json"  # the cell's index, name and assignment
+MAX_NAME = 120
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of grid values: its position, folder name, values and validated config."""
+
+    index: int
+    name: str
+    assignment: dict[str, Any]  # normalized dotted path -> value, in the grid's axis order
+    config: ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A grid experiment: the raw document (``--set`` applied) it came from and its validated cells."""
+
+    raw: dict
+    source: str
+    cells: list[Cell]
+
+
+# --------------------------------------------------------------------------------------------------
+# Expansion: pure functions over {path: values}
+
+
+def _parts(path: str) -> Parts:
+    return tuple(config.parse_path(path))
+
+
+def normalize(path: str) -> str:
+    """``"stages.1.train.lr"`` -> ``"stages[1].train.lr"``: one spelling per path."""
+    return config.format_path(_parts(path))
+
+
+def _covering_axis(axes: Sequence[str], parts: Parts) -> Optional[str]:
+    """The axis that sets the value at ``parts``: the longest axis path that is a prefix of it."""
+    best = None
+    for axis in axes:
+        a = _parts(axis)
+        if parts[: len(a)] == a and (best is None or len(a) > len(_parts(best))):
+            best = axis
+    return best
+
+
+def _descend(value: Any, parts: Parts) -> Any:
+    for p in parts:
+        if isinstance(value, dict) and p in value:
+            value = value[p]
+        elif isinstance(value, list) and isinstance(p, int) and 0 <= p < len(value):
+            value = value[p]
+        else:
+            return MISSING
+    return value
+
+
+def lookup(assignment: dict[str, Any], path: str) -> Any:
+    """The value a cell's assignment gives ``path`` (an axis, or a key inside an axis's value), or MISSING."""
+    parts = _parts(path)
+    axis = _covering_axis(list(assignment), parts)
+    if axis is None:
+        return MISSING
+    return _descend(assignment[axis], parts[len(_parts(axis)):])
+
+
+def matches(assignment: dict[str, Any], partial: dict[str, Any]) -> bool:
+    """Whether the cell ``assignment`` has every value of the partial assignment ``partial``."""
+    return all(_equal(lookup(assignment, path), value) for path, value in partial.items())
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """YAML values equal; a boolean equals only a boolean (in Python ``True == 1``)."""
+    if a is MISSING or b is MISSING or isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return a == b
+
+
+def assignments(grid: dict[str, list], exclude: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The grid's cells as assignments {axis: value}: the product of the value lists in the order given
+    (the first axis varies slowest), minus every cell that matches an entry of ``exclude``."""
+    axes = {normalize(k): v for k, v in grid.items()}
+    out = []
+    for combo in itertools.product(*axes.values()):
+        cell = dict(zip(axes, combo))
+        if not any(matches(cell, partial) for partial in exclude):
+            out.append(cell)
+    return out
+
+
+def check(grid: dict[str, list], exclude: Sequence[dict[str, Any]] = ()) -> list[Issue]:
+    """Every problem with a grid and its exclusions, each at the ``grid.PATH`` / ``exclude[i].PATH`` to fix."""
+    issues: list[Issue] = []
+    axes: dict[str, list] = {}
+    for key, values in grid.items():
+        try:
+            path = normalize(key)
+        except ValueError as err:
+            issues.append(Issue(f"grid.{key}", MISSING, str(err)))
+            continue
+        if path in axes:
+            issues.append(Issue(f"grid.{key}", MISSING, f"the same path as another axis ({path})"))
+            continue
+        repeated = [v for i, v in enumerate(values) if any(_equal(v, w) for w in values[:i])]
+        if repeated:
+            issues.append(Issue(f"grid.{key}", repeated[0], "value listed twice; each value makes one cell"))
+        axes[path] = values
+    if exclude and not grid:
+        issues.append(Issue("exclude", exclude, "exclude needs a grid to exclude cells from"))
+    for i, partial in enumerate(exclude):
+        for key, value in partial.items():
+            where = f"exclude[{i}].{key}"
+            try:
+                parts = _parts(key)
+            except ValueError as err:
+                issues.append(Issue(where, MISSING, str(err)))
+                continue
+            axis = _covering_axis(list(axes), parts)
+            if axis is None:
+                issues.append(Issue(where, value, f"not on a grid axis; axes: {', '.join(axes) or 'none'}"))
+                continue
+            taken = [_descend(v, parts[len(_parts(axis)):]) for v in axes[axis]]
+            taken = [t for t in taken if t is not MISSING]
+            if not any(_equal(t, value) for t in taken):
+                shown = ", ".join(map(repr, taken)) or "nothing (the axis values have no such key)"
+                issues.append(Issue(where, value, f"no cell has this value; {config.format_path(parts)} takes: {shown}"))
+    return issues
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+~@-]")
+
+
+def _label(path: str, n: int) -> str:
+    parts = [str(p) for p in _parts(path)]
+    if len(parts) > 1 and parts[-1] == "type":  # memory.type -> memory
+        parts = parts[:-1]
+    return ".".join(parts[-n:])
+
+
+def axis_labels(axes: Sequence[str]) -> dict[str, str]:
+    """A short unique label per axis: the last path part (``type`` dropped), longer where two collide."""
+    depth = {a: 1 for a in axes}
+    while True:
+        labels = {a: _label(a, depth[a]) for a in axes}
+        clash = [a for a in axes if list(labels.values()).count(labels[a]) > 1 and _label(a, depth[a] + 1) != labels[a]]
+        if not clash:
+            return labels
+        for a in clash:
+            depth[a] += 1
+
+
+def format_value(value: Any) -> str:
+    """A value as it appears in a cell name: ``sink``, ``0.25``, ``local_window+top_k=0.25``, ``1+4``."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, dict):
+        head = [format_value(value["type"])] if "type" in value else []
+        return "+".join(head + [f"{k}={format_value(v)}" for k, v in value.items() if k != "type"])
+    if isinstance(value, list):
+        return "+".join(format_value(v) for v in value)
+    return str(value)
+
+
+def cell_names(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """Readable, filesystem-safe, unique folder names: ``memory=sink,selector=all``."""
+    labels = axis_labels(list(cells[0])) if cells else {}
+    names: list[str] = []
+    for cell in cells:
+        name = _UNSAFE.sub("_", ",".join(f"{labels[a]}={format_value(v)}" for a, v in cell.items()))
+        if name.startswith((".", "-")) or not name:
+            name = f"cell{name}"
+        if len(name) > MAX_NAME:  # keep a readable head and make the rest a hash
+            name = f"{name[:MAX_NAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+        base, k = name, 2
+        while name in names:  # two values that print the same
+            name, k = f"{base}~{k}", k + 1
+        names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# Validated cells
+
+
+def _single_process(cfg: ExperimentConfig) -> list[Issue]:
+    trains = [("train", cfg.train)] + [(f"stages[{i}].train", cfg.stage_config(s).train) for i, s in enumerate(cfg.stages)]
+    out = []
+    for where, t in trains:
+        if t.strategy != "auto" or str(t.devices) != "1" or t.num_nodes != 1:
+            out.append(Issue(where, {"strategy": t.strategy, "devices": t.devices, "num_nodes": t.num_nodes},
+                             "grid cells run one process each; multi-device cells are not supported yet "
+                             "(use strategy: auto, devices: 1, num_nodes: 1)"))
+    return out
+
+
+def expand(raw: dict, source: str) -> list[Cell]:
+    """Every cell of the grid experiment ``raw``, validated; one ConfigError lists every problem.
+
+    The experiment without its grid must itself be valid (it is the base every cell starts from); a
+    cell's problems are reported as ``<file> cell <name>: <field>: <message>``."""
+    base_raw = {k: v for k, v in raw.items() if k not in ("grid", "exclude")}
+    config.validate(copy.deepcopy(base_raw), source)  # the base's own problems, reported once
+    grid, exclude = raw.get("grid") or {}, raw.get("exclude") or []
+    issues = check(grid, exclude)
+    if issues:
+        raise ConfigError(issues, source)
+    found = assignments(grid, exclude)
+    if not found:
+        raise ConfigError([Issue("exclude", MISSING, "every cell of the grid is excluded")], source)
+    cells, issues = [], []
+    for i, (name, cell) in enumerate(zip(cell_names(found), found)):
+        where = f"{source} cell {name}"
+        cell_raw = copy.deepcopy(base_raw)
+        for axis in sorted(cell, key=lambda a: len(_parts(a))):  # shallow first: deeper axes refine
+            try:
+                config.set_path(cell_raw, list(_parts(axis)), copy.deepcopy(cell[axis]))
+            except ValueError as err:
+                issues.append(Issue(f"grid.{axis}", cell[axis], str(err), where))
+        try:
+            cfg = config.validate(cell_raw, where)
+        except ConfigError as err:
+            issues += [i._replace(source=i.source or where) for i in err.issues]
+            continue
+        issues += [i._replace(source=where) for i in _single_process(cfg)]
+        cells.append(Cell(i, name, cell, cfg))
+    if issues:
+        raise ConfigError(issues, source)
+    return cells
+
+
+def load(path: Union[str, Path], overrides: Sequence[str] = ()) -> Grid:
+    """The grid experiment at ``path`` with ``overrides`` applied, every cell validated."""
+    raw = config.read(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError([Issue("", raw, "expected a mapping of experiment fields at the top level")], str(path))
+    config.apply_overrides(raw, overrides)
+    return Grid(raw, str(path), expand(raw, str(path)))
+
+
+def save_config(grid: Grid, grid_dir: Path) -> Path:
+    """The grid as given (``--set`` applied) to ``grid_dir/config.yaml``, atomically."""
+    head = "# A grid experiment; each cell's resolved config is cells/<name>/config.yaml\n"
+    text = head + yaml.safe_dump(grid.raw, sort_keys=False, default_flow_style=None, width=100)
+    return report.atomic_write(Path(grid_dir) / "config.yaml", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+def cell_dir(grid_dir: Path, cell: Cell) -> Path:
+    return Path(grid_dir) / CELLS / cell.name
+
+
+def _prepare(cell: Cell, folder: Path) -> ExperimentConfig:
+    """The cell's folder with cell.json and config.yaml; a started cell keeps the config it started with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report.atomic_write(folder / CELL, json.dumps({"index": cell.index, "name": cell.name, "assignment": cell.assignment}))
+    saved = folder / "config.yaml"
+    if saved.exists():
+        return config.load(saved)
+    config.save(cell.config, saved)
+    return cell.config
+
+
+def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., Any]] = None) -> list[report.CellResult]:
+    """Run every unfinished cell of ``grid`` in ``grid_dir``, one after another; returns every cell's result.
+
+    A finished cell (``done.json``) is skipped; a cell that raises is recorded in its ``error.txt`` and the
+    grid goes on (it is tried again on the next run). Ctrl-C stops the grid and keeps every finished cell.
+    The summary (worldkit.report) is rebuilt after each cell. ``runner`` defaults to ``experiment.run``."""
+    grid_dir = Path(grid_dir)
+    runner = runner or import_module("worldkit.experiment").run
+    report.declare_hparams(grid_dir / "tb", [c.config for c in grid.cells])
+    for cell in grid.cells:
+        folder = cell_dir(grid_dir, cell)
+        if (folder / DONE).exists():
+            print(f"== cell {cell.index + 1}/{len(grid.cells)} {cell.name}: finished, skipped", flush=True)
+            continue
+        started = (folder / "stages").exists()
+        cfg = _prepare(cell, folder)
+        (folder / ERROR).unlink(missing_ok=True)
+        print(f"== cell {cell.index + 1}/{len(grid.cells)} {cell.name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            runner(cfg, folder, resume=started)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"stopped in cell {cell.name}; finished cells are kept; resume with: worldkit run --resume {grid_dir}"
+            ) from None
+        except Exception as err:  # a failing cell is recorded; the grid goes on
+            report.atomic_write(folder / ERROR, traceback.format_exc())
+            print(f"!! cell {cell.name} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        else:
+            done = {"name": cell.name, "wall_s": round(time.perf_counter() - t0, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            report.atomic_write(folder / DONE, json.dumps(done))
+        report.build(grid_dir)
+    return report.collect(grid_dir)

@@ -1,0 +1,449 @@
+"""Reporting: TensorBoard extras and hparams for a run, and the summary of a grid folder.
+
+TensorBoard, per stage of a run (``log_stage``): PSNR / SSIM / foreground-PSNR curves over the frame
+index and per horizon bucket for the model and both baselines, ms per chunk and KV MiB per horizon, KV
+MiB per chunk, and the ground-truth-vs-prediction strips as an image. Once per run, after its last stage,
+the run's hparams (plugin names and key parameters as primitives) and final metrics are written as one
+HParams session (``log_hparams``); a grid declares the table's columns once in its own ``tb/``
+(``declare_hparams``), so that the HParams tab compares every cell in one table. Sessions carry no
+experiment declaration of their own: TensorBoard would pick one run's declaration arbitrarily, and a
+cell's hparams (e.g. ``memory.window_frames``) are not every cell's.
+
+Summary of a grid folder (``build``), from its cell folders alone: ``results.csv`` and ``results.md``
+(one row per cell; best value per column marked, differences within two standard errors of the best
+marked as not significant; failed cells marked) and plots ``psnr_vs_horizon.png`` and
+``cost_vs_horizon.png``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from worldkit.errors import WorldkitError
+from worldkit.interfaces import KINDS
+
+BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
+CURVES = ("psnr", "ssim", "fg_psnr")  # per-frame curves logged to TensorBoard
+BUCKETS = ("psnr", "ssim", "fg_psnr", "skill")  # per-horizon means logged to TensorBoard
+
+
+def atomic_write(path: Union[str, Path], text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def kv_per_horizon(ev: dict) -> list[float]:
+    """KV MiB held at the end of each horizon bucket (``kv_bytes`` has one entry per generated chunk)."""
+    kv, clip, horizons = ev["kv_bytes"], ev["clip_frames"], ev["horizons"]
+    if not kv:
+        return [math.nan] * len(horizons)
+    frames_per_chunk = max(horizons) * clip / len(kv)
+    return [kv[max(0, round(h * clip / frames_per_chunk) - 1)] / 2**20 for h in horizons]
+
+
+# --------------------------------------------------------------------------------------------------
+# TensorBoard
+
+
+def _primitive(value: Any) -> Union[bool, int, float, str]:
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def final_config(cfg):
+    """The experiment as its last stage sees it (the stage that gives the run its result)."""
+    return cfg.stage_config(cfg.stages[-1]) if cfg.stages else cfg
+
+
+def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
+    """The run's hparams as primitives: each plugin's name and settings (of the last stage), the model
+    and training sizes. Settings that are None are left out (a column stays one type)."""
+    final = final_config(cfg)
+    out: dict[str, Any] = {"experiment": cfg.name, "stages": ">".join(s.name for s in cfg.stages) or "train",
+                           "seed": cfg.seed, "model.init": cfg.model.init or "scratch"}
+    for kind in KINDS:
+        spec = getattr(final, kind)
+        out[kind] = spec.type
+        out.update({f"{kind}.{k}": _primitive(v) for k, v in spec.config.model_dump(mode="json").items() if v is not None})
+    for k in ("patch", "width", "layers", "heads", "block_patches", "chunk_frames", "sampler_steps"):
+        out[f"model.{k}"] = getattr(cfg.model, k)
+    for k in ("max_steps", "batch_size", "clip_frames", "lr"):
+        out[f"train.{k}"] = getattr(final.train, k)
+    return out
+
+
+def metric_names(cfg) -> list[str]:
+    """The final metrics a run declares: PSNR at every horizon, the others at the longest, cost."""
+    h = max(cfg.eval.horizons)
+    return [f"psnr@{x}x" for x in cfg.eval.horizons] + [f"{m}@{h}x" for m in ("ssim", "fg_psnr", "skill")] + [
+        "ms_per_chunk", "kv_mib"]
+
+
+def log_hparams(writer, cfg, summary: dict[str, float], step: int) -> None:
+    """One HParams session in ``writer``'s run: the hparams, and the final metrics as ``hparams/<name>``."""
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {f"hparams/{m}": float(summary[m]) for m in metric_names(cfg) if m in summary}
+    for tag, value in metrics.items():
+        if math.isfinite(value):
+            writer.add_scalar(tag, value, step)
+    _, start, end = hparams(hparams_of(cfg), metrics)
+    file_writer = writer._get_file_writer()  # what SummaryWriter.add_* write through; add_hparams would make a sub-run
+    file_writer.add_summary(start)
+    file_writer.add_summary(end)
+
+
+def _hparam_info(name: str, values: list, runs: int):
+    """An HParams column: its type, every value it takes (a range for numbers), and whether it differs
+    between the ``runs`` runs (it does when some runs do not have it)."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    info = api_pb2.HParamInfo(name=name, differs=len({json.dumps(v) for v in values}) > 1 or len(values) < runs)
+    if all(isinstance(v, bool) for v in values):
+        info.type = api_pb2.DATA_TYPE_BOOL
+        info.domain_discrete.extend(sorted(set(values)))
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        info.type = api_pb2.DATA_TYPE_FLOAT64
+        info.domain_interval.min_value, info.domain_interval.max_value = min(values), max(values)
+    else:
+        info.type = api_pb2.DATA_TYPE_STRING
+        info.domain_discrete.extend(sorted({str(v) for v in values}))
+    return info
+
+
+def declare_hparams(tb_dir: Union[str, Path], configs: list) -> None:
+    """Declare once, in ``tb_dir``, the HParams table of these runs: every hparam with the values it
+    takes, and the final metrics (``hparams/<name>``). Nothing is written when ``tb_dir`` has events."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb_dir = Path(tb_dir)
+    if tb_dir.is_dir() and any(tb_dir.glob("events.out.tfevents.*")):
+        return
+    values: dict[str, list] = {}
+    for cfg in configs:
+        for k, v in hparams_of(cfg).items():
+            values.setdefault(k, []).append(v)
+    metrics = dict.fromkeys(f"hparams/{m}" for cfg in configs for m in metric_names(cfg))
+    experiment = api_pb2.Experiment(
+        hparam_infos=[_hparam_info(k, v, len(configs)) for k, v in values.items()],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in metrics],
+    )
+    content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    summary = Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(content))])
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    with SummaryWriter(str(tb_dir)) as w:
+        w._get_file_writer().add_summary(summary)
+
+
+def _strip_image(path: Path):
+    """The strips PNG as an (H, W, 3) float array in [0, 1], or None when there is none."""
+    if not path.exists():
+        return None
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))[..., :3]
+
+
+def log_stage(logger, cfg, stage_index: int, res, stage_dir: Union[str, Path], step: int) -> None:
+    """A stage's evaluation to TensorBoard (curves, per-horizon cost, strips); after the last stage of the
+    run also its hparams session. ``logger`` is the stage's TensorBoardLogger."""
+    w = logger.experiment
+    ev = asdict(res)  # the eval.json form
+    for metric in CURVES:
+        for who, curve in ev["curves"].get(metric, {}).items():
+            for i, v in enumerate(curve):
+                if math.isfinite(v):
+                    w.add_scalar(f"eval_frame/{metric}/{who}", v, i + 1)
+    for metric in BUCKETS:
+        for who, buckets in ev["buckets"].get(metric, {}).items():
+            for h, (mean, _se) in zip(ev["horizons"], buckets):
+                if math.isfinite(mean):
+                    w.add_scalar(f"eval_horizon/{metric}/{who}", mean, h)
+    for part, per_horizon in ev["ms_per_chunk"].items():
+        for h, ms in zip(ev["horizons"], per_horizon):
+            w.add_scalar(f"eval_horizon/ms_per_chunk/{part}", ms, h)
+    for h, mib in zip(ev["horizons"], kv_per_horizon(ev)):
+        w.add_scalar("eval_horizon/kv_mib", mib, h)
+    for i, b in enumerate(ev["kv_bytes"]):
+        w.add_scalar("eval_chunk/kv_mib", b / 2**20, i + 1)
+    image = _strip_image(Path(stage_dir) / "strips.png")
+    if image is not None:
+        w.add_image("eval/strips", image, step, dataformats="HWC")
+    if stage_index == max(1, len(cfg.stages)) - 1:
+        log_hparams(w, cfg, res.summary(), step)
+    w.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# Grid summary
+
+
+@dataclass
+class CellResult:
+    """What a cell folder says about its cell: status, and the last stage's results when it is done."""
+
+    index: int
+    name: str
+    assignment: dict
+    status: str  # done | failed | unfinished
+    stage: str = ""
+    summary: dict = field(default_factory=dict)  # the last stage's summary.json
+    eval: dict = field(default_factory=dict)  # the last stage's eval.json
+    wall_s: Optional[float] = None
+    error: str = ""  # the last line of error.txt
+
+
+def _last_stage(folder: Path) -> Optional[Path]:
+    stages = [d for d in (folder / "stages").glob("*-*") if d.is_dir() and d.name.split("-")[0].isdigit()]
+    return max(stages, key=lambda d: int(d.name.split("-")[0]), default=None)
+
+
+def read_cell(folder: Path) -> CellResult:
+    """A cell's status and results from its folder (cell.json, done.json or error.txt, stages/)."""
+    from worldkit.grid import CELL, DONE, ERROR
+
+    meta = json.loads((folder / CELL).read_text())
+    cell = CellResult(meta["index"], meta["name"], meta["assignment"], "unfinished")
+    if (folder / DONE).exists():
+        cell.wall_s = json.loads((folder / DONE).read_text()).get("wall_s")
+        last = _last_stage(folder)
+        if last is not None and (last / "eval.json").exists() and (last / "summary.json").exists():
+            cell.status, cell.stage = "done", last.name
+            cell.summary = json.loads((last / "summary.json").read_text())
+            cell.eval = json.loads((last / "eval.json").read_text())
+        else:
+            cell.status, cell.error = "failed", "finished without results (no stages/*/eval.json)"
+    elif (folder / ERROR).exists():
+        lines = [ln for ln in (folder / ERROR).read_text().splitlines() if ln.strip()]
+        cell.status, cell.error = "failed", lines[-1].strip() if lines else "failed"
+    return cell
+
+
+def collect(grid_dir: Union[str, Path]) -> list[CellResult]:
+    """Every cell of the grid folder, in grid order."""
+    from worldkit.grid import CELL, CELLS
+
+    cells_dir = Path(grid_dir) / CELLS
+    if not cells_dir.is_dir():
+        raise WorldkitError(f"{grid_dir}: not a grid folder (no {CELLS}/); a grid folder is made by "
+                            "`worldkit run` of an experiment with a grid:")
+    return sorted((read_cell(d) for d in cells_dir.iterdir() if (d / CELL).exists()), key=lambda c: c.index)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A ranked column of the results table."""
+
+    header: str
+    key: str  # in summary.json
+    se_key: Optional[str]  # its standard error, when it has one
+    higher_is_better: bool
+    fmt: str
+
+
+def columns(cells: list[CellResult]) -> list[Column]:
+    """The table's metric columns for the horizons the finished cells were evaluated at."""
+    horizons = sorted({h for c in cells for h in c.eval.get("horizons", [])})
+    if not horizons:
+        return []
+    h = horizons[-1]
+    cols = [Column(f"PSNR@{x}x", f"psnr@{x}x", f"psnr_se@{x}x", True, ".2f") for x in horizons]
+    cols += [Column(f"SSIM@{h}x", f"ssim@{h}x", f"ssim_se@{h}x", True, ".3f"),
+             Column(f"FG-PSNR@{h}x", f"fg_psnr@{h}x", f"fg_psnr_se@{h}x", True, ".2f"),
+             Column(f"skill@{h}x", f"skill@{h}x", f"skill_se@{h}x", True, "+.3f"),
+             Column("ms/chunk", "ms_per_chunk", None, False, ".1f"),
+             Column("KV MiB", "kv_mib", None, False, ".3f")]
+    return [c for c in cols if any(c.key in cell.summary for cell in cells)]
+
+
+def _value(summary: dict, key: Optional[str]) -> float:
+    v = summary.get(key, math.nan) if key else math.nan
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
+def marks(cells: list[CellResult], col: Column) -> dict[str, str]:
+    """Per cell name: ``best``, ``tie`` (within two standard errors of the best: not significantly
+    different, so not ranked) or ``""``. The standard error of a difference is sqrt(se_a^2 + se_b^2)."""
+    vals = {c.name: (_value(c.summary, col.key), _value(c.summary, col.se_key)) for c in cells if c.status == "done"}
+    finite = {n: v for n, v in vals.items() if math.isfinite(v[0])}
+    if not finite:
+        return {}
+    pick = max if col.higher_is_better else min
+    best_name = pick(finite, key=lambda n: finite[n][0])
+    best, best_se = finite[best_name]
+    out = {}
+    for n, (v, se) in finite.items():
+        if math.isclose(v, best, rel_tol=1e-6, abs_tol=1e-12):  # float32 noise ties
+            out[n] = "best"
+        elif math.isfinite(se) and math.isfinite(best_se) and abs(v - best) <= 2 * math.hypot(se, best_se):
+            out[n] = "tie"
+        else:
+            out[n] = ""
+    return out
+
+
+def _cell_text(summary: dict, col: Column, mark: str = "") -> str:
+    v = _value(summary, col.key)
+    if not math.isfinite(v):
+        return "-"
+    text = format(v, col.fmt)
+    se = _value(summary, col.se_key)
+    if math.isfinite(se):
+        text += f" ± {format(se, col.fmt.lstrip('+'))}"
+    return f"**{text}**" if mark == "best" else f"{text} ≈" if mark == "tie" else text
+
+
+def baseline_summaries(cells: list[CellResult]) -> dict[str, dict]:
+    """The baselines' figures as summary-like dicts, when every finished cell scored them identically."""
+    done = [c for c in cells if c.status == "done"]
+    if not done:
+        return {}
+    out = {}
+    for who in BASELINES:
+        rows = []
+        for c in done:
+            row = {}
+            for metric, by_who in c.eval.get("buckets", {}).items():
+                for h, (m, se) in zip(c.eval["horizons"], by_who.get(who, [])):
+                    row[f"{metric}@{h}x"], row[f"{metric}_se@{h}x"] = m, se
+            rows.append(row)
+        if all(r == rows[0] for r in rows):
+            out[who] = rows[0]
+    return out
+
+
+def markdown(cells: list[CellResult], title: str) -> str:
+    """``results.md``: one row per cell, the baselines below, best per column in bold."""
+    from worldkit.grid import axis_labels, format_value
+
+    axes = list(cells[0].assignment) if cells else []
+    labels = axis_labels(axes)
+    cols = columns(cells)
+    marked = {c.key: marks(cells, c) for c in cols}
+    head = ["cell", "status", *(labels[a] for a in axes), *(c.header for c in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in cells:
+        row = [f"`{cell.name}`", cell.status.upper() if cell.status == "failed" else cell.status]
+        row += [format_value(cell.assignment.get(a)) for a in axes]
+        row += [_cell_text(cell.summary, c, marked[c.key].get(cell.name, "")) for c in cols]
+        lines.append("| " + " | ".join(row) + " |")
+    baselines = baseline_summaries(cells)
+    for who, summary in baselines.items():
+        row = [BASELINES[who], "baseline", *([""] * len(axes)), *(_cell_text(summary, c) for c in cols)]
+        lines.append("| " + " | ".join(row) + " |")
+    counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished")}
+    text = [
+        f"# Results: {title}", "",
+        f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
+        "A cell's result is its last stage, scored on the held-out test episodes (mean ± standard error).",
+        "**Bold**: best in the column. ≈: within two standard errors of the best (the difference is not "
+        "significant, so it is not ranked). ms/chunk is a median and KV MiB is exact; neither has an error "
+        "estimate. Baselines are not ranked.", "", *lines, "",
+    ]
+    if cells and len(baselines) < len(BASELINES) and counts["done"]:
+        text += ["The cells scored the baselines differently (different test episodes), so they are not shown.", ""]
+    failed = [c for c in cells if c.status == "failed"]
+    if failed:
+        text += ["Failed cells:", ""] + [f"- `{c.name}`: {c.error} (cells/{c.name}/error.txt)" for c in failed] + [""]
+    text += ["Plots: psnr_vs_horizon.png (PSNR and foreground PSNR per horizon, error bars: one standard error), "
+             "cost_vs_horizon.png (ms per chunk and KV MiB per horizon).", ""]
+    return "\n".join(text)
+
+
+def csv_text(cells: list[CellResult]) -> str:
+    """``results.csv``: one row per cell, its grid values, every scalar of its last stage, status, error."""
+    from worldkit.grid import axis_labels, format_value
+
+    axes = list(cells[0].assignment) if cells else []
+    labels = axis_labels(axes)
+    keys: list[str] = []
+    for c in cells:
+        keys += [k for k, v in c.summary.items() if k not in keys and isinstance(v, (int, float))]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "cell", "status", *(labels[a] for a in axes), "stage", *keys, "wall_s", "error"])
+    for c in cells:
+        w.writerow([c.index, c.name, c.status, *(format_value(c.assignment.get(a)) for a in axes), c.stage,
+                    *(c.summary.get(k, "") for k in keys), "" if c.wall_s is None else c.wall_s, c.error])
+    return buf.getvalue()
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
+    """``psnr_vs_horizon.png`` (PSNR and foreground PSNR, error bars) and ``cost_vs_horizon.png``
+    (ms per chunk, KV MiB), one line per finished cell, the baselines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [c for c in cells if c.status == "done"]
+    if not done:
+        return []
+    colors = plt.get_cmap("tab20" if len(done) > 10 else "tab10")
+    out_dir = Path(out_dir)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric, label in zip(axes, ("psnr", "fg_psnr"), ("PSNR (dB)", "foreground PSNR (dB)")):
+        for i, c in enumerate(done):
+            by_who = c.eval.get("buckets", {}).get(metric, {})
+            if "model" in by_who:
+                m, se = zip(*by_who["model"])
+                ax.errorbar(c.eval["horizons"], m, yerr=se, marker="o", capsize=3, color=colors(i % colors.N), label=c.name)
+        for j, who in enumerate(baseline_summaries(cells)):
+            by_who = done[0].eval["buckets"].get(metric, {})
+            if who in by_who:
+                m, _ = zip(*by_who[who])
+                ax.plot(done[0].eval["horizons"], m, ls="--", color=str(0.2 + 0.3 * j), label=BASELINES[who])
+        ax.set(xlabel="horizon (x training clip)", ylabel=label, xscale="log")
+        ax.set_xticks(done[0].eval["horizons"], [f"{h}x" for h in done[0].eval["horizons"]])
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    psnr_path = out_dir / "psnr_vs_horizon.png"
+    _save_figure(fig, psnr_path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, c in enumerate(done):
+        kw = dict(marker="o", color=colors(i % colors.N), label=c.name)
+        axes[0].plot(c.eval["horizons"], c.eval["ms_per_chunk"].get("total", [math.nan] * len(c.eval["horizons"])), **kw)
+        axes[1].plot(c.eval["horizons"], kv_per_horizon(c.eval), **kw)
+    for ax, label in zip(axes, ("ms per chunk (median)", "KV cache MiB at the end of the horizon")):
+        ax.set(xlabel="horizon (x training clip)", ylabel=label, xscale="log")
+        ax.set_xticks(done[0].eval["horizons"], [f"{h}x" for h in done[0].eval["horizons"]])
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    cost_path = out_dir / "cost_vs_horizon.png"
+    _save_figure(fig, cost_path)
+    return [psnr_path, cost_path]
+
+
+def build(grid_dir: Union[str, Path]) -> str:
+    """Rebuild results.csv, results.md and the plots of a grid folder from its cell folders; returns the markdown."""
+    grid_dir = Path(grid_dir)
+    cells = collect(grid_dir)
+    md = markdown(cells, grid_dir.name)
+    atomic_write(grid_dir / "results.csv", csv_text(cells))
+    atomic_write(grid_dir / "results.md", md)
+    plots(cells, grid_dir)
+    return md
