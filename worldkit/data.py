@@ -35,6 +35,7 @@ FORMAT_VERSION = 1  # bump when the recorded content or the file layout changes
 SPLIT_FIRST_SEED = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SPLIT_SIZE_LIMIT = 1_000_000  # episodes per split, so seed ranges never overlap
 CHUNK_EPISODES = 8  # episodes per task handed to a generation worker
+PARALLEL_MIN_FRAMES = 4096  # smaller requests are recorded in this process: starting workers costs seconds
 
 PathLike = Union[str, os.PathLike]
 
@@ -120,12 +121,26 @@ def _stack(episodes: list[Episode]) -> EpisodeSet:
     )
 
 
+def _pool_context() -> mp.context.BaseContext:
+    """Process start method for generation workers.
+
+    Not ``fork``: a child forked from a process that has rendered (a live EGL/llvmpipe context)
+    deadlocks. ``forkserver`` forks clean children from a server that imported this module once, so
+    workers start at once without paying the seconds torch and lightning take to import.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def generate(
     name: str, config: dict, seeds: list[int], frames: int, workers: int = 2, desc: str = "", progress: bool = True
 ) -> EpisodeSet:
-    """Record one episode per seed, in ``workers`` processes (in this one when ``workers <= 1``)."""
+    """Record one episode per seed, in ``workers`` processes (in this one for ``workers <= 1`` or a small job)."""
     tasks = [(name, config, seeds[i : i + CHUNK_EPISODES], frames) for i in range(0, len(seeds), CHUNK_EPISODES)]
-    workers = min(workers, len(tasks))
+    workers = min(workers, len(tasks)) if len(seeds) * frames >= PARALLEL_MIN_FRAMES else 1
     episodes: list[Episode] = []
     with tqdm(total=len(seeds), desc=desc or name, unit="ep", disable=not progress) as bar:
         if workers <= 1:
@@ -134,9 +149,7 @@ def generate(
                 episodes += chunk
                 bar.update(len(chunk))
         else:
-            # fork: children start at once and inherit imports (torch and lightning take seconds to import)
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with mp.get_context(method).Pool(workers) as pool:
+            with _pool_context().Pool(workers) as pool:
                 for chunk in pool.imap(_record_chunk, tasks):
                     episodes += chunk
                     bar.update(len(chunk))
