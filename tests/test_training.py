@@ -145,6 +145,9 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
     rows = [ln for ln in (run / "results.md").read_text().splitlines() if ln.startswith("| ") and "stage" not in ln]
     assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf"]
     assert loaded == [run / "stages" / "0-dense_df" / "model.pt"]  # stage 2 starts from stage 1's weights
+    # the attention analysis reads the finished run
+    assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--window", "4"]) == 0
+    assert {p.name for p in (run / "analysis").iterdir()} == {"attention.json", "attention_map.png", "attention_stripes.png"}
 
 
 @pytest.mark.slow

@@ -52,7 +52,8 @@ class Rollout:
         self.steps, self.shift, self.renoise = steps, shift, renoise
         self.train_frames = train_frames
         self.timings: list[ChunkTiming] = []
-        self.hook: Optional[Callable] = None
+        self.hook: Optional[Callable] = None  # ChunkContext hook for denoising passes
+        self.commit_hook: Optional[Callable] = None  # ... and for commit passes
 
     @property
     def chunk_frames(self) -> int:
@@ -65,7 +66,8 @@ class Rollout:
         self.timings = []
 
     def _ctx(self, collect: bool) -> ChunkContext:
-        return ChunkContext(self.memory, self.selector, self.backend, collect=collect, hook=self.hook)
+        hook = self.commit_hook if collect else self.hook
+        return ChunkContext(self.memory, self.selector, self.backend, collect=collect, hook=hook)
 
     def _commit(self, x0: Tensor, actions: Tensor) -> None:
         """One pass over the clean chunk at noise 0, then hand its K/V to the memory policy."""
