@@ -130,6 +130,7 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
         {"name": "dense_df", "trainer": {"type": "diffusion_forcing"}},
         {"name": "window_sf", "trainer": {"type": "self_forcing"}, "memory": {"type": "sliding_window", "window_frames": 4}},
     ]
+    raw["compare"] = [{"name": "sink_sf", "trainer": {"type": "self_forcing"}, "memory": {"type": "sink", "window_frames": 4}}]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     from worldkit.cli import main
@@ -139,12 +140,13 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "load_weights", lambda model, p: loaded.append(p) or orig(model, p))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
     run = tmp_path / "run"
-    for stage in ("0-dense_df", "1-window_sf"):
+    for stage in ("0-dense_df", "1-window_sf", "2-sink_sf"):
         assert (run / "stages" / stage / "model.pt").exists()
         assert (run / "stages" / stage / "eval.json").exists()
     rows = [ln for ln in (run / "results.md").read_text().splitlines() if ln.startswith("| ") and "stage" not in ln]
-    assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf"]
-    assert loaded == [run / "stages" / "0-dense_df" / "model.pt"]  # stage 2 starts from stage 1's weights
+    assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf", "2-sink_sf"]
+    # stage 2 starts from stage 1's weights, and so does the variant compared with stage 2
+    assert loaded == [run / "stages" / "0-dense_df" / "model.pt"] * 2
     # the attention analysis reads the finished run
     assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--window", "4"]) == 0
     assert {p.name for p in (run / "analysis").iterdir()} == {"attention.json", "attention_map.png", "attention_stripes.png"}

@@ -41,6 +41,7 @@ class Stage:
     selector: dict
     attention: dict
     train: TrainConfig
+    variant: bool = False  # a comparison variant: starts from the last stage's starting weights
 
     @property
     def dirname(self) -> str:
@@ -48,15 +49,19 @@ class Stage:
 
 
 def resolve_stages(cfg) -> list[Stage]:
-    """The experiment's stages; an experiment without ``stages`` is one stage named ``train``."""
+    """The experiment's stages, then its comparison variants; an experiment without ``stages`` is one
+    stage named ``train``. A variant's ``train`` overrides merge onto the last stage's budget."""
     top = dict(trainer=cfg.trainer, memory=cfg.memory, selector=cfg.selector, attention=cfg.attention)
-    if not cfg.stages:
-        return [Stage(0, "train", **{k: v.to_dict() for k, v in top.items()}, train=cfg.train)]
+    entries = list(cfg.stages) or [None]
     out = []
-    for i, st in enumerate(cfg.stages):
+    for i, st in enumerate(entries + list(cfg.compare)):
+        if st is None:
+            out.append(Stage(0, "train", **{k: v.to_dict() for k, v in top.items()}, train=cfg.train))
+            continue
+        base = out[len(entries) - 1].train if i >= len(entries) else cfg.train
         specs = {k: (getattr(st, k, None) or top[k]).to_dict() for k in top}
-        train = TrainConfig.model_validate({**cfg.train.model_dump(), **(st.train or {})})
-        out.append(Stage(i, st.name, **specs, train=train))
+        train = TrainConfig.model_validate({**base.model_dump(), **(st.train or {})})
+        out.append(Stage(i, st.name, **specs, train=train, variant=i >= len(entries)))
     return out
 
 
@@ -218,7 +223,12 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
     d = RunData(cfg)
     init = resolve_init(cfg.model.init) if cfg.model.init else None
     rows = []
+    branch = init  # what the last stage (and every comparison variant) starts from
     for stage in resolve_stages(cfg):
+        if stage.variant:
+            init = branch
+        else:
+            branch = init
         stage_dir = run_dir / "stages" / stage.dirname
         final = stage_dir / "model.pt"
         if resume and final.exists() and (stage_dir / "eval.json").exists():

@@ -230,6 +230,9 @@ class ExperimentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stages: list[StageConfig] = Field(default_factory=list)
+    # Variants compared with the last stage: each starts from the same weights as the last stage (its
+    # budget unless it sets its own ``train``), and is evaluated the same way.
+    compare: list[StageConfig] = Field(default_factory=list)
     # A grid experiment (worldkit/grid.py): dotted config path -> the values to try; the cells are the
     # product, minus each partial assignment in ``exclude``. Each cell is this experiment with its values set.
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
