@@ -11,14 +11,14 @@ XML = f"""
   <option timestep="0.01"/>
   {VISUAL_XML}
   <worldbody>
-    <camera name="main" pos="0 -4.0 0" xyaxes="1 0 0 0 0 1" fovy="45"/>
-    <geom name="rail" type="box" size="1.3 0.03 0.04" rgba="0.6 0.6 0.6 1" contype="0" conaffinity="0"/>
+    <camera name="main" pos="0 -3.4 0" xyaxes="1 0 0 0 0 1" fovy="45"/>
+    <geom name="rail" type="box" size="1.1 0.03 0.04" rgba="0.6 0.6 0.6 1" contype="0" conaffinity="0"/>
     <body name="cart">
-      <joint name="slider" type="slide" axis="1 0 0" range="-0.9 0.9" limited="true" damping="0.5"/>
+      <joint name="slider" type="slide" axis="1 0 0" range="-0.7 0.7" limited="true" damping="0.5"/>
       <geom name="cart" type="box" size="0.35 0.2 0.2" rgba="0.2 0.6 1 1" mass="1" contype="0" conaffinity="0"/>
       <body name="pole">
         <joint name="hinge" type="hinge" axis="0 1 0" damping="0.02"/>
-        <geom name="pole" type="capsule" fromto="0 0 0 0 0 0.8" size="0.12" rgba="0.95 0.3 0.1 1" mass="0.2"
+        <geom name="pole" type="capsule" fromto="0 0 0 0 0 0.7" size="0.12" rgba="0.95 0.3 0.1 1" mass="0.2"
               contype="0" conaffinity="0"/>
       </body>
     </body>
@@ -40,7 +40,7 @@ class CartPole(MujocoEnv):
         return XML.replace("{gear}", str(self.config.max_force))
 
     def init_episode(self, rng: np.random.Generator) -> None:
-        self.data.qpos[:] = rng.uniform(-0.6, 0.6), rng.uniform(-np.pi, np.pi)  # pole angle 0 = upright
+        self.data.qpos[:] = rng.uniform(-0.5, 0.5), rng.uniform(-np.pi, np.pi)  # pole angle 0 = upright
         self.data.qvel[:] = rng.uniform(-0.5, 0.5), rng.uniform(-1.0, 1.0)
 
     def state(self) -> np.ndarray:

@@ -46,7 +46,7 @@ class MemoryRoom(MujocoEnv):
 
     class Config(MujocoConfig):
         n_objects: int = Field(3, ge=1, le=len(SHAPES), description="objects placed in the initial view")
-        object_size: float = Field(0.25, gt=0.05, le=0.5, description="object half-size")
+        object_size: float = Field(0.2, gt=0.05, le=0.5, description="object half-size")
         fovy: float = Field(60.0, gt=10, lt=120, description="camera field of view (degrees)")
         max_yaw_rate: float = Field(10.0, gt=0, description="yaw speed at action +-1 (rad/s)")
         sweep_amplitude: float = Field(1.6, gt=0, description="amplitude of the policy's yaw sweep (rad)")
