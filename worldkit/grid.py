@@ -178,10 +178,16 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+~@-]")
 
 
 def _label(path: str, n: int) -> str:
-    parts = [str(p) for p in _parts(path)]
-    if len(parts) > 1 and parts[-1] == "type":  # memory.type -> memory
-        parts = parts[:-1]
-    return ".".join(parts[-n:])
+    """The last ``n`` names of ``path`` (an index stays with its name: ``stages.1``)."""
+    units: list[str] = []
+    for p in _parts(path):
+        if isinstance(p, int) and units:
+            units[-1] += f".{p}"
+        else:
+            units.append(str(p))
+    if len(units) > 1 and units[-1] == "type":  # memory.type -> memory
+        units = units[:-1]
+    return ".".join(units[-n:])
 
 
 def axis_labels(axes: Sequence[str]) -> dict[str, str]:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from worldkit.errors import WorldkitError
-from worldkit.interfaces import KINDS
 
 BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
 CURVES = ("psnr", "ssim", "fg_psnr")  # per-frame curves logged to TensorBoard
@@ -62,21 +61,27 @@ def _primitive(value: Any) -> Union[bool, int, float, str]:
     return value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
 
 
-def final_config(cfg):
-    """The experiment as its last stage sees it (the stage that gives the run its result)."""
-    return cfg.stage_config(cfg.stages[-1]) if cfg.stages else cfg
+def final_stage(cfg):
+    """The run's last stage (``experiment.Stage``, plugins resolved): the one whose evaluation is the result."""
+    from worldkit.experiment import resolve_stages
+
+    return resolve_stages(cfg)[-1]
 
 
 def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
     """The run's hparams as primitives: each plugin's name and settings (of the last stage), the model
     and training sizes. Settings that are None are left out (a column stays one type)."""
-    final = final_config(cfg)
-    out: dict[str, Any] = {"experiment": cfg.name, "stages": ">".join(s.name for s in cfg.stages) or "train",
+    from worldkit.experiment import resolve_stages
+
+    stages = resolve_stages(cfg)
+    final = stages[-1]
+    out: dict[str, Any] = {"experiment": cfg.name, "stages": ">".join(s.name for s in stages),
                            "seed": cfg.seed, "model.init": cfg.model.init or "scratch"}
-    for kind in KINDS:
-        spec = getattr(final, kind)
-        out[kind] = spec.type
-        out.update({f"{kind}.{k}": _primitive(v) for k, v in spec.config.model_dump(mode="json").items() if v is not None})
+    specs = {"env": cfg.env.to_dict(), "memory": final.memory, "selector": final.selector,
+             "attention": final.attention, "trainer": final.trainer}
+    for kind, spec in specs.items():
+        out[kind] = spec["type"]
+        out.update({f"{kind}.{k}": _primitive(v) for k, v in spec.items() if k != "type" and v is not None})
     for k in ("patch", "width", "layers", "heads", "block_patches", "chunk_frames", "sampler_steps"):
         out[f"model.{k}"] = getattr(cfg.model, k)
     for k in ("max_steps", "batch_size", "clip_frames", "lr"):
@@ -183,7 +188,7 @@ def log_stage(logger, cfg, stage_index: int, res, stage_dir: Union[str, Path], s
     image = _strip_image(Path(stage_dir) / "strips.png")
     if image is not None:
         w.add_image("eval/strips", image, step, dataformats="HWC")
-    if stage_index == max(1, len(cfg.stages)) - 1:
+    if stage_index == final_stage(cfg).index:
         log_hparams(w, cfg, res.summary(), step)
     w.flush()
 
