@@ -27,7 +27,7 @@ def pbsa_torch(
     Returns out (B, H, Tq, D) in q.dtype and lse (B, H, Tq) in fp32 (fp64 for fp64 inputs).
     """
     B, H, Tq, D = q.shape
-    NS, BLK = k.shape[1], k.shape[3]
+    BLK = k.shape[3]
     Hi, NQB, MAXK = index.shape[1:]
     dev = q.device
     cdt = torch.promote_types(q.dtype, torch.float32)

@@ -235,7 +235,7 @@ def pbsa_fwd(
 ) -> tuple[Tensor, Tensor]:
     """Triton PBSA forward: out (B, H, Tq, D) in q.dtype, lse (B, H, Tq) fp32."""
     B, H, Tq, D = q.shape
-    NS, BLK = k.shape[1], k.shape[3]
+    BLK = k.shape[3]
     Hi, NQB = index.shape[1], index.shape[2]
     _check(q, k, D)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, Tq, D)

@@ -1,0 +1,330 @@
+"""PBSA kernel benchmark at Wan2.1-1.3B shapes: correctness first, then timings against dense and sparse baselines.
+
+    python benchmarks/kernel_bench.py [--quick] [--write] [--frames 21 63] [--blocks 64 128]
+
+1. Correctness (exits non-zero on failure): Triton forward and backward against the fp64 dense reference
+   and the PyTorch path, bf16 and fp16, per-head and shared lists, ragged tails, BLK 64 and 128.
+2. Timing (``triton.testing.do_bench``, median after warmup), bf16, one chunk of 3 frames x 1560 tokens,
+   12 heads x 128, a key sequence of F frames whose last 3 are the chunk itself (the cached part rounded
+   up to whole blocks, so every method reads the same tokens and the same blocks). Methods: PBSA (Triton),
+   SDPA flash and cuDNN on the full keys, compiled FlexAttention with a BlockMask of the identical blocks.
+   Densities: every row reads a persistent segment (the oldest cached blocks, half the budget) plus random
+   local blocks with its own block kept, per head. TFLOP/s count only computed blocks for the sparse methods
+   (PBSA, Flex) and all keys for the dense ones; forward+backward counts 3.5x the forward (FA convention).
+Each baseline runs in try/except, so one failure prints "n/a (reason)" and the table goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import worldkit_kernels  # noqa: F401  (installed: pip install -e .)
+except ImportError:  # a bare checkout (no pip install -e .): load kernels/ under its package name
+    spec = importlib.util.spec_from_file_location(
+        "worldkit_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["worldkit_kernels"] = module
+    spec.loader.exec_module(module)
+
+from worldkit_kernels import pbsa_attention, pbsa_attention_with_lse, pbsa_torch, reference  # noqa: E402
+
+TOKENS_PER_FRAME, CHUNK_FRAMES, HEADS, HEAD_DIM = 1560, 3, 12, 128
+DEVICE, DTYPE = "cuda", torch.bfloat16  # timings
+FLEX_TOL = 5e-2  # bf16: max abs difference between Flex and PBSA outputs on the same blocks
+TOL = {torch.bfloat16: (3e-2, 6e-2), torch.float16: (5e-3, 1.5e-2)}  # (out, grads) error / max |ref|
+
+
+# ------------------------------------------------------------------------------------------------
+# problem construction
+
+
+def make_lists(B, H, NSc, NQB, density, device, seed=0):
+    """Per-head lists of ``round(density * NS)`` blocks per row: the first half of the budget is a
+    persistent segment (the oldest cached blocks, shared by all rows), the rest random local blocks
+    among the later slots with the row's own block (slot NSc + r) always kept.
+    Returns index (B, H, NQB, K) int32, count (B, H, NQB) int32 and K."""
+    NS = NSc + NQB
+    K = min(NS, max(1, round(density * NS)))
+    n_p = min(NSc, K // 2)
+    g = torch.Generator(device=device).manual_seed(seed)
+    score = torch.rand(B, H, NQB, NS - n_p, generator=g, device=device)  # candidates n_p .. NS - 1
+    own = NSc - n_p + torch.arange(NQB, device=device)
+    score[:, :, torch.arange(NQB, device=device), own] = 2.0  # own block always kept
+    local = score.topk(K - n_p, dim=-1).indices.sort(-1).values + n_p  # (B, H, NQB, K - n_p)
+    persistent = torch.arange(n_p, device=device).expand(B, H, NQB, n_p)
+    index = torch.cat([persistent, local], -1).to(torch.int32)  # (B, H, NQB, K)
+    count = torch.full((B, H, NQB), K, dtype=torch.int32, device=device)
+    return index, count, K
+
+
+def make_problem(frames, BLK, dtype, device, seed=0):
+    """q (1, H, Tq, D); flat keys (1, H, Lk, D) = [cache rounded up to whole blocks ; chunk]; the same keys
+    as a slot pool (1, NS, H, BLK, D) and block_len (1, NS) (only the chunk's last block is short)."""
+    Tq = CHUNK_FRAMES * TOKENS_PER_FRAME
+    NSc = math.ceil((frames - CHUNK_FRAMES) * TOKENS_PER_FRAME / BLK)
+    NQB = math.ceil(Tq / BLK)
+    Lc = NSc * BLK
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(1, HEADS, Tq, HEAD_DIM, generator=g, device=device, dtype=dtype)
+    k = torch.randn(1, HEADS, Lc + Tq, HEAD_DIM, generator=g, device=device, dtype=dtype)  # (1, H, Lk, D)
+    v = torch.randn(1, HEADS, Lc + Tq, HEAD_DIM, generator=g, device=device, dtype=dtype)
+    pad = NQB * BLK - Tq
+
+    def as_pool(x):  # (1, H, Lk, D) -> (1, NS, H, BLK, D)
+        return F.pad(x, (0, 0, 0, pad)).view(1, HEADS, NSc + NQB, BLK, HEAD_DIM).transpose(1, 2).contiguous()
+
+    block_len = torch.full((1, NSc + NQB), BLK, dtype=torch.int32, device=device)
+    block_len[:, -1] = Tq - (NQB - 1) * BLK
+    return dict(q=q, k=k, v=v, kp=as_pool(k), vp=as_pool(v), block_len=block_len, NSc=NSc, NQB=NQB, Tq=Tq, Lk=Lc + Tq)
+
+
+def computed_pairs(index, count, block_len, Tq, BLK):
+    """Query x key token pairs the lists compute, summed over batch and heads."""
+    B, Hi, NQB, K = index.shape
+    q_rows = (Tq - torch.arange(NQB, device=index.device) * BLK).clamp(max=BLK)  # (NQB,)
+    valid = torch.arange(K, device=index.device) < count[..., None]
+    keys = torch.where(valid, block_len[0][index.long().clamp(min=0)], 0).sum(-1)  # (B, Hi, NQB)
+    return int((keys * q_rows).sum()) * (HEADS // Hi)
+
+
+# ------------------------------------------------------------------------------------------------
+# correctness
+
+
+def rel(a, ref):
+    return ((a.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-12)).item()
+
+
+def correctness() -> bool:
+    """Triton PBSA against the fp64 dense reference (and the PyTorch path), forward and backward."""
+    print("== correctness: Triton PBSA vs fp64 dense reference and the PyTorch path")
+    ok = True
+    dev = DEVICE
+    for dtype in TOL:
+        for BLK, shared in ((64, False), (128, True)):
+            B, H, D, NSc, Tq = 1, 4, HEAD_DIM, 24, 1000
+            NQB = math.ceil(Tq / BLK)
+            g = torch.Generator(device=dev).manual_seed(1)
+            q = torch.randn(B, H, Tq, D, generator=g, device=dev).to(dtype)
+            k = torch.randn(B, NSc + NQB, H, BLK, D, generator=g, device=dev).to(dtype)
+            v = torch.randn(B, NSc + NQB, H, BLK, D, generator=g, device=dev).to(dtype)
+            index, count, _ = make_lists(B, H, NSc, NQB, 0.3, dev, seed=2)
+            if shared:
+                index, count = index[:, :1], count[:, :1]
+            count[0, 0, 1] = 0  # one empty row
+            block_len = torch.randint(1, BLK + 1, (B, NSc + NQB), generator=g, device=dev, dtype=torch.int32)
+            dout = torch.randn(B, H, Tq, D, generator=g, device=dev)
+            results = {}
+            for name, fn, cast in (
+                ("triton", lambda *a: pbsa_attention_with_lse(*a, impl="triton"), dtype),
+                ("torch", pbsa_torch, dtype),
+                ("ref64", reference, torch.float64),
+            ):
+                qq, kk, vv = (t.detach().to(cast).requires_grad_() for t in (q, k, v))
+                out, lse = fn(qq, kk, vv, index, count, block_len)
+                (out.double() * dout).sum().backward()
+                results[name] = (out, lse, qq.grad, kk.grad, vv.grad)
+            ref = results["ref64"]
+            t_out, t_grad = TOL[dtype]
+            for impl in ("triton", "torch"):
+                got = results[impl]
+                errs = {n: rel(a, r) for n, a, r in zip(("out", "dq", "dk", "dv"), got[:1] + got[2:], ref[:1] + ref[2:])}
+                fin = torch.isfinite(ref[1])
+                lse_err = (got[1].double()[fin] - ref[1][fin]).abs().max().item()
+                same_empty = torch.equal(torch.isinf(got[1]), torch.isinf(ref[1]))
+                good = (
+                    errs["out"] <= t_out and max(errs["dq"], errs["dk"], errs["dv"]) <= t_grad
+                    and lse_err <= 1e-2 and same_empty and all(torch.isfinite(x).all() for x in got[:1] + got[2:])
+                )
+                ok &= good
+                print(
+                    f"  {str(dtype)[6:]:9s} BLK {BLK:3d} {'shared' if shared else 'per-head'} {impl:6s} "
+                    + " ".join(f"{n} {e:.2e}" for n, e in errs.items())
+                    + f" lse_abs {lse_err:.2e} {'ok' if good else 'FAIL'}"
+                )
+    return ok
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+
+
+def bench(fn, grad_to_none=None):
+    """Median ms of ``fn`` (triton.testing.do_bench, warmup first), or the reason it failed."""
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench(fn, warmup=50, rep=200, grad_to_none=grad_to_none, return_mode="median")
+    except Exception as e:  # one failing baseline must not end the table
+        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
+        return f"n/a ({type(e).__name__}: {reason})"
+
+
+def timed(fn, inputs, dout):
+    """(forward ms, forward+backward ms) of fn; either may be "n/a (reason)"."""
+    with torch.no_grad():
+        t_fwd = bench(fn)
+
+    def fwd_bwd():
+        fn().backward(dout)
+
+    return t_fwd, bench(fwd_bwd, grad_to_none=inputs)
+
+
+def run_timings(frames_list, blocks, densities):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        torch._dynamo.config.cache_size_limit = 64  # one compile per shape; never fall back to eager Flex
+        flex = torch.compile(flex_attention, dynamic=False)
+    except Exception as e:
+        flex, flex_err = None, f"n/a ({type(e).__name__}: {e})"
+
+    rows = []
+    dev, dtype = DEVICE, DTYPE
+    for frames in frames_list:
+        for BLK in blocks:
+            p = make_problem(frames, BLK, dtype, dev)
+            q, k, v = (p[n].requires_grad_() for n in ("q", "k", "v"))
+            kp, vp = p["kp"].requires_grad_(), p["vp"].requires_grad_()
+            dout = torch.randn_like(q)
+            dense_pairs = HEADS * p["Tq"] * p["Lk"]
+            dense = {}
+            for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+                def fn(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, k, v)
+                dense[name] = timed(fn, [q, k, v], dout)
+                rows.append((frames, p["Lk"], BLK, 1.0, name, dense[name], dense_pairs))
+            flash = dense["sdpa-flash"]
+            for density in densities:
+                index, count, K = make_lists(1, HEADS, p["NSc"], p["NQB"], density, dev)
+                pairs = computed_pairs(index, count, p["block_len"], p["Tq"], BLK)
+                eff = K / (p["NSc"] + p["NQB"])
+
+                def pbsa():
+                    return pbsa_attention(q, kp, vp, index, count, p["block_len"], impl="triton")
+
+                with torch.no_grad():
+                    out_pbsa = pbsa()
+                    if density >= 1.0:
+                        err = (out_pbsa.float() - F.scaled_dot_product_attention(q, k, v).float()).abs().max().item()
+                        print(f"  check F={frames} BLK={BLK} d=1: PBSA vs SDPA max abs err {err:.2e}"
+                              + ("" if err <= FLEX_TOL else "  MISMATCH"))
+                rows.append((frames, p["Lk"], BLK, eff, "pbsa-triton", timed(pbsa, [q, kp, vp], dout), pairs))
+                if flex is None:
+                    rows.append((frames, p["Lk"], BLK, eff, "flex", flex_err, pairs))
+                    continue
+                try:
+                    kv_index = torch.zeros(1, HEADS, p["NQB"], p["NSc"] + p["NQB"], dtype=torch.int32, device=dev)
+                    kv_index[..., :K] = index
+                    mask = BlockMask.from_kv_blocks(
+                        torch.zeros_like(count), torch.zeros_like(kv_index), count, kv_index,
+                        BLOCK_SIZE=BLK, seq_lengths=(p["Tq"], p["Lk"]),
+                    )  # every listed block as a full block: no mask_mod evaluated
+                    opts = {"fwd_BLOCK_M": min(BLK, 128), "fwd_BLOCK_N": 64} if BLK < 128 else None
+
+                    def fx():
+                        return flex(q, k, v, block_mask=mask, kernel_options=opts)
+
+                    with torch.no_grad():
+                        err = (fx().float() - out_pbsa.float()).abs().max().item()
+                    print(f"  check F={frames} BLK={BLK} d={eff:.3f}: Flex vs PBSA max abs err {err:.2e}")
+                    result = timed(fx, [q, k, v], dout) if err <= FLEX_TOL else f"n/a (differs from PBSA by {err:.2e})"
+                    rows.append((frames, p["Lk"], BLK, eff, "flex", result, pairs))
+                except Exception as e:
+                    reason = f"n/a ({type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''})"
+                    rows.append((frames, p["Lk"], BLK, eff, "flex", reason, pairs))
+            print_rows(rows[-(2 + 2 * len(densities)):], flash)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def fmt(result, pairs, flash, i):
+    """'ms TFLOP/s speedup' for pass i (0 forward, 1 forward+backward)."""
+    ms = result if isinstance(result, str) else result[i]
+    if isinstance(ms, str):
+        return ms
+    flops = 4 * HEAD_DIM * pairs * (1.0 if i == 0 else 3.5)
+    base = flash if isinstance(flash, str) else flash[i]
+    speed = "-" if isinstance(base, str) else f"{base / ms:.2f}x"
+    return f"{ms:.3f} ms {flops / ms / 1e9:.0f} TF/s {speed}"
+
+
+def table(rows):
+    """Markdown table of all rows; speedups against SDPA flash of the same frames and block size."""
+    lines = [
+        "| frames | KV tokens | block | density | method | fwd: ms, TFLOP/s, speedup | fwd+bwd: ms, TFLOP/s, speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    flash = {}
+    for frames, lk, blk, dens, name, res, pairs in rows:
+        if name == "sdpa-flash":
+            flash[(frames, blk)] = res
+        ref = flash.get((frames, blk), "-")
+        lines.append(f"| {frames} | {lk} | {blk} | {dens:.3f} | {name} | {fmt(res, pairs, ref, 0)} | {fmt(res, pairs, ref, 1)} |")
+    return "\n".join(lines)
+
+
+def print_rows(rows, flash):
+    for frames, lk, blk, dens, name, res, pairs in rows:
+        print(f"  F={frames:2d} KV={lk:6d} BLK={blk:3d} d={dens:.3f} {name:12s} fwd {fmt(res, pairs, flash, 0):32s} fwd+bwd {fmt(res, pairs, flash, 1)}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="21 and 63 frames, block 128, densities 1 / 0.25 / 0.0625")
+    ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--frames", type=int, nargs="+", help="key-sequence lengths in frames (overrides the preset)")
+    ap.add_argument("--blocks", type=int, nargs="+", help="block sizes (overrides the preset)")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    if not torch.cuda.is_available():
+        print("kernel_bench needs a CUDA GPU (the CPU tests cover correctness under TRITON_INTERPRET=1)")
+        return 2
+    import triton
+
+    card = torch.cuda.get_device_name()
+    versions = f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}"
+    print(f"{card}; {versions}")
+    if not correctness():
+        print("correctness check FAILED: no timings")
+        return 1
+    print(f"  ({time.perf_counter() - start:.0f} s)")
+    frames = args.frames or ((21, 63) if args.quick else (6, 12, 21, 63))
+    blocks = args.blocks or ((128,) if args.quick else (64, 128))
+    densities = (1.0, 0.25, 0.0625) if args.quick else (1.0, 0.5, 0.25, 0.125, 0.0625)
+    print("== timings (bf16, median ms)")
+    rows = run_timings(frames, blocks, densities)
+    md = table(rows)
+    print(md)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    if args.write:
+        cmd = " ".join(["python benchmarks/kernel_bench.py"] + sys.argv[1:])
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(
+                f"\n## PBSA kernel, {datetime.date.today()}: {card}\n\n{versions}; bf16; `{cmd}`; chunk of "
+                f"{CHUNK_FRAMES} x {TOKENS_PER_FRAME} tokens, {HEADS} heads x {HEAD_DIM}; key sequence of F frames "
+                "including the chunk. TFLOP/s: computed blocks only for PBSA and Flex, all keys for SDPA; "
+                "forward+backward counted as 3.5x the forward. Speedup against SDPA flash, same pass.\n\n"
+                f"{md}\n"
+            )
+        print("appended to benchmarks/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
