@@ -1,5 +1,6 @@
 """Attention backends and block selectors on random KV views: PBSA against dense SDPA (outputs and
 gradients w.r.t. q, the chunk's k/v and the view's pool), LocalWindow and AllBlocks properties."""
+import importlib
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton path runs on the CPU through the interpreter
@@ -19,11 +20,10 @@ from worldkit_plugins.baselines.selector import AllBlocks
 from worldkit_plugins.sparse_forcing.local_window import LocalWindow
 from worldkit_plugins.sparse_forcing.pbsa import PBSA
 
-try:
-    import triton
-
-    HAS_TRITON = bool(triton.knobs.runtime.interpret)
-except (ImportError, AttributeError):
+try:  # the kernels must have been decorated under the interpreter (not imported earlier without it)
+    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton")
+    HAS_TRITON = type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
+except ImportError:
     HAS_TRITON = False
 
 

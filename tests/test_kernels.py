@@ -23,11 +23,10 @@ from worldkit_kernels import (
     topk_blocks,
 )
 
-try:
-    import triton
-
-    HAS_TRITON = bool(triton.knobs.runtime.interpret)  # False if Triton was imported before the env var
-except (ImportError, AttributeError):
+try:  # the kernels must have been decorated under the interpreter (not imported earlier without it)
+    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton")
+    HAS_TRITON = type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
+except ImportError:
     HAS_TRITON = False
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton interpreter not available")
 
