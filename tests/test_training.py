@@ -24,7 +24,7 @@ def tiny_raw(tmp_cache, **train):
                   "sampler_steps": 2},
         "train": {"max_steps": 8, "batch_size": 4, "clip_frames": 6, "warmup_steps": 2, "val_every": 4,
                   "log_every": 1, "lr": 2e-3, **train},
-        "eval": {"horizons": [1, 2], "episodes": 2, "context_frames": 2},
+        "eval": {"horizons": [1, 2], "episodes": 2, "context_frames": 2, "probe_steps": 30},
     }
 
 

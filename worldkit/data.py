@@ -191,7 +191,7 @@ def _write_atomic(path: Path, data: EpisodeSet) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, frames=data.frames, actions=data.actions, states=data.states, seeds=data.seeds)
+            np.savez_compressed(f, frames=data.frames, actions=data.actions, states=data.states, seeds=data.seeds)
         os.chmod(tmp, 0o644)  # mkstemp creates the file private
         os.replace(tmp, path)
     except BaseException:

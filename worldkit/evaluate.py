@@ -56,7 +56,7 @@ class EvalResult:
     def summary(self) -> dict[str, float]:
         """Flat scalars: e.g. ``psnr@4x``, ``psnr_se@4x``, ``skill@12x``, ``ms_per_chunk``, ``kv_mib``."""
         out = {}
-        for metric in ("psnr", "ssim", "fg_psnr", "skill"):
+        for metric in ("psnr", "ssim", "fg_psnr", "skill", "state_err"):
             if metric not in self.buckets:
                 continue
             for h, (m, se) in zip(self.horizons, self.buckets[metric]["model"]):
@@ -92,11 +92,17 @@ def evaluate(
     out_dir: Optional[os.PathLike] = None,
     strips: int = 4,
     desc: str = "eval",
+    probe=None,
+    states: Optional[np.ndarray] = None,
 ) -> EvalResult:
     """Roll out every episode of ``frames`` (N, T, H, W, 3) uint8 / ``actions`` (N, T, A) and score it.
 
     ``mean_frame`` (3, H, W) in [-1, 1] is the mean training frame; ``background`` (3, H, W) the
-    reference for the foreground PSNR (default: ``mean_frame``). Strips are saved under ``out_dir``."""
+    reference for the foreground PSNR (default: ``mean_frame``). Strips are saved under ``out_dir``.
+    With a state ``probe`` and the episodes' ``states`` (N, T, S), the state error of every forecast
+    (and of the ground truth itself, the probe's floor) is scored as ``state_err``."""
+    from worldkit.probe import state_error
+
     model = rollout.model
     device = next(model.parameters()).device
     n_gen = max(horizons) * clip_frames
@@ -105,6 +111,8 @@ def evaluate(
         raise ValueError(f"test episodes have {frames.shape[1]} frames; the horizons need {need}")
     background = mean_frame if background is None else background
     per = {m: {w: [] for w in ("model", "persistence", "mean_frame")} for m in ("psnr", "ssim", "mse", "fg_psnr")}
+    if probe is not None:
+        per["state_err"] = {w: [] for w in ("model", "persistence", "mean_frame", "truth")}
     timings, kv = [], []
     first_pred = None
     n = frames.shape[0]
@@ -131,6 +139,10 @@ def evaluate(
                 per["ssim"][who].append(metrics.ssim(f, target).cpu())
                 per["mse"][who].append(metrics.mse(f, target).cpu())
                 per["fg_psnr"][who].append(metrics.foreground_psnr(f, target, background.to(device)).cpu())
+            if probe is not None:
+                true = torch.from_numpy(states[s : s + batch_size, context_frames:need])  # (B, n_gen, S)
+                for who, f in {**forecasts, "truth": target}.items():
+                    per["state_err"][who].append(state_error(probe, f.cpu(), true, ctx[:, -1].cpu()))
     bar.close()
     cat = {m: {w: torch.cat(v) for w, v in d.items()} for m, d in per.items()}  # each (N * seeds, n_gen)
     res = EvalResult(horizons=list(horizons), clip_frames=clip_frames, episodes=n, seeds=seeds)

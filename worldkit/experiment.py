@@ -122,6 +122,19 @@ class RunData:
         sample = frames_to_tensor(train.frames[:, :: max(1, train.frames.shape[1] // 8)])  # (N, T', 3, H, W)
         self.mean_frame = sample.mean((0, 1))  # (3, H, W)
         self.background = sample.flatten(0, 1).median(0).values  # (3, H, W)
+        self.train_file = wk_data.cache_path(name, env_cfg, "train", *wk_data.split_requests(cfg)["train"], cfg.data.cache_dir)
+        self.probe_steps = cfg.eval.probe_steps
+        self._probe = None
+
+    @property
+    def probe(self):
+        """The state probe of the training episodes (trained on first use, cached beside them)."""
+        if self._probe is None and self.probe_steps:
+            from worldkit.probe import cached_probe
+
+            train = self.sets["train"]
+            self._probe = cached_probe(self.train_file, train.frames, train.states, steps=self.probe_steps)
+        return self._probe
 
     def clips(self, split: str, clip_frames: int):
         return wk_data.ClipDataset(self.sets[split], clip_frames, stride=1 if split == "train" else clip_frames)
@@ -153,7 +166,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
     return evaluate(
         rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
-        strips=cfg.eval.strips, desc=desc,
+        strips=cfg.eval.strips, desc=desc, probe=d.probe, states=test.states[:n],
     )
 
 

@@ -201,6 +201,7 @@ class EvalConfig(Section):
     episodes: PositiveInt = 16
     seeds: PositiveInt = 1
     strips: int = Field(4, ge=0)  # episodes drawn as image strips
+    probe_steps: int = Field(1500, ge=0)  # training steps of the state probe (0: no state error)
 
 
 class StageConfig(Section):

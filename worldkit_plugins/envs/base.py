@@ -7,18 +7,32 @@ policy) lives here.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-# MuJoCo picks its GL backend when imported: one imported earlier without MUJOCO_GL may lack offscreen GL
-_LATE = "mujoco" in sys.modules and "MUJOCO_GL" not in os.environ
-os.environ.setdefault("MUJOCO_GL", "egl")  # must precede `import mujoco`: Mesa's EGL renders on the CPU
+import numpy as np
+from pydantic import Field
 
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-from pydantic import Field  # noqa: E402
+from worldkit.interfaces import Environment, PluginConfig
 
-from worldkit.interfaces import Environment, PluginConfig  # noqa: E402
+_LATE = False  # mujoco was imported by someone else before MUJOCO_GL was set
+
+
+class _Mujoco:
+    """``mujoco``, imported on first use: the env classes and their configs load without it (machines
+    that only train from cached episodes need no MuJoCo), and MUJOCO_GL is set before the import."""
+
+    def __getattr__(self, name: str):
+        global _LATE
+        if "mujoco" not in sys.modules:
+            os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa's EGL renders offscreen on the CPU
+        elif "MUJOCO_GL" not in os.environ:  # its GL backend was picked already, maybe without offscreen GL
+            _LATE = True
+        return getattr(importlib.import_module("mujoco"), name)
+
+
+mujoco = _Mujoco()
 
 SHADOW_SIZE = 256  # MuJoCo's default 4096 shadow map makes CPU rendering about 11x slower
 

@@ -1,0 +1,46 @@
+"""State probe and skill score on synthetic cases where the answer is known."""
+import numpy as np
+import torch
+
+from worldkit import metrics
+from worldkit.evaluate import frames_to_tensor
+from worldkit.probe import state_error, train_probe
+
+
+def square_world(n=32, t=10, size=12, seed=0):
+    """A bright square bouncing on a dark background; the state is its (row, col) and velocity."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((n, t, size, size, 3), np.uint8)
+    states = np.zeros((n, t, 4), np.float32)
+    for e in range(n):
+        p = rng.integers(0, size - 3, 2)
+        v = rng.choice([-1, 1], 2)
+        for k in range(t):
+            v = np.where((p + v < 0) | (p + v > size - 3), -v, v)
+            p = p + v
+            frames[e, k, p[0] : p[0] + 3, p[1] : p[1] + 3] = 255
+            states[e, k] = [p[0], p[1], v[0], v[1]]
+    return frames, states
+
+
+def test_probe_reads_the_state_and_punishes_a_wrong_frame():
+    frames, states = square_world()
+    probe = train_probe(frames, states, steps=300, batch=64)
+    test_f, test_s = square_world(n=6, seed=1)
+    x = frames_to_tensor(test_f)
+    s = torch.from_numpy(test_s)
+    truth = state_error(probe, x[:, 1:], s[:, 1:], x[:, 0])
+    frozen = state_error(probe, x[:, :1].expand(-1, x.shape[1] - 1, -1, -1, -1), s[:, 1:], x[:, 0])
+    assert truth.mean() < 0.5  # in standard deviations
+    assert frozen[:, 4:].mean() > 2 * truth[:, 4:].mean()  # a frozen square is read as the wrong state
+
+
+def test_skill_of_perfect_and_persistence_forecasts():
+    frames, _ = square_world(n=4)
+    x = frames_to_tensor(frames)
+    ctx, target = x[:, :2], x[:, 2:]
+    persistence = metrics.persistence_forecast(ctx, target.shape[1])
+    ref = metrics.mse(persistence, target).mean(1)
+    assert torch.allclose(metrics.skill(metrics.mse(target, target).mean(1), ref), torch.ones(4))
+    assert torch.allclose(metrics.skill(ref, ref), torch.zeros(4))
+    assert (metrics.skill(metrics.mse(-target, target).mean(1), ref) < 0).all()  # worse than doing nothing
