@@ -114,7 +114,7 @@ def test_crash_during_write_leaves_no_file(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(D.np, "savez", half_written)
+    monkeypatch.setattr(D.np, "savez_compressed", half_written)
     with pytest.raises(OSError, match="disk full"):
         load(tmp_path)
     assert files(tmp_path) == []  # neither the final file nor the temporary one
