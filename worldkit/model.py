@@ -112,9 +112,9 @@ class ParallelContext:
         q_tok_pos = self.q_pos.repeat_interleave(n).to(q.device)  # (F*N,)
         qr = model.rope.rotate_time(q, q_tok_pos)
         tok_mask = self.visible.to(q.device).repeat_interleave(n, 0).repeat_interleave(n, 1)  # (Tq, Tk)
-        if self.k_pos is None:
-            kr = model.rope.rotate_time(k, q_tok_pos)
-            return masked_attention(qr, kr, v, tok_mask)
+        if self.k_pos is None or bool((self.k_pos == self.k_pos[0]).all()):
+            k_pos = q_tok_pos if self.k_pos is None else self.k_pos[0].to(q.device).repeat_interleave(n)
+            return masked_attention(qr, model.rope.rotate_time(k, k_pos), v, tok_mask)
         # key positions depend on the query frame: one attention per group of query frames that
         # read the keys at the same positions under the same mask (a chunk, for built-in policies)
         out = torch.empty_like(q)
