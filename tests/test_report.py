@@ -171,7 +171,7 @@ def test_hparams_are_primitives_of_the_last_stage():
     assert (hp["trainer"], hp["memory"], hp["memory.window_frames"], hp["stages"]) == ("self_forcing", "sliding_window", 4, "pre>fine")
     assert hp["model.width"] == 32 and hp["model.init"] == "scratch"
     assert report.metric_names(config.validate(copy.deepcopy(RAW))) == [
-        "psnr@1x", "psnr@2x", "ssim@2x", "fg_psnr@2x", "skill@2x", "ms_per_chunk", "kv_mib"]
+        "psnr@1x", "psnr@2x", "ssim@2x", "fg_psnr@2x", "skill@2x", "state_err@2x", "ms_per_chunk", "kv_mib"]
 
 
 def load_events(path: Path):

@@ -27,9 +27,10 @@ from typing import Any, Optional, Union
 
 from worldkit.errors import WorldkitError
 
-BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
+BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame",
+             "truth": "ground truth (state probe floor)"}
 CURVES = ("psnr", "ssim", "fg_psnr")  # per-frame curves logged to TensorBoard
-BUCKETS = ("psnr", "ssim", "fg_psnr", "skill")  # per-horizon means logged to TensorBoard
+BUCKETS = ("psnr", "ssim", "fg_psnr", "skill", "state_err")  # per-horizon means logged to TensorBoard
 
 
 def atomic_write(path: Union[str, Path], text: str) -> Path:
@@ -92,8 +93,8 @@ def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
 def metric_names(cfg) -> list[str]:
     """The final metrics a run declares: PSNR at every horizon, the others at the longest, cost."""
     h = max(cfg.eval.horizons)
-    return [f"psnr@{x}x" for x in cfg.eval.horizons] + [f"{m}@{h}x" for m in ("ssim", "fg_psnr", "skill")] + [
-        "ms_per_chunk", "kv_mib"]
+    return [f"psnr@{x}x" for x in cfg.eval.horizons] + [
+        f"{m}@{h}x" for m in ("ssim", "fg_psnr", "skill", "state_err")] + ["ms_per_chunk", "kv_mib"]
 
 
 def log_hparams(writer, cfg, summary: dict[str, float], step: int) -> None:
@@ -270,6 +271,7 @@ def columns(cells: list[CellResult]) -> list[Column]:
     cols += [Column(f"SSIM@{h}x", f"ssim@{h}x", f"ssim_se@{h}x", True, ".3f"),
              Column(f"FG-PSNR@{h}x", f"fg_psnr@{h}x", f"fg_psnr_se@{h}x", True, ".2f"),
              Column(f"skill@{h}x", f"skill@{h}x", f"skill_se@{h}x", True, "+.3f"),
+             Column(f"state err@{h}x", f"state_err@{h}x", f"state_err_se@{h}x", False, ".3f"),
              Column("ms/chunk", "ms_per_chunk", None, False, ".1f"),
              Column("KV MiB", "kv_mib", None, False, ".3f")]
     return [c for c in cols if any(c.key in cell.summary for cell in cells)]
@@ -312,23 +314,25 @@ def _cell_text(summary: dict, col: Column, mark: str = "") -> str:
     return f"**{text}**" if mark == "best" else f"{text} ≈" if mark == "tie" else text
 
 
-def baseline_summaries(cells: list[CellResult]) -> dict[str, dict]:
-    """The baselines' figures as summary-like dicts, when every finished cell scored them identically."""
-    done = [c for c in cells if c.status == "done"]
-    if not done:
-        return {}
-    out = {}
-    for who in BASELINES:
-        rows = []
-        for c in done:
+def _baseline_rows(cells: list[CellResult]) -> dict[str, list[dict]]:
+    """Per baseline, its figures as a summary-like dict from each finished cell that scored it."""
+    out: dict[str, list[dict]] = {}
+    for c in cells:
+        if c.status != "done":
+            continue
+        for who in BASELINES:
             row = {}
             for metric, by_who in c.eval.get("buckets", {}).items():
                 for h, (m, se) in zip(c.eval["horizons"], by_who.get(who, [])):
                     row[f"{metric}@{h}x"], row[f"{metric}_se@{h}x"] = m, se
-            rows.append(row)
-        if all(r == rows[0] for r in rows):
-            out[who] = rows[0]
+            if row:
+                out.setdefault(who, []).append(row)
     return out
+
+
+def baseline_summaries(cells: list[CellResult]) -> dict[str, dict]:
+    """The baselines' figures, for each baseline that every finished cell scored identically."""
+    return {who: rows[0] for who, rows in _baseline_rows(cells).items() if all(r == rows[0] for r in rows)}
 
 
 def markdown(cells: list[CellResult], title: str) -> str:
@@ -359,7 +363,7 @@ def markdown(cells: list[CellResult], title: str) -> str:
         "significant, so it is not ranked). ms/chunk is a median and KV MiB is exact; neither has an error "
         "estimate. Baselines are not ranked.", "", *lines, "",
     ]
-    if cells and len(baselines) < len(BASELINES) and counts["done"]:
+    if len(baselines) < len(_baseline_rows(cells)):
         text += ["The cells scored the baselines differently (different test episodes), so they are not shown.", ""]
     failed = [c for c in cells if c.status == "failed"]
     if failed:
