@@ -21,9 +21,10 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/
 timeout 270 python3 benchmarks/kernel_bench.py --quick --write 2>&1 | tee "$OUT/kernel_bench.log"
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md" 2>/dev/null
 
-# 2. base checkpoints, both at once (small models leave the GPU mostly idle)
+# 2. base checkpoints, both at once (small models leave the GPU mostly idle; each process gets a few
+#    CPU threads: two processes with a thread per core each made every CPU op crawl)
 for env in pendulum memory; do
-  python3 -m worldkit run "experiments/pretrain_$env.yaml" --out "/tmp/runs/$env" \
+  OMP_NUM_THREADS=4 python3 -m worldkit run "experiments/pretrain_$env.yaml" --out "/tmp/runs/$env" \
     --set train.accelerator=gpu --set "data.cache_dir=$PWD/.gpucache" --set train.max_minutes=${MINUTES:-4} \
     >"$OUT/pretrain_$env.log" 2>&1 &
 done

@@ -225,6 +225,7 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
             raise KeyboardInterrupt(f"stopped; resume with: worldkit run --resume {run_dir}") from None
         raise
     module._logger_for_eval = logger
+    module.train_device = trainer.strategy.root_device  # Lightning moves the module back to the CPU at teardown
     return module
 
 
@@ -251,7 +252,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
         print(f"== stage {stage.dirname}: {stage.trainer['type']} with memory={stage.memory['type']} "
               f"selector={stage.selector['type']} attention={stage.attention['type']}", flush=True)
         module = fit_stage(cfg, stage, d, run_dir, init, resume)
-        model = module.inference_model()
+        model = module.inference_model().to(module.train_device)
         if module.trainer.is_global_zero:
             save_weights(model, final)
         module.trainer.strategy.barrier("stage weights saved")
