@@ -147,6 +147,16 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
     assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf", "2-sink_sf"]
     # stage 2 starts from stage 1's weights, and so does the variant compared with stage 2
     assert loaded == [run / "stages" / "0-dense_df" / "model.pt"] * 2
+    # a finished stage ships as a base checkpoint with its model card
+    from worldkit import cards
+
+    monkeypatch.setattr(cards, "BASE_DIR", tmp_path / "base")
+    card = cards.write_card(run, "tiny", command="worldkit run tiny.yaml", hardware="2 CPU cores", stage="0-dense_df")
+    text = card.read_text()
+    assert "`worldkit run tiny.yaml`" in text and "3 optimizer steps" in text
+    assert "| skill vs persistence | model |" in text and "| state-probe error (std) | ground truth (probe floor) |" in text
+    monkeypatch.setattr(experiment, "BASE_DIR", tmp_path / "base")
+    assert experiment.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run
     assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--window", "4"]) == 0
     assert {p.name for p in (run / "analysis").iterdir()} == {"attention.json", "attention_map.png", "attention_stripes.png"}

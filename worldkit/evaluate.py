@@ -49,6 +49,7 @@ class EvalResult:
     peak_kv_bytes: int = 0
     episodes: int = 0
     seeds: int = 0
+    context_frames: int = 0
 
     def bucket(self, metric: str, who: str = "model") -> list[tuple[float, float]]:
         return self.buckets[metric][who]
@@ -145,7 +146,8 @@ def evaluate(
                     per["state_err"][who].append(state_error(probe, f.cpu(), true, ctx[:, -1].cpu()))
     bar.close()
     cat = {m: {w: torch.cat(v) for w, v in d.items()} for m, d in per.items()}  # each (N * seeds, n_gen)
-    res = EvalResult(horizons=list(horizons), clip_frames=clip_frames, episodes=n, seeds=seeds)
+    res = EvalResult(horizons=list(horizons), clip_frames=clip_frames, episodes=n, seeds=seeds,
+                     context_frames=context_frames)
     slices = _bucket_slices(horizons, clip_frames)
     for m, d in cat.items():
         res.curves[m] = {w: torch.nanmean(x, 0).tolist() for w, x in d.items()}
