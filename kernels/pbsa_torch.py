@@ -45,14 +45,19 @@ def pbsa_torch(
     tok_ok = tok_ok.reshape(B, Hi, NQB, 1, MAXK * BLK)  # (B, Hi, NQB, 1, MAXK * BLK)
     slot = slot.expand(B, H, NQB, MAXK)
     hi = torch.arange(H, device=dev).view(1, H, 1, 1)
+    # gather whole blocks as rows of one flat table: index_select copies them far faster than
+    # advanced indexing over (batch, head, slot)
+    flat = ((bi * H + hi) * k.shape[1] + slot)  # (B, H, NQB, MAXK) row ids into (B * H * NS, BLK * D)
+    k_rows, v_rows = kh.reshape(-1, BLK * D), vh.reshape(-1, BLK * D)
 
     rows_per_chunk = max(1, GATHER_BUDGET // (B * H * MAXK * BLK * max(D, BLK)))
     outs, lses = [], []
     for r0 in range(0, NQB, rows_per_chunk):
         rs = slice(r0, r0 + rows_per_chunk)
-        kg = kh[bi, hi, slot[:, :, rs]].to(cdt)  # (B, H, R, MAXK, BLK, D)
-        vg = vh[bi, hi, slot[:, :, rs]].to(cdt)
-        R = kg.shape[2]
+        ids = flat[:, :, rs]
+        R = ids.shape[2]
+        kg = k_rows.index_select(0, ids.reshape(-1)).view(B, H, R, MAXK, BLK, D).to(cdt)  # (B, H, R, MAXK, BLK, D)
+        vg = v_rows.index_select(0, ids.reshape(-1)).view(B, H, R, MAXK, BLK, D).to(cdt)
         s = torch.einsum("bhrqd,bhrktd->bhrqkt", qb[:, :, rs].to(cdt), kg).reshape(B, H, R, BLK, MAXK * BLK)
         s = (s * scale).masked_fill(~tok_ok[:, :, rs], float("-inf"))  # (B, H, R, BLK, MAXK * BLK)
         m = s.amax(-1, keepdim=True).detach()  # the shift does not change the result, only its range

@@ -1,6 +1,7 @@
 """PBSA backend: the chunk reads sink + persistent + its selected local blocks, through worldkit_kernels."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal, Optional
 
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from worldkit.interfaces import AttentionBackend, BlockIndex, KVView, PluginConfig
-from worldkit_kernels import pbsa_attention
+from worldkit_kernels import pbsa_attention, pbsa_attention_with_lse
 
 
 def chunk_blocks(x: Tensor, BLK: int) -> Tensor:
@@ -40,6 +41,28 @@ def slot_lists(view: Optional[KVView], index: Optional[BlockIndex], NS: int, NQB
     return slots, (lcount + fixed.numel()).to(torch.int32)
 
 
+def shared_attention(q: Tensor, pool_k: Tensor, pool_v: Tensor, slots: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Dense attention of every query over the same full slots (sink + persistent): out (B, H, Tq, D)
+    and lse (B, H, Tq), in at least fp32. slots: (NF,) ids into the pool (B, NS, H, BLK, D)."""
+    B, H, Tq, D = q.shape
+    cdt = torch.promote_types(q.dtype, torch.float32)
+    kf = pool_k.index_select(1, slots).permute(0, 2, 1, 3, 4).reshape(B, H, -1, D).to(cdt)  # (B, H, NF * BLK, D)
+    vf = pool_v.index_select(1, slots).permute(0, 2, 1, 3, 4).reshape(B, H, -1, D).to(cdt)
+    s = (q.to(cdt) @ kf.transpose(-1, -2)) * scale  # (B, H, Tq, NF * BLK)
+    m = s.amax(-1, keepdim=True).detach()
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)  # (B, H, Tq, 1), >= 1
+    return (p @ vf) / l, (m + l.log())[..., 0]
+
+
+def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
+    """Two attentions over disjoint key sets as one softmax over their union."""
+    lse = torch.logaddexp(lse_a, lse_b)  # (B, H, Tq)
+    safe = torch.where(torch.isfinite(lse), lse, 0.0)
+    wa, wb = torch.exp(lse_a - safe)[..., None], torch.exp(lse_b - safe)[..., None]
+    return torch.where(torch.isfinite(lse)[..., None], wa * out_a + wb * out_b, 0.0)
+
+
 class PBSA(AttentionBackend):
     """Persistent block-sparse attention over sink + persistent + selected local blocks (Triton on CUDA)."""
 
@@ -63,5 +86,15 @@ class PBSA(AttentionBackend):
         if Tq % BLK:
             block_len = torch.full((B, NS + NQB), BLK, dtype=torch.int32, device=q.device)  # (B, NS + NQB)
             block_len[:, -1] = Tq - (NQB - 1) * BLK
+        impl = self.config.impl if self.config.impl != "auto" else ("triton" if q.is_cuda else "torch")
+        shared = None if view is None else torch.cat([view.sink, view.persistent])
+        if impl == "torch" and shared is not None and shared.numel():
+            # sink and persistent blocks are read by every row: one dense product for them, the
+            # gathered block-sparse path only for the selected local blocks, merged by log-sum-exp
+            out_s, lse_s = shared_attention(q, pool_k, pool_v, shared.to(q.device), D**-0.5)
+            empty = shared[:0]
+            slots, count = slot_lists(replace(view, sink=empty, persistent=empty), index, NS, NQB, B)
+            out_l, lse_l = pbsa_attention_with_lse(q, pool_k, pool_v, slots, count, block_len, impl="torch")
+            return merge(out_s, lse_s, out_l.to(out_s.dtype), lse_l.to(lse_s.dtype)).to(q.dtype)
         slots, count = slot_lists(view, index, NS, NQB, B)
-        return pbsa_attention(q, pool_k, pool_v, slots, count, block_len, impl=self.config.impl)
+        return pbsa_attention(q, pool_k, pool_v, slots, count, block_len, impl=impl)
