@@ -13,8 +13,8 @@ A grid folder holds::
                             results are written, or error.txt when it failed
     results.csv, results.md, psnr_vs_horizon.png, cost_vs_horizon.png   (worldkit.report)
 
-Cells run one after another in this process. Running cells in parallel, or a cell on several devices
-(DDP), is not supported yet: such cells are refused.
+Cells run one after another in this process. Not done yet: running cells in parallel or spreading them
+over the available devices (a ``--parallel`` option), and multi-device cells (DDP), which are refused.
 """
 from __future__ import annotations
 
