@@ -89,8 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = new_run_dir(cfg, args.out)
     config.save(cfg, run_dir / "config.yaml")
     print(f"run folder: {run_dir}", file=sys.stderr)
-    os.environ[RUN_DIR_VAR] = str(run_dir)  # inherited by relaunched DDP workers
-    experiment.run(cfg, run_dir)
+    os.environ[RUN_DIR_VAR] = str(run_dir)  # inherited by DDP workers relaunched during the run
+    try:
+        experiment.run(cfg, run_dir)
+    finally:
+        del os.environ[RUN_DIR_VAR]
     return 0
 
 
