@@ -227,6 +227,10 @@ def test_resume_uses_the_saved_config(tmp_path, capsys, experiment):
     assert cfg1 == cfg0 and dir1 == run_dir and kw1 == {"resume": True}
     code, _, err = call(capsys, "run", file, "--resume", run_dir)
     assert code == 2 and "--resume uses the run folder's own config.yaml" in err
+    # a new budget on resume is applied and recorded in the run folder
+    assert call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=7")[0] == 0
+    assert experiment.calls[-1][0].train.max_steps == 7
+    assert config.load(run_dir / "config.yaml").train.max_steps == 7
     code, _, err = call(capsys, "run", "--resume", tmp_path / "nowhere")
     assert code == 2 and "config.yaml: no such file" in err
     assert call(capsys, "run")[0] == 2

@@ -67,10 +67,14 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, create a new run folder, save the resolved config.yaml, run the experiment (or its grid)."""
     if args.resume is not None:
-        if args.config or args.overrides or args.out:
-            raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file, --set or --out")
+        if args.config or args.out:
+            raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file or --out")
         run_dir = Path(args.resume)
-        cfg = config.load(run_dir / "config.yaml")
+        cfg = config.load(run_dir / "config.yaml", args.overrides)
+        if args.overrides:  # e.g. a new budget (--set train.max_steps=N): the folder records what ran
+            if cfg.grid:
+                raise WorldkitError("--resume of a grid takes no --set: each cell keeps the config it started with")
+            config.save(cfg, run_dir / "config.yaml")
         if cfg.grid:
             return run_grid(run_dir / "config.yaml", [], run_dir, cfg)
         experiment = import_module("worldkit.experiment")
@@ -169,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="validate an experiment and run it in a new run folder")
     _add_config_args(p, required=False)
     p.add_argument("--out", help="run folder to create (must not exist or be empty)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config.yaml")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR with its saved config.yaml (--set changes it, e.g. the budget)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="print the resolved config, or every error")
