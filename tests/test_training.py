@@ -143,8 +143,9 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
     for stage in ("0-dense_df", "1-window_sf", "2-sink_sf"):
         assert (run / "stages" / stage / "model.pt").exists()
         assert (run / "stages" / stage / "eval.json").exists()
-    rows = [ln for ln in (run / "results.md").read_text().splitlines() if ln.startswith("| ") and "stage" not in ln]
-    assert [r.split("|")[1].strip() for r in rows] == ["0-dense_df", "1-window_sf", "2-sink_sf"]
+    rows = [ln.split("|")[1].strip() for ln in (run / "results.md").read_text().splitlines() if ln.startswith("| `")]
+    assert rows == ["`0-dense_df`", "`1-window_sf`", "`2-sink_sf`"]
+    assert {"psnr_vs_horizon.png", "cost_vs_horizon.png", "results.csv"} <= {p.name for p in run.iterdir()}
     # stage 2 starts from stage 1's weights, and so does the variant compared with stage 2
     assert loaded == [run / "stages" / "0-dense_df" / "model.pt"] * 2
     # a finished stage ships as a base checkpoint with its model card

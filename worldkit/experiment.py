@@ -7,8 +7,6 @@ and continues the unfinished one from its ``last.ckpt``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -269,30 +267,35 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
         atomic_write(stage_dir / "summary.json", json.dumps(row))
         rows.append(row)
         init = final
-    write_summary(rows, run_dir, cfg.eval.horizons)
+    write_summary(resolve_stages(cfg), run_dir, cfg.name)
     return rows
 
 
-def write_summary(rows: list[dict], run_dir: Path, horizons: list[int]) -> str:
-    """results.csv and results.md in ``run_dir``; returns the markdown table (also printed)."""
-    if not rows:
+def _compact(kind: str, spec: dict) -> dict:
+    """A plugin spec with only the fields that differ from the plugin's defaults."""
+    from worldkit import registry
+
+    defaults = registry.get(kind, spec["type"]).Config().model_dump(mode="json")
+    return {"type": spec["type"], **{k: v for k, v in spec.items() if k != "type" and defaults.get(k) != v}}
+
+
+def write_summary(stages: list[Stage], run_dir: Path, title: str) -> str:
+    """results.md, results.csv and the plots (PSNR vs horizon, ms per chunk and KV MiB vs horizon) of
+    every evaluated stage, the baselines beside them; prints and returns the markdown."""
+    cells = []
+    for st in stages:
+        sd = run_dir / "stages" / st.dirname
+        if not (sd / "eval.json").exists() or not (sd / "summary.json").exists():
+            continue
+        assignment = {kind: _compact(kind, getattr(st, kind)) for kind in ("trainer", "memory", "selector", "attention")}
+        cells.append(report.CellResult(st.index, st.dirname, assignment, "done", st.dirname,
+                                       json.loads((sd / "summary.json").read_text()),
+                                       json.loads((sd / "eval.json").read_text())))
+    if not cells:
         return ""
-    keys = list(rows[0])
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=keys)
-    wr.writeheader()
-    wr.writerows(rows)
-    atomic_write(run_dir / "results.csv", buf.getvalue())
-    cols = ["stage", "memory", "selector", "attention"]
-    head = cols + [f"PSNR@{h}x" for h in horizons] + [f"skill@{h}x" for h in horizons] + ["ms/chunk", "KV MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [str(r[c]) for c in cols]
-        cells += [f"{r[f'psnr@{h}x']:.2f} ± {r[f'psnr_se@{h}x']:.2f}" for h in horizons]
-        cells += [f"{r[f'skill@{h}x']:+.3f} ± {r[f'skill_se@{h}x']:.3f}" for h in horizons]
-        cells += [f"{r['ms_per_chunk']:.1f}", f"{r['kv_mib']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    atomic_write(run_dir / "results.md", f"# Results\n\n{table}\n")
-    print(table, flush=True)
-    return table
+    md = report.markdown(cells, title)
+    atomic_write(run_dir / "results.md", md)
+    atomic_write(run_dir / "results.csv", report.csv_text(cells))
+    report.plots(cells, run_dir)
+    print(md, flush=True)
+    return md
