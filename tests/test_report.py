@@ -115,7 +115,7 @@ def test_failed_and_unfinished_cells_are_marked_and_baselines_shown(grid_dir):
     assert table["memory=later"][1] == "unfinished"
     assert "`memory=broken`: RuntimeError: boom (cells/memory=broken/error.txt)" in md
     assert table[report.BASELINES["persistence"]][3] == "15.00 ± 0.20"
-    assert "5 cells: 3 done, 1 failed, 1 unfinished" in md
+    assert "5 rows: 3 done, 1 failed, 1 unfinished" in md
 
 
 def test_baselines_are_left_out_when_cells_scored_them_differently(tmp_path):

@@ -357,8 +357,8 @@ def markdown(cells: list[CellResult], title: str) -> str:
     counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished")}
     text = [
         f"# Results: {title}", "",
-        f"{len(cells)} cells: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
-        "A cell's result is its last stage, scored on the held-out test episodes (mean ± standard error).",
+        f"{len(cells)} rows: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
+        "Scored on the held-out test episodes (mean ± standard error); a grid cell's row is its last stage.",
         "**Bold**: best in the column. ≈: within two standard errors of the best (the difference is not "
         "significant, so it is not ranked). ms/chunk is a median and KV MiB is exact; neither has an error "
         "estimate. Baselines are not ranked.", "", *lines, "",
