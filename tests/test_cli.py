@@ -9,35 +9,18 @@ import sys
 import types
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
-from pydantic import Field, create_model
 
 from worldkit import cli, config, registry
-from worldkit.interfaces import KINDS, PluginConfig
+from worldkit.interfaces import KINDS
+
+from tests.test_config import FAKES  # the same stand-in plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fake(kind: str, doc: str, **fields) -> type:
-    """A concrete plugin class of ``kind`` whose Config has ``fields`` (name=(type, default))."""
-    base = KINDS[kind]
-    cfg = create_model(f"{kind.title()}Config", __base__=PluginConfig, **fields)
-    methods = {m: (lambda self, *a, **k: None) for m in base.__abstractmethods__}
-    return type(f"Fake{kind.title()}", (base,), {"__doc__": doc, "Config": cfg, **methods})
-
-
-FAKES = {
-    ("env", "toy_env"): fake("env", "A toy env.", size=(int, 32)),
-    ("memory", "toy_window"): fake("memory", "A toy window.", window_frames=(int, Field(4, ge=1))),
-    ("memory", "dense"): fake("memory", "Stands in for dense."),
-    ("selector", "all"): fake("selector", "Stands in for all."),
-    ("attention", "sdpa"): fake("attention", "Stands in for sdpa."),
-    ("trainer", "diffusion_forcing"): fake("trainer", "Stands in for diffusion forcing."),
-    ("trainer", "toy_trainer"): fake("trainer", "A toy trainer.", exit_steps=(Optional[int], None)),
-}
 BASE = {"name": "toy", "env": {"type": "toy_env"}}
 
 
