@@ -8,6 +8,8 @@ disjoint dimensions commute, so the order does not matter.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -21,7 +23,8 @@ def split_dims(head_dim: int) -> tuple[int, int, int]:
     return t, s, s
 
 
-def _freqs(dim: int, base: float, device) -> Tensor:
+@functools.lru_cache(maxsize=64)
+def _freqs(dim: int, base: float, device: torch.device) -> Tensor:
     return 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)  # (dim/2,)
 
 
