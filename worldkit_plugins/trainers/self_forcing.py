@@ -8,8 +8,10 @@ from worldkit.interfaces import PluginConfig, RolloutTrainer
 
 
 class SelfForcing(RolloutTrainer):
-    """Chunk-by-chunk self rollout (same cache, policy, selector, backend as inference); gradient only at
-    a random exit step per chunk; loss of the clean estimate against the ground-truth frames."""
+    """Self rollout through the inference engine; gradient only at a random exit step per chunk.
+
+    Chunk by chunk with the same cache, memory policy, selector and attention backend as inference;
+    the loss compares each chunk's clean estimate at its exit step with the ground-truth frames."""
 
     class Config(PluginConfig):
         context_frames: int = Field(2, ge=1, description="ground-truth frames committed before the rollout")
