@@ -287,3 +287,52 @@ def test_worldkit_report_rebuilds_the_same_table(tiny_grid, tmp_path):
     assert (copy_dir / "results.md").read_text() == md
     assert (copy_dir / "results.csv").read_text() == csv_text
     assert json.loads((out / "cells" / "memory=sink" / grid.CELL).read_text())["assignment"] == {"memory.type": "sink"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared leading stages
+
+
+def staged_runner(calls: list):
+    """Stands in for experiment.run with its resume rule: a stage with model.pt and eval.json is skipped."""
+    from worldkit.experiment import resolve_stages
+
+    def run(cfg, run_dir, resume=False):
+        trained = []
+        for st in resolve_stages(cfg):
+            d = Path(run_dir) / "stages" / st.dirname
+            if resume and (d / "model.pt").exists() and (d / "eval.json").exists():
+                continue
+            write_results(run_dir, fake_eval(20.0), stage=st.dirname)
+            (d / "model.pt").write_bytes(st.dirname.encode())
+            (Path(run_dir) / "tb" / st.dirname).mkdir(parents=True, exist_ok=True)
+            trained.append(st.dirname)
+        calls.append((Path(run_dir).name, trained))
+
+    return run
+
+
+def staged_grid(tmp_path, grid_axes: dict) -> grid.Grid:
+    raw = {**tiny_raw(tmp_path), "grid": grid_axes, "stages": [
+        {"name": "pre", "trainer": {"type": "diffusion_forcing"}, "memory": {"type": "dense"}},
+        {"name": "fine", "trainer": {"type": "self_forcing"}}]}
+    return grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml"))
+
+
+def test_a_leading_stage_that_cells_share_is_trained_once(tmp_path):
+    out, calls = tmp_path / "out", []
+    grid.run(staged_grid(tmp_path, {"memory.type": ["dense", "sink", "sliding_window"]}), out, runner=staged_runner(calls))
+    assert calls == [("memory=dense", ["0-pre", "1-fine"]), ("memory=sink", ["1-fine"]), ("memory=sliding_window", ["1-fine"])]
+    sink = out / "cells" / "memory=sink"
+    assert (sink / "stages" / "0-pre" / "model.pt").read_bytes() == b"0-pre" and (sink / "tb" / "0-pre").is_dir()
+    assert not list((out / "cells").rglob(".*.tmp-*"))
+
+
+def test_a_stage_that_differs_is_trained_in_every_cell(tmp_path):
+    out, calls = tmp_path / "out", []
+    grid.run(staged_grid(tmp_path, {"stages[0].train.lr": [0.001, 0.002]}), out, runner=staged_runner(calls))
+    assert [trained for _, trained in calls] == [["0-pre", "1-fine"]] * 2
+    raw = {**tiny_raw(tmp_path), "grid": {"memory.type": ["dense", "sink"]}}  # one stage: the result, never shared
+    calls.clear()
+    grid.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "one", runner=staged_runner(calls))
+    assert [trained for _, trained in calls] == [["0-train"]] * 2

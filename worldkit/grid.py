@@ -13,7 +13,9 @@ A grid folder holds::
                             results are written, or error.txt when it failed
     results.csv, results.md, psnr_vs_horizon.png, cost_vs_horizon.png   (worldkit.report)
 
-Cells run one after another in this process. Not done yet: running cells in parallel or spreading them
+Cells run one after another in this process. Leading stages that cells share (e.g. a dense
+pretraining stage before each cell's own fine-tuning) are trained once: a cell starts from a copy of
+another cell's finished stage when everything that stage depends on is the same (``stage_keys``). Not done yet: running cells in parallel or spreading them
 over the available devices (a ``--parallel`` option), and multi-device cells (DDP), which are refused.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -303,6 +307,59 @@ def save_config(grid: Grid, grid_dir: Path) -> Path:
 # Running
 
 
+def stage_keys(cfg: ExperimentConfig) -> list[str]:
+    """One key per leading stage (comparison variants excluded), equal for two configs exactly when that
+    stage's weights and evaluation would be the same: env, data, model (its init too), seed, evaluation,
+    and the stage's and every earlier stage's name, plugins and training settings."""
+    from worldkit.experiment import resolve_stages
+
+    common = cfg.model_dump(mode="json", include={"seed", "env", "data", "model", "eval"})
+    keys, chain = [], []
+    for st in resolve_stages(cfg):
+        if getattr(st, "variant", False):
+            break
+        chain.append([st.dirname, st.trainer, st.memory, st.selector, st.attention, st.train.model_dump(mode="json")])
+        keys.append(hashlib.sha1(json.dumps([common, chain], sort_keys=True).encode()).hexdigest())
+    return keys
+
+
+def _finished_stage(folder: Path, name: str) -> Optional[Path]:
+    d = folder / "stages" / name
+    return d if all((d / f).exists() for f in ("model.pt", "eval.json", "summary.json")) else None
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    """Copy a folder (its Lightning checkpoints left out) through a temporary name, so it appears whole."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    os.replace(tmp, dst)
+
+
+def reuse_stages(cfg: ExperimentConfig, grid_dir: Path, folder: Path) -> list[str]:
+    """Copy into a new cell's ``folder`` the finished leading stages it shares with another cell of the
+    grid folder, as that cell's saved config ran them (never its last stage, nor a stage that is another
+    cell's last: a cell's result and hparams are its own run); returns the names of the stages copied."""
+    from worldkit.experiment import resolve_stages
+
+    def shareable(c: ExperimentConfig) -> list[tuple[str, str]]:  # (stage folder, key), the last stage left out
+        return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: len(resolve_stages(c)) - 1]
+
+    others = [(d, shareable(config.load(d / "config.yaml"))) for d in sorted((Path(grid_dir) / CELLS).iterdir())
+              if d != folder and (d / "config.yaml").exists()]
+    copied = []
+    for i, (name, key) in enumerate(shareable(cfg)):
+        source = next((d for d, stages in others if stages[i:i + 1] == [(name, key)] and _finished_stage(d, name)), None)
+        if source is None:
+            break
+        if (source / "tb" / name).is_dir():
+            _copy_dir(source / "tb" / name, folder / "tb" / name)
+        _copy_dir(source / "stages" / name, folder / "stages" / name)  # last: a finished stage is a whole one
+        print(f"   stage {name}: the same as in cell {source.name}, copied", flush=True)
+        copied.append(name)
+    return copied
+
+
 def cell_dir(grid_dir: Path, cell: Cell) -> Path:
     return Path(grid_dir) / CELLS / cell.name
 
@@ -336,6 +393,8 @@ def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., A
         cfg = _prepare(cell, folder)
         (folder / ERROR).unlink(missing_ok=True)
         print(f"== cell {cell.index + 1}/{len(grid.cells)} {cell.name}", flush=True)
+        if not started:
+            started = bool(reuse_stages(cfg, grid_dir, folder))
         t0 = time.perf_counter()
         try:
             runner(cfg, folder, resume=started)
