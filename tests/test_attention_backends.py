@@ -196,3 +196,14 @@ def test_plugins_registered_and_configurable():
     assert PBSA.Config(impl="triton").impl == "triton"
     with pytest.raises(ValidationError):
         PBSA.Config(impl="cuda")
+
+
+@settings(max_examples=30, deadline=None)
+@given(s=views)
+def test_pbsa_inference_fast_path_matches_sdpa(s):
+    """fp32 without autograd takes the fused CPU kernel for the sink + persistent part."""
+    view, (q, k, v), index = build(s, dtype=torch.float32)
+    with torch.no_grad():
+        got = PBSA(PBSA.Config(impl="torch")).attend(q, k, v, view, index)
+        ref = SDPA().attend(q, k, v, view, index)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

@@ -41,6 +41,17 @@ def slot_lists(view: Optional[KVView], index: Optional[BlockIndex], NS: int, NQB
     return slots, (lcount + fixed.numel()).to(torch.int32)
 
 
+def fused_cpu(q: Tensor) -> bool:
+    """Inference in fp32 on the CPU: PyTorch's fused flash kernel, which returns the log-sum-exp too.
+    (Its backward ignores a gradient on the log-sum-exp, so training takes the explicit paths.)"""
+    return q.device.type == "cpu" and q.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
+def _flash_cpu(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """out (B, H, Tq, D) and lse (B, H, Tq) of the fused CPU kernel (no mask)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)[:2]
+
+
 def shared_attention(q: Tensor, pool_k: Tensor, pool_v: Tensor, slots: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """Dense attention of every query over the same full slots (sink + persistent): out (B, H, Tq, D)
     and lse (B, H, Tq), in at least fp32. slots: (NF,) ids into the pool (B, NS, H, BLK, D)."""
@@ -48,6 +59,8 @@ def shared_attention(q: Tensor, pool_k: Tensor, pool_v: Tensor, slots: Tensor, s
     cdt = torch.promote_types(q.dtype, torch.float32)
     kf = pool_k.index_select(1, slots).permute(0, 2, 1, 3, 4).reshape(B, H, -1, D).to(cdt)  # (B, H, NF * BLK, D)
     vf = pool_v.index_select(1, slots).permute(0, 2, 1, 3, 4).reshape(B, H, -1, D).to(cdt)
+    if fused_cpu(q):
+        return _flash_cpu(q, kf, vf, scale)
     s = (q.to(cdt) @ kf.transpose(-1, -2)) * scale  # (B, H, Tq, NF * BLK)
     m = s.amax(-1, keepdim=True).detach()
     p = torch.exp(s - m)
@@ -93,7 +106,8 @@ class PBSA(AttentionBackend):
             # gathered block-sparse path only for the selected local blocks, merged by log-sum-exp
             out_s, lse_s = shared_attention(q, pool_k, pool_v, shared.to(q.device), D**-0.5)
             empty = shared[:0]
-            slots, count = slot_lists(replace(view, sink=empty, persistent=empty), index, NS, NQB, B)
+            local_view = replace(view, sink=empty, persistent=empty)
+            slots, count = slot_lists(local_view, index, NS, NQB, B)
             out_l, lse_l = pbsa_attention_with_lse(q, pool_k, pool_v, slots, count, block_len, impl="torch")
             return merge(out_s, lse_s, out_l.to(out_s.dtype), lse_l.to(lse_s.dtype)).to(q.dtype)
         slots, count = slot_lists(view, index, NS, NQB, B)
