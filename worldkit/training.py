@@ -174,16 +174,14 @@ class ResumableData(L.LightningDataModule):
 
 
 class SaveOnInterrupt(L.Callback):
-    """Ctrl-C or SIGTERM (a scheduler's preemption): save ``last.ckpt`` so the run can be resumed."""
+    """Ctrl-C: save ``last.ckpt`` so the run can be resumed."""
 
     def __init__(self, path: Path):
         self.path = path
         self.interrupted = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if isinstance(exception, KeyboardInterrupt):
             self.interrupted = True
             trainer.save_checkpoint(self.path)
 
