@@ -73,7 +73,8 @@ def test_grid_problems_name_the_path_to_fix():
         [{"memory.typo": "dense"}, {"selector.type": "local_windw"}],
     )}
     assert "value listed twice" in problems["grid.memory.type"]
-    assert "not on a grid axis" in problems["exclude[0].memory.typo"] and "memory.type" in problems["exclude[0].memory.typo"]
+    typo = problems["exclude[0].memory.typo"]
+    assert "not on a grid axis" in typo and "memory.type" in typo
     assert "selector.type takes: 'all'" in problems["exclude[1].selector.type"]
     assert "needs a grid" in grid.check({}, [{"a": 1}])[0].message
 
@@ -299,14 +300,14 @@ def staged_runner(calls: list):
 
     def run(cfg, run_dir, resume=False):
         trained = []
-        for st in resolve_stages(cfg):
-            d = Path(run_dir) / "stages" / st.dirname
+        for stage in resolve_stages(cfg):
+            d = Path(run_dir) / "stages" / stage.dirname
             if resume and (d / "model.pt").exists() and (d / "eval.json").exists():
                 continue
-            write_results(run_dir, fake_eval(20.0), stage=st.dirname)
-            (d / "model.pt").write_bytes(st.dirname.encode())
-            (Path(run_dir) / "tb" / st.dirname).mkdir(parents=True, exist_ok=True)
-            trained.append(st.dirname)
+            write_results(run_dir, fake_eval(20.0), stage=stage.dirname)
+            (d / "model.pt").write_bytes(stage.dirname.encode())
+            (Path(run_dir) / "tb" / stage.dirname).mkdir(parents=True, exist_ok=True)
+            trained.append(stage.dirname)
         calls.append((Path(run_dir).name, trained))
 
     return run

@@ -114,7 +114,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """Generate (or find cached) the episodes the experiment (every cell of a grid) trains and evaluates on."""
     cfg = config.load(args.config, args.overrides)
-    cfgs = [c.config for c in import_module("worldkit.grid").load(args.config, args.overrides).cells] if cfg.grid else [cfg]
+    cfgs = [cfg]
+    if cfg.grid:
+        cfgs = [c.config for c in import_module("worldkit.grid").load(args.config, args.overrides).cells]
     for c in cfgs:
         import_module("worldkit.data").prepare(c)
     return 0

@@ -15,8 +15,9 @@ A grid folder holds::
 
 Cells run one after another in this process. Leading stages that cells share (e.g. a dense
 pretraining stage before each cell's own fine-tuning) are trained once: a cell starts from a copy of
-another cell's finished stage when everything that stage depends on is the same (``stage_keys``). Not done yet: running cells in parallel or spreading them
-over the available devices (a ``--parallel`` option), and multi-device cells (DDP), which are refused.
+another cell's finished stage when everything that stage depends on is the same (``stage_keys``).
+Not done yet: running cells in parallel or spreading them over the available devices (a ``--parallel``
+option), and multi-device cells (DDP), which are refused.
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ def check(grid: dict[str, list], exclude: Sequence[dict[str, Any]] = ()) -> list
             taken = [t for t in taken if t is not MISSING]
             if not any(_equal(t, value) for t in taken):
                 shown = ", ".join(map(repr, taken)) or "nothing (the axis values have no such key)"
-                issues.append(Issue(where, value, f"no cell has this value; {config.format_path(parts)} takes: {shown}"))
+                issues.append(Issue(where, value,
+                                    f"no cell has this value; {config.format_path(parts)} takes: {shown}"))
     return issues
 
 
@@ -242,7 +244,8 @@ def cell_names(cells: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _single_process(cfg: ExperimentConfig) -> list[Issue]:
-    trains = [("train", cfg.train)] + [(f"stages[{i}].train", cfg.stage_config(s).train) for i, s in enumerate(cfg.stages)]
+    trains = [("train", cfg.train)]
+    trains += [(f"stages[{i}].train", cfg.stage_config(s).train) for i, s in enumerate(cfg.stages)]
     out = []
     for where, t in trains:
         if t.strategy != "auto" or str(t.devices) != "1" or t.num_nodes != 1:
@@ -349,7 +352,8 @@ def reuse_stages(cfg: ExperimentConfig, grid_dir: Path, folder: Path) -> list[st
               if d != folder and (d / "config.yaml").exists()]
     copied = []
     for i, (name, key) in enumerate(shareable(cfg)):
-        source = next((d for d, stages in others if stages[i:i + 1] == [(name, key)] and _finished_stage(d, name)), None)
+        source = next((d for d, stages in others
+                       if stages[i:i + 1] == [(name, key)] and _finished_stage(d, name)), None)
         if source is None:
             break
         if (source / "tb" / name).is_dir():
@@ -367,7 +371,8 @@ def cell_dir(grid_dir: Path, cell: Cell) -> Path:
 def _prepare(cell: Cell, folder: Path) -> ExperimentConfig:
     """The cell's folder with cell.json and config.yaml; a started cell keeps the config it started with."""
     folder.mkdir(parents=True, exist_ok=True)
-    report.atomic_write(folder / CELL, json.dumps({"index": cell.index, "name": cell.name, "assignment": cell.assignment}))
+    meta = {"index": cell.index, "name": cell.name, "assignment": cell.assignment}
+    report.atomic_write(folder / CELL, json.dumps(meta))
     saved = folder / "config.yaml"
     if saved.exists():
         return config.load(saved)
@@ -406,7 +411,8 @@ def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., A
             report.atomic_write(folder / ERROR, traceback.format_exc())
             print(f"!! cell {cell.name} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         else:
-            done = {"name": cell.name, "wall_s": round(time.perf_counter() - t0, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            done = {"name": cell.name, "wall_s": round(time.perf_counter() - t0, 1),
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             report.atomic_write(folder / DONE, json.dumps(done))
         report.build(grid_dir)
     return report.collect(grid_dir)

@@ -149,7 +149,8 @@ def declare_hparams(tb_dir: Union[str, Path], configs: list) -> None:
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in metrics],
     )
     content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
-    summary = Summary(value=[Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(content))])
+    value = Summary.Value(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(content))
+    summary = Summary(value=[value])
     tb_dir.mkdir(parents=True, exist_ok=True)
     with SummaryWriter(str(tb_dir)) as w:
         w._get_file_writer().add_summary(summary)
@@ -419,7 +420,8 @@ def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
             by_who = c.eval.get("buckets", {}).get(metric, {})
             if "model" in by_who:
                 m, se = zip(*by_who["model"])
-                ax.errorbar(c.eval["horizons"], m, yerr=se, marker="o", capsize=3, color=colors(i % colors.N), label=c.name)
+                ax.errorbar(c.eval["horizons"], m, yerr=se, marker="o", capsize=3, color=colors(i % colors.N),
+                            label=c.name)
         for j, who in enumerate(baseline_summaries(cells)):
             by_who = done[0].eval["buckets"].get(metric, {})
             if who in by_who:
@@ -435,7 +437,8 @@ def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, c in enumerate(done):
         kw = dict(marker="o", color=colors(i % colors.N), label=c.name)
-        axes[0].plot(c.eval["horizons"], c.eval["ms_per_chunk"].get("total", [math.nan] * len(c.eval["horizons"])), **kw)
+        ms = c.eval["ms_per_chunk"].get("total", [math.nan] * len(c.eval["horizons"]))
+        axes[0].plot(c.eval["horizons"], ms, **kw)
         axes[1].plot(c.eval["horizons"], kv_per_horizon(c.eval), **kw)
     for ax, label in zip(axes, ("ms per chunk (median)", "KV cache MiB at the end of the horizon")):
         ax.set(xlabel="horizon (x training clip)", ylabel=label, xscale="log")
