@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from worldkit import registry
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
+from worldkit.training import build_plugin
 
 PRESETS = {  # DESIGN.md "Sizes"
     "cpu": dict(frame_size=64, patch=4, block_patches=4, chunk_frames=2, clip=16, layers=6, width=256, heads=8),
@@ -49,10 +49,6 @@ def variants(clip: int) -> dict[str, tuple[dict, dict, dict]]:
     }
 
 
-def build(spec: dict, kind: str):
-    return registry.build(kind, spec["type"], {k: v for k, v in spec.items() if k != "type"})
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,7 +69,8 @@ def prefill(rollout: Rollout, frames: int, generator: torch.Generator) -> None:
 
 def measure(model, variant, horizon_frames, reps, device, dtype, clip) -> dict:
     mem, sel, att = variant
-    r = Rollout(model, build(mem, "memory"), build(sel, "selector"), build(att, "attention"), steps=4, train_frames=clip)
+    r = Rollout(model, build_plugin("memory", mem), build_plugin("selector", sel), build_plugin("attention", att),
+                steps=4, train_frames=clip)
     g = torch.Generator().manual_seed(0)
     r.reset(1, dtype=dtype, device=device)
     prefill(r, horizon_frames - model.chunk_frames * (reps + 1), g)

@@ -181,9 +181,8 @@ class BlockMemory(MemoryPolicy):
         """Chunk-causal visibility of this layout; ``None`` when a persistent set is kept."""
         if self.persistent_cap:
             return None
-        spec = self.spec
-        fc = spec.chunk_frames
-        sink, hist = self.layout(spec)[:2]
+        fc = self.spec.chunk_frames
+        sink, hist = self.sink_frames, self.history_frames  # the layout chosen at reset
         n_chunks = -(-num_frames // fc)
         j = torch.arange(num_frames)
         visible = torch.zeros(n_chunks, num_frames, dtype=torch.bool)

@@ -169,13 +169,11 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
 
 
 def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:
-    """Per-horizon scalars and per-frame curves to TensorBoard."""
+    """The summary scalars at the training step (per-frame curves: ``report.log_stage``)."""
     w = logger.experiment
     for k, v in res.summary().items():
         if "_se@" not in k and np.isfinite(v):
             w.add_scalar(f"{prefix}/{k}", v, step)
-    for i, v in enumerate(res.curves["psnr"]["model"]):
-        w.add_scalar(f"{prefix}/psnr_by_frame", v, i + 1)
     w.flush()
 
 

@@ -186,7 +186,7 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, T, D)
         q, k = self.q_norm(q), self.k_norm(k)
-        rows, cols = model.token_rows_cols(T, x.device)
+        rows, cols = model.token_rows_cols(T)
         q = model.rope.rotate_space(q, rows, cols)
         k = model.rope.rotate_space(k, rows, cols)
         o = ctx.attend(model, layer, q, k, v)  # (B, H, T, D)
@@ -276,7 +276,7 @@ class WorldModel(nn.Module):
         )
 
     # ---- token plumbing -----------------------------------------------------------------------
-    def token_rows_cols(self, T: int, device) -> tuple[Tensor, Tensor]:
+    def token_rows_cols(self, T: int) -> tuple[Tensor, Tensor]:
         reps = T // self.geometry.tokens_per_frame
         return self.rows.repeat(reps), self.cols.repeat(reps)
 
