@@ -90,10 +90,11 @@ def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monk
     assert len(calls) > 0 and module.rollout.backend is module.backend
 
 
-def test_resume_reaches_the_same_weights(cache, run_data, tmp_path):
+@pytest.mark.parametrize("dmd", [False, True], ids=["diffusion_forcing", "self_forcing_dmd"])
+def test_resume_reaches_the_same_weights(dmd, cache, run_data, tmp_path):
     import lightning as L
 
-    cfg = wk_config.validate(tiny_raw(cache, max_steps=8, val_every=4))
+    cfg = wk_config.validate(dmd_raw(cache, max_steps=8, val_every=4) if dmd else tiny_raw(cache, max_steps=8, val_every=4))
     stage = resolve_stages(cfg)[0]
     full = fit_stage(cfg, stage, run_data, tmp_path / "full", init=None, resume=False)
 
@@ -112,8 +113,10 @@ def test_resume_reaches_the_same_weights(cache, run_data, tmp_path):
     assert (tmp_path / "cut" / "stages" / stage.dirname / "checkpoints" / "last.ckpt").exists()
     resumed = fit_stage(cfg, stage, run_data, tmp_path / "cut", init=None, resume=True)
     assert resumed.global_step == full.global_step == 8
-    for (n, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
+    full_state, resumed_state = full.state_dict(), resumed.state_dict()  # with a DMD critic and teacher
+    assert full_state.keys() == resumed_state.keys()
+    for n, a in full_state.items():
+        torch.testing.assert_close(a, resumed_state[n], rtol=0, atol=1e-6, msg=n)
 
 
 def test_nan_loss_stops_with_a_clear_message(cache, run_data, tmp_path):
@@ -188,3 +191,107 @@ def test_periodic_evaluation_is_logged(cache, run_data, tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb" / stage.dirname)).Reload()
     steps = [e.step for e in acc.Scalars("eval_periodic/psnr@1x")]
     assert steps == [2, 4]
+
+
+# ---- self forcing with DMD --------------------------------------------------------------------------
+
+def dmd_raw(cache, dmd=None, regression_weight=1.0, **train):
+    return {**tiny_raw(cache, **train), "trainer": {"type": "self_forcing", "regression_weight": regression_weight,
+                                                   "dmd": {"critic_ratio": 2, **(dmd or {})}}}
+
+
+def test_dmd_loss_gradient_is_the_score_difference():
+    from worldkit_plugins.trainers.self_forcing import dmd_loss
+
+    g = torch.Generator().manual_seed(0)
+    gen = torch.randn(2, 3, 4, generator=g, requires_grad=True)
+    real, fake = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    dmd_loss(gen, real, fake).backward()
+    w = (gen.detach() - real).abs().mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(gen.grad, (fake - real) / w / gen.numel())
+
+
+def test_dmd_starts_with_critic_equal_to_teacher_and_teacher_equal_to_the_starting_weights(cache, run_data):
+    cfg = wk_config.validate(dmd_raw(cache, regression_weight=0.0))
+    module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+    module.train()
+    nets = module.aux["dmd"]
+    assert not bool(nets.ready)
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    loss, logs = module.trainer_plugin.loss(module, batch)
+    assert bool(nets.ready) and {"critic_loss", "dmd_loss", "regression_loss"} <= set(logs)
+    for (n, p), q in zip(module.model.state_dict().items(), nets.teacher.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    loss.backward()
+    # the critic equals the teacher: the two scores agree and the generator gets no distillation gradient
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in module.model.parameters())
+    assert sum(p.grad.abs().sum() for p in nets.critic.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in nets.teacher.parameters())
+    # once the critic has moved away from the teacher, the generator is pushed
+    module.zero_grad()
+    with torch.no_grad():
+        for p in nets.critic.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    module.trainer_plugin.loss(module, batch)[0].backward()
+    assert sum(p.grad.abs().sum() for p in module.model.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in nets.teacher.parameters())
+
+
+def test_dmd_updates_the_critic_every_step_and_the_generator_every_ratio_steps(cache, run_data, tmp_path):
+    import lightning as L
+
+    cfg = wk_config.validate(dmd_raw(cache, dmd={"critic_ratio": 2, "critic_lr_scale": 0.5}, max_steps=4, val_every=4))
+    snaps = []
+
+    def flat(net):
+        return torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+
+    class Snap(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            nets = pl_module.aux["dmd"]
+            snaps.append((flat(pl_module.model), flat(nets.critic), flat(nets.teacher)))
+
+    orig = experiment.make_trainer
+    experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Snap()], lg, val_batches)
+    try:
+        module = fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path, init=None, resume=False)
+    finally:
+        experiment.make_trainer = orig
+    lrs = sorted({g["initial_lr"] for g in module.trainer.optimizers[0].param_groups})
+    assert lrs == pytest.approx([1e-3, 2e-3])  # critic at half train.lr
+    gen_moved = [not torch.equal(a[0], b[0]) for a, b in zip(snaps, snaps[1:])]
+    critic_moved = [not torch.equal(a[1], b[1]) for a, b in zip(snaps, snaps[1:])]
+    assert gen_moved == [False, True, False]  # steps 1, 2, 3: the generator trains on even steps only
+    assert critic_moved == [True, True, True]
+    assert all(torch.equal(snaps[0][2], s[2]) for s in snaps)  # the teacher stays frozen
+    # the checkpoint holds the critic and teacher, and the model's weights file does not
+    ckpt = torch.load(tmp_path / "stages" / "0-train" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert any(k.startswith("aux.dmd.critic.") for k in ckpt["state_dict"])
+    assert bool(ckpt["state_dict"]["aux.dmd.ready"])
+
+
+@pytest.mark.slow
+def test_dmd_alone_carries_the_teachers_knowledge_of_the_data(cache, run_data, tmp_path):
+    """A generator trained by DMD alone (no ground-truth term) from random weights approaches the data
+    when the teacher was trained on it, and does not when the teacher is itself random."""
+    from worldkit.experiment import save_weights
+    from worldkit.model import WorldModel
+
+    cfg = wk_config.validate({**tiny_raw(cache, max_steps=100, val_every=100, batch_size=8),
+                              "trainer": {"type": "diffusion_forcing"}})
+    teacher = fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path / "teacher", init=None, resume=False)
+    save_weights(teacher.model, tmp_path / "trained.pt")
+    torch.manual_seed(123)
+    save_weights(WorldModel(**teacher.model.hparams), tmp_path / "random.pt")
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("val", 6), batch_size=4)))
+    errors = {}
+    for name in ("trained", "random"):
+        raw = dmd_raw(cache, dmd={"teacher": str(tmp_path / f"{name}.pt")}, regression_weight=0.0,
+                      max_steps=100, val_every=100, batch_size=8)
+        cfg = wk_config.validate(raw)
+        stage = resolve_stages(cfg)[0]
+        before = val_loss(make_module(cfg, stage, run_data), batch)  # the generator's error against the frames
+        after = val_loss(fit_stage(cfg, stage, run_data, tmp_path / name, init=None, resume=False), batch)
+        errors[name] = (before, after)
+    assert errors["trained"][1] < 0.5 * errors["trained"][0], errors
+    assert errors["random"][1] > 0.8 * errors["random"][0], errors

@@ -214,7 +214,14 @@ class RolloutTrainer(Plugin):
     @abstractmethod
     def loss(self, module: Any, batch: dict) -> tuple["Tensor", dict]:
         """The scalar loss for ``batch`` and a dict of scalars to log. ``module`` is the
-        LightningModule (its ``model``, ``memory``, ``selector``, ``backend`` and ``rollout``)."""
+        LightningModule (its ``model``, ``memory``, ``selector``, ``backend`` and ``rollout``).
+        In evaluation mode (``module.training`` false) it is the validation loss, which picks the best
+        checkpoint."""
+
+    def attach(self, module: Any) -> None:
+        """Called once when the LightningModule is built: add the auxiliary networks the loss needs to
+        ``module.aux`` (an ``nn.ModuleDict``), so they are optimised, checkpointed and resumed with the
+        model. A network there with an ``lr_scale`` attribute trains at that multiple of ``train.lr``."""
 
 
 KINDS: dict[str, type[Plugin]] = {

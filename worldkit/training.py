@@ -90,6 +90,8 @@ class WorldModule(L.LightningModule):
         self.ema_model: Optional[WorldModel] = None
         if train.get("ema"):
             self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.aux = torch.nn.ModuleDict()  # networks the trainer plugin trains or reads beside the model
+        self.trainer_plugin.attach(self)
 
     # ---- randomness ---------------------------------------------------------------------------
     def generator(self, salt: int = 0) -> torch.Generator:
@@ -127,14 +129,23 @@ class WorldModule(L.LightningModule):
                 for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
                     pe.lerp_(p, 1 - d)
 
+    def _networks(self) -> list[tuple[torch.nn.Module, float]]:
+        """The trained networks with their learning-rate multiples: the model, then the trainer's own."""
+        nets = [(self.model, 1.0)]
+        for net in self.aux.values():
+            if any(p.requires_grad for p in net.parameters()):
+                nets.append((net, float(getattr(net, "lr_scale", 1.0))))
+        return nets
+
     def configure_optimizers(self):
         cfg = self.train_cfg
-        decay = [p for n, p in self.named_parameters() if p.requires_grad and p.ndim >= 2]
-        other = [p for n, p in self.named_parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": other, "weight_decay": 0.0}],
-            lr=cfg["lr"], betas=(0.9, 0.99),
-        )
+        groups = []
+        for net, scale in self._networks():
+            decay = [p for p in net.parameters() if p.requires_grad and p.ndim >= 2]
+            other = [p for p in net.parameters() if p.requires_grad and p.ndim < 2]
+            groups += [{"params": decay, "weight_decay": cfg["weight_decay"], "lr": cfg["lr"] * scale},
+                       {"params": other, "weight_decay": 0.0, "lr": cfg["lr"] * scale}]
+        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.99))
         warm, total, cosine = cfg["warmup_steps"], cfg["max_steps"], cfg["schedule"] == "cosine"
 
         def factor(step: int) -> float:
@@ -147,6 +158,19 @@ class WorldModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip each trained network on its own, so a critic's large gradients do not shrink the model's."""
+        if gradient_clip_val is None or len(self._networks()) == 1:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        for net, _ in self._networks():
+            params = [p for p in net.parameters() if p.grad is not None]
+            if not params:
+                continue
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def inference_model(self) -> WorldModel:
         """The weights to evaluate with: the EMA copy when there is one."""

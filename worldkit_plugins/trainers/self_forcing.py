@@ -1,37 +1,167 @@
-"""Self forcing: the model rolls itself out through the inference engine and is trained on what it made."""
+"""Self forcing: the model rolls itself out through the inference engine and is trained on what it made.
+
+Two objectives, alone or together:
+
+- **regression**: each generated chunk's clean estimate against the ground-truth frames of the world;
+- **DMD** (distribution matching distillation, as in Self-Forcing): a frozen *teacher* (an earlier
+  checkpoint) scores the generated clip as the real distribution, a trainable *fake-score critic*
+  (initialised from the teacher) learns the generator's own distribution, and the generator moves along
+  ``x0_real - x0_fake``. The critic is trained on every step, the generator on every
+  ``critic_ratio``-th one.
+
+Teacher and critic are full world models evaluated over the clip in parallel, ground-truth context frames
+clean and the generated frames noised to one level per sample, with a dense block-causal mask and the
+same actions.
+"""
 from __future__ import annotations
 
-import torch
-from pydantic import Field
+from typing import Optional
 
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from worldkit import diffusion
 from worldkit.interfaces import PluginConfig, RolloutTrainer
+from worldkit.model import ParallelContext, WorldModel
+
+
+class DMDConfig(PluginConfig):
+    """Distribution matching against a frozen teacher with a learned fake-score critic."""
+
+    teacher: Optional[str] = Field(
+        None, description="teacher checkpoint (a path or a shipped name such as base/pendulum); "
+                          "none: the weights the stage starts from")
+    weight: float = Field(1.0, ge=0, description="weight of the DMD term in the generator's loss")
+    critic_ratio: int = Field(5, ge=1, description="critic updates per generator update")
+    critic_lr_scale: float = Field(1.0, gt=0, description="critic learning rate as a multiple of train.lr")
+    min_level: float = Field(0.02, ge=0, lt=1, description="lowest noise level at which the scores are compared")
+    max_level: float = Field(0.98, gt=0, le=1, description="highest noise level at which the scores are compared")
+
+    @model_validator(mode="after")
+    def _levels(self) -> "DMDConfig":
+        if self.min_level >= self.max_level:
+            raise ValueError(f"min_level ({self.min_level}) must be below max_level ({self.max_level})")
+        return self
+
+
+class DMDNets(nn.Module):
+    """The frozen teacher and the trainable critic. ``ready`` (saved in checkpoints) records that both
+    were initialised, so a resumed run keeps the critic it trained."""
+
+    def __init__(self, model: WorldModel, lr_scale: float):
+        super().__init__()
+        self.teacher = WorldModel(**model.hparams).requires_grad_(False)
+        self.critic = WorldModel(**model.hparams)
+        self.lr_scale = lr_scale
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+
+    def initialise(self, generator: WorldModel, teacher: Optional[str]) -> None:
+        if teacher is None:
+            self.teacher.load_state_dict(generator.state_dict())
+        else:
+            from worldkit.experiment import load_weights, resolve_init
+
+            load_weights(self.teacher, resolve_init(teacher))
+        self.critic.load_state_dict(self.teacher.state_dict())
+        self.ready.fill_(True)
+
+    def train(self, mode: bool = True) -> "DMDNets":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+
+def dense_context(frames: int, chunk: int) -> ParallelContext:
+    """Block-causal visibility over a clip: a frame sees every frame of its own and earlier chunks."""
+    c = torch.arange(frames) // chunk
+    return ParallelContext(c[None, :] <= c[:, None], torch.arange(frames, dtype=torch.float32))
+
+
+def clean_estimate(net: WorldModel, x_t: Tensor, t: Tensor, a: Tensor, ctx: ParallelContext) -> Tensor:
+    return diffusion.to_x0(net(x_t, t, a, ctx), x_t, t, net.prediction)
+
+
+def dmd_loss(gen: Tensor, real: Tensor, fake: Tensor) -> Tensor:
+    """The DMD generator loss: its gradient with respect to ``gen`` is ``(fake - real) / w`` per element
+    (over the element count), ``w`` the mean distance of ``gen`` from the teacher's estimate per sample."""
+    g = gen.detach().float()
+    w = (g - real.float()).abs().mean(dim=tuple(range(1, g.ndim)), keepdim=True).clamp_min(1e-6)
+    step = (fake.float() - real.float()) / w
+    return 0.5 * (gen.float() - (g - step)).pow(2).mean()
 
 
 class SelfForcing(RolloutTrainer):
     """Self rollout through the inference engine; gradient only at a random exit step per chunk.
 
-    Chunk by chunk with the same cache, memory policy, selector and attention backend as inference;
-    the loss compares each chunk's clean estimate at its exit step with the ground-truth frames."""
+    Chunk by chunk with the same cache, memory policy, selector and attention backend as inference; the
+    loss compares each chunk's clean estimate at its exit step with the ground-truth frames
+    (``regression_weight``) and, with ``dmd``, scores the generated clip against a frozen teacher."""
 
     class Config(PluginConfig):
         context_frames: int = Field(2, ge=1, description="ground-truth frames committed before the rollout")
+        regression_weight: float = Field(1.0, ge=0, description="weight of the loss against the ground-truth frames")
+        dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
 
-    def loss(self, module, batch):
-        x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
+    def attach(self, module) -> None:
+        if self.config.dmd is not None:
+            module.aux["dmd"] = DMDNets(module.model, self.config.dmd.critic_lr_scale)
+
+    def rollout(self, module, x: Tensor, a: Tensor, g: torch.Generator, grad: bool) -> tuple[Tensor, list[int]]:
+        """The generated frames after the context, (B, F - ctx, 3, H, W), and the exit step per chunk."""
         B, F = x.shape[:2]
         fc = module.model.chunk_frames
         ctx = self.config.context_frames
         if ctx % fc or ctx >= F:
             raise ValueError(f"trainer.context_frames={ctx} must be a multiple of the chunk ({fc}) below the clip ({F})")
-        g = module.generator()
         rollout = module.rollout
-        rollout.reset(B, device=x.device)
-        rollout.commit_frames(x[:, :ctx], a[:, :ctx])
-        losses, exits = [], []
-        for s in range(ctx, F, fc):
-            exit_step = int(torch.randint(rollout.steps, (1,), generator=g))
-            x0 = rollout.chunk(a[:, s : s + fc], exit_step=exit_step, generator=g)  # (B, fc, 3, H, W)
-            losses.append((x0.float() - x[:, s : s + fc].float()).pow(2).mean())
-            exits.append(exit_step)
-        loss = torch.stack(losses).mean()
-        return loss, {"mean_exit_step": float(sum(exits)) / len(exits)}
+        chunks, exits = [], []
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            rollout.reset(B, device=x.device)
+            rollout.commit_frames(x[:, :ctx], a[:, :ctx])
+            for s in range(ctx, F, fc):
+                exit_step = int(torch.randint(rollout.steps, (1,), generator=g))
+                chunks.append(rollout.chunk(a[:, s : s + fc], exit_step=exit_step, generator=g))
+                exits.append(exit_step)
+        return torch.cat(chunks, dim=1), exits
+
+    def loss(self, module, batch):
+        x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
+        cfg, ctx = self.config, self.config.context_frames
+        g = module.generator()
+        dmd = cfg.dmd if module.training else None  # validation: the loss against the ground truth alone
+        gen_step = dmd is None or module.global_step % dmd.critic_ratio == 0
+        gen, exits = self.rollout(module, x, a, g, grad=gen_step)
+        regression = (gen.float() - x[:, ctx:].float()).pow(2).mean()
+        logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
+        if dmd is None:
+            return regression, logs
+        nets: DMDNets = module.aux["dmd"]
+        if not bool(nets.ready):
+            nets.initialise(module.model, dmd.teacher)
+        B, F = x.shape[:2]
+        pctx = dense_context(F, module.model.chunk_frames)
+        clip = torch.cat([x[:, :ctx], gen.detach()], dim=1)
+
+        def noised(salt: int) -> tuple[Tensor, Tensor, Tensor]:
+            gs = module.generator(salt)
+            level = dmd.min_level + (dmd.max_level - dmd.min_level) * module.rand((B, 1), gs)
+            t = torch.cat([torch.zeros(B, ctx, device=x.device), level.expand(B, F - ctx)], dim=1)
+            eps = module.randn(clip.shape, gs)
+            return diffusion.add_noise(clip, eps, t), t, eps
+
+        # the critic learns the generator's distribution: denoising loss on the generated frames
+        x_t, t, eps = noised(1)
+        pred = nets.critic(x_t, t, a, pctx)[:, ctx:]
+        critic = (pred.float() - diffusion.target(clip, eps, nets.critic.prediction)[:, ctx:].float()).pow(2).mean()
+        logs["critic_loss"] = critic.detach()
+        logs["regression_loss"] = regression.detach()
+        if not gen_step:
+            return critic, logs
+        x_t, t, _ = noised(2)
+        with torch.no_grad():
+            real = clean_estimate(nets.teacher, x_t, t, a, pctx)[:, ctx:]
+            fake = clean_estimate(nets.critic, x_t, t, a, pctx)[:, ctx:]
+        distill = dmd_loss(gen, real, fake)
+        logs["dmd_loss"] = distill.detach()
+        return cfg.regression_weight * regression + dmd.weight * distill + critic, logs
