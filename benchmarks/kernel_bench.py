@@ -310,6 +310,11 @@ def main() -> int:
     print("== timings (bf16, median ms)")
     rows = run_timings(frames, blocks, densities)
     md = table(rows)
+    from worldkit_kernels import pbsa_triton
+
+    tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"
+                       for key, cfg in sorted(pbsa_triton._tuned.items(), key=str))
+    md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (tuned or "- none (tuning off)")
     print(md)
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.write:

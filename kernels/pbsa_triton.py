@@ -9,7 +9,8 @@ Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbs
 """
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -35,7 +36,7 @@ def _fwd_kernel(
     s_eb, s_eh, s_et,
     H, Tq,
     BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     NSUB: tl.constexpr = BLOCK_M // BLOCK_N  # key sub-tiles per slot
     r = tl.program_id(0)
@@ -47,8 +48,11 @@ def _fwd_kernel(
     offs_d = tl.arange(0, D)
     rows = r * BLK + offs_m
     row_ok = (offs_m < BLK) & (rows < Tq)
-    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
+    q_ptr = Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd
+    if EVEN_Q:  # full query blocks: no row masks
+        q = tl.load(q_ptr)  # (BLOCK_M, D)
+    else:
+        q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -61,25 +65,36 @@ def _fwd_kernel(
             kl = BLK
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
-        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
-                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
+        v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
+        if EVEN_K:  # every slot full and one tile wide: no key masks
+            kt = tl.load(k_ptr)  # (BLOCK_N, D)
+        else:
+            kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
         qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
-        qk = tl.where(col_ok[None, :], qk, float("-inf"))
+        if not EVEN_K:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         p = tl.exp2(qk - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
-                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        if EVEN_K:
+            vt = tl.load(v_ptr)  # (BLOCK_N, D)
+        else:
+            vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
         m_i = m_new
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
-    tl.store(O + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
-             out.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse, mask=row_ok)
+    o_ptr = O + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
+    if EVEN_Q:
+        tl.store(o_ptr, out.to(O.dtype.element_ty))
+        tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse)
+    else:
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse, mask=row_ok)
 
 
 @triton.jit
@@ -96,7 +111,7 @@ def _bwd_dq_kernel(
     s_gb, s_gh, s_gt, s_gd,  # dQ
     H, Tq,
     BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     NSUB: tl.constexpr = BLOCK_M // BLOCK_N
     r = tl.program_id(0)
@@ -108,13 +123,19 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, D)
     rows = r * BLK + offs_m
     row_ok = (offs_m < BLK) & (rows < Tq)
-    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-    do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
-                 mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-    lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+    q_ptr = Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd
+    do_ptr = DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
+    if EVEN_Q:
+        q = tl.load(q_ptr)  # (BLOCK_M, D)
+        do = tl.load(do_ptr)  # (BLOCK_M, D)
+        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows) * 1.4426950408889634
+        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows)
+    else:
+        q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_ptr, mask=row_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
     lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # empty rows have no valid column anyway
-    delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for it in range(0, n * NSUB):
@@ -125,17 +146,26 @@ def _bwd_dq_kernel(
             kl = BLK
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
-        kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
-                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
-        vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
-                     mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
+        v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
+        if EVEN_K:
+            kt = tl.load(k_ptr)  # (BLOCK_N, D)
+            vt = tl.load(v_ptr)  # (BLOCK_N, D)
+        else:
+            kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
+            vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
         qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp2(qk - lse2[:, None]), 0.0)
+        p = tl.exp2(qk - lse2[:, None])
+        if not (EVEN_Q and EVEN_K):
+            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
-    tl.store(DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd,
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    dq_ptr = DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd
+    if EVEN_Q:
+        tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty))
+    else:
+        tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -151,7 +181,7 @@ def _bwd_dkdv_kernel(
     s_lb, s_ls,
     H, NS, Tq,
     BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    HAS_BLEN: tl.constexpr, PREC: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     NSUB_K: tl.constexpr = TILE // BLOCK_N  # programs per slot, each owns BLOCK_N of its keys
     NSUB_Q: tl.constexpr = TILE // BLOCK_M  # query sub-tiles per reading query block
@@ -167,10 +197,14 @@ def _bwd_dkdv_kernel(
     else:
         kl = BLK
     col_ok = offs_n < kl
-    kt = tl.load(K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
-                 mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
-    vt = tl.load(V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd,
-                 mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+    k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
+    v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
+    if EVEN_K:
+        kt = tl.load(k_ptr)  # (BLOCK_N, D)
+        vt = tl.load(v_ptr)  # (BLOCK_N, D)
+    else:
+        kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
+        vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
     n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
@@ -179,15 +213,23 @@ def _bwd_dkdv_kernel(
         offs_m = (it % NSUB_Q) * BLOCK_M + offs_m0
         rows = r * BLK + offs_m
         row_ok = (offs_m < BLK) & (rows < Tq)
-        q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
-                    mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-        do = tl.load(DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od,
-                     mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+        q_ptr = Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd
+        do_ptr = DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
+        if EVEN_Q:
+            q = tl.load(q_ptr)  # (BLOCK_M, D)
+            do = tl.load(do_ptr)  # (BLOCK_M, D)
+            lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows) * 1.4426950408889634
+            delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows)
+        else:
+            q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_ptr, mask=row_ok[:, None], other=0.0)
+            lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
         lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
-        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
         qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N keys, BLOCK_M queries)
-        p_t = tl.where(col_ok[:, None] & row_ok[None, :], tl.exp2(qk_t - lse2[None, :]), 0.0)
+        p_t = tl.exp2(qk_t - lse2[None, :])
+        if not (EVEN_Q and EVEN_K):
+            p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
         dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
         dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (BLOCK_N, BLOCK_M)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -198,18 +240,79 @@ def _bwd_dkdv_kernel(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
-# Sub-tile widths (capped by the tile): forward keys, dQ keys, dK/dV keys per program and query rows
-# per step. Small enough that K/V stages fit shared memory at BLK = 128, D = 128.
-FWD_BLOCK_N, DQ_BLOCK_N, DKDV_BLOCK_N, DKDV_BLOCK_M = 64, 32, 64, 32
+# Launch configurations per kernel, the first one the default. On a CUDA device each kernel times its
+# candidates once per problem class (``_tuned``) and keeps the fastest; under the interpreter, or with
+# WORLDKIT_PBSA_TUNE=0, the default runs. Sub-tile widths are capped by the tile. The defaults are small
+# enough that K/V stages fit shared memory at BLK = 128, D = 128.
+FWD_CONFIGS = [
+    dict(BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_N=32, num_warps=4, num_stages=4),
+]
+DQ_CONFIGS = [
+    dict(BLOCK_N=32, num_warps=8, num_stages=2),
+    dict(BLOCK_N=64, num_warps=8, num_stages=2),
+    dict(BLOCK_N=32, num_warps=4, num_stages=3),
+    dict(BLOCK_N=64, num_warps=8, num_stages=3),
+]
+DKDV_CONFIGS = [
+    dict(BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=2),
+    dict(BLOCK_N=128, BLOCK_M=32, num_warps=8, num_stages=2),
+    dict(BLOCK_N=64, BLOCK_M=64, num_warps=8, num_stages=2),
+    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=1),
+    dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=3),
+]
+_tuned: dict[tuple, dict] = {}
+
+
+def _tuning() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") != "1" and os.environ.get("WORLDKIT_PBSA_TUNE", "1") != "0"
+
+
+def _time_ms(launch: Callable[[], None], reps: int = 5) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    launch()  # compile and warm up
+    start.record()
+    for _ in range(reps):
+        launch()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict], None],
+            timer: Callable[[Callable[[], None]], float] = None) -> dict:
+    """Run ``launch`` with the configuration chosen for ``key``: the first one, or the fastest of
+    ``configs`` (capped by the tile, duplicates dropped) when tuning. The launches must be idempotent:
+    every candidate overwrites the whole output."""
+    capped = []
+    for cfg in configs:
+        c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
+        if c not in capped:
+            capped.append(c)
+    if key in _tuned:
+        best = _tuned[key]
+    elif not _tuning() or len(capped) == 1:
+        best = capped[0]
+    else:
+        timer = timer or _time_ms
+        times = []
+        for c in capped:
+            try:
+                times.append(timer(lambda c=c: launch(c)))
+            except Exception:  # e.g. out of shared memory for this configuration
+                times.append(float("inf"))
+        best = capped[min(range(len(capped)), key=times.__getitem__)]
+        _tuned[key] = best
+    launch(best)
+    return best
 
 
 def _tile(BLK: int) -> int:
     """Rows of one block padded to a power of two >= 16 (the minimum tl.dot size)."""
     return max(16, triton.next_power_of_2(BLK))
-
-
-def _warps(rows: int, D: int) -> int:
-    return 8 if rows * D >= 128 * 128 else 4
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -222,6 +325,15 @@ def _check(q: Tensor, k: Tensor, D: int) -> None:
         raise ValueError(f"Triton PBSA needs head dim in 16..256, a power of two; got {D}")
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype:
         raise ValueError(f"Triton PBSA needs fp16/bf16/fp32 q, k, v of one dtype; got {q.dtype}, {k.dtype}")
+
+
+def _problem(q: Tensor, k: Tensor, index: Tensor) -> tuple:
+    """The class of problems that share a tuned configuration: block, head dim, dtype, list layout,
+    and the work per (batch x head) rounded to powers of two."""
+    B, H, Tq, D = q.shape
+    NS, BLK = k.shape[1], k.shape[3]
+    return (BLK, D, q.dtype, index.shape[1] > 1, triton.next_power_of_2(-(-Tq // BLK)),
+            triton.next_power_of_2(index.shape[3]), triton.next_power_of_2(NS), triton.next_power_of_2(B * H))
 
 
 def _head_stride(t: Tensor, Hi: int, dim: int = 1) -> int:
@@ -244,18 +356,22 @@ def pbsa_fwd(
         return out, lse
     blen = block_len if block_len is not None else count  # placeholder pointer, never read
     tile = _tile(BLK)
-    _fwd_kernel[(NQB, B * H)](
-        q, k, v, index, count, blen, out, lse,
-        scale * LOG2E,
-        *q.stride(), *k.stride(), *v.stride(),
-        index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
-        count.stride(0), _head_stride(count, Hi), count.stride(2),
-        blen.stride(0), blen.stride(1) if block_len is not None else 0,
-        *out.stride(), *lse.stride(),
-        H, Tq,
-        BLK=BLK, BLOCK_M=tile, BLOCK_N=min(FWD_BLOCK_N, tile), D=D, HAS_BLEN=block_len is not None,
-        PREC=_prec(q.dtype), num_warps=_warps(tile, D), num_stages=3,
-    )
+    even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
+
+    def launch(c: dict) -> None:
+        _fwd_kernel[(NQB, B * H)](
+            q, k, v, index, count, blen, out, lse,
+            scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(),
+            index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+            count.stride(0), _head_stride(count, Hi), count.stride(2),
+            blen.stride(0), blen.stride(1) if block_len is not None else 0,
+            *out.stride(), *lse.stride(),
+            H, Tq,
+            BLK=BLK, BLOCK_M=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even, **c,
+        )
+
+    _launch(("fwd", *_problem(q, k, index), *even.values()), FWD_CONFIGS, tile, launch)
     return out, lse
 
 
@@ -285,29 +401,38 @@ def pbsa_bwd(
     blen = block_len if block_len is not None else count
     s_blen = (blen.stride(0), blen.stride(1) if block_len is not None else 0)
     tile = _tile(BLK)
-    common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), num_stages=2)
-    dkdv_n = min(DKDV_BLOCK_N, tile)
-    _bwd_dq_kernel[(NQB, B * H)](
-        q, k, v, do, lse, delta, index, count, blen, dq,
-        scale * LOG2E, scale,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
-        count.stride(0), _head_stride(count, Hi), count.stride(2),
-        *s_blen, *dq.stride(),
-        H, Tq,
-        BLOCK_M=tile, BLOCK_N=min(DQ_BLOCK_N, tile), num_warps=_warps(tile, D), **common,
-    )
+    even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
+    common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even)
+    problem = (*_problem(q, k, index), *even.values())
+
+    def launch_dq(c: dict) -> None:
+        _bwd_dq_kernel[(NQB, B * H)](
+            q, k, v, do, lse, delta, index, count, blen, dq,
+            scale * LOG2E, scale,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+            count.stride(0), _head_stride(count, Hi), count.stride(2),
+            *s_blen, *dq.stride(),
+            H, Tq,
+            BLOCK_M=tile, **common, **c,
+        )
+
+    _launch(("dq", *problem), DQ_CONFIGS, tile, launch_dq)
     tindex, tcount = build_transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
-    _bwd_dkdv_kernel[(NS * (tile // dkdv_n), B * H)](
-        q, k, v, do, lse, delta, tindex, tcount, blen, dk, dv,
-        scale * LOG2E, scale,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-        tindex.stride(0), _head_stride(tindex, Hi), tindex.stride(2), tindex.stride(3),
-        tcount.stride(0), _head_stride(tcount, Hi), tcount.stride(2),
-        *s_blen,
-        H, NS, Tq,
-        TILE=tile, BLOCK_M=min(DKDV_BLOCK_M, tile), BLOCK_N=dkdv_n, num_warps=_warps(2 * dkdv_n, D), **common,
-    )
+
+    def launch_dkdv(c: dict) -> None:
+        _bwd_dkdv_kernel[(NS * (tile // c["BLOCK_N"]), B * H)](
+            q, k, v, do, lse, delta, tindex, tcount, blen, dk, dv,
+            scale * LOG2E, scale,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            tindex.stride(0), _head_stride(tindex, Hi), tindex.stride(2), tindex.stride(3),
+            tcount.stride(0), _head_stride(tcount, Hi), tcount.stride(2),
+            *s_blen,
+            H, NS, Tq,
+            TILE=tile, **common, **c,
+        )
+
+    _launch(("dkdv", *problem), DKDV_CONFIGS, tile, launch_dkdv)
     return dq, dk, dv
 
 

@@ -168,10 +168,56 @@ def test_triton_head_dims(D):
 def test_triton_sub_tiles(monkeypatch):
     """Blocks wider than the sub-tiles: keys and backward query rows walked in several steps."""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
-    for name in ("FWD_BLOCK_N", "DQ_BLOCK_N", "DKDV_BLOCK_N", "DKDV_BLOCK_M"):
-        monkeypatch.setattr(mod, name, 16)
+    for name in ("FWD_CONFIGS", "DQ_CONFIGS", "DKDV_CONFIGS"):
+        sub = [{k: (16 if k.startswith("BLOCK_") else v) for k, v in c.items()} for c in getattr(mod, name)]
+        monkeypatch.setattr(mod, name, sub)
     case = make_case(1, 2, 1, 3 * 32 - 7, 32, 4, 32, 1, 0.5, 0.2, True, torch.float32, 13)
     check_against_reference("triton", *case, torch.float32)
+    # full blocks (no row or key masks in the kernels), walked in sub-tiles too
+    case = make_case(2, 2, 2, 3 * 32, 32, 5, 32, 2, 0.5, 0.2, False, torch.float32, 14)
+    check_against_reference("triton", *case, torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_full_blocks(dtype):
+    """Query and key blocks all full (the unmasked kernel variants), shared and per-head lists."""
+    for Hi, seed in ((1, 21), (3, 22)):
+        case = make_case(2, 3, Hi, 4 * 16, 32, 6, 16, 2, 0.5, 0.25, False, dtype, seed)
+        check_against_reference("triton", *case, dtype)
+
+
+@needs_triton
+def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
+    """On a GPU each kernel times its candidate configurations once per problem class and keeps the
+    fastest; a candidate that fails to launch is skipped; the default runs when tuning is off."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    monkeypatch.setattr(mod, "_tuned", {})
+    monkeypatch.setattr(mod, "_tuning", lambda: True)
+    configs = [dict(BLOCK_N=64, num_warps=8), dict(BLOCK_N=128, num_warps=4), dict(BLOCK_N=32, num_warps=4),
+               dict(BLOCK_N=256, num_warps=4)]
+    cost = {64: 3.0, 32: 1.0, 16: 0.5}
+    ran = []
+
+    def launch(c):
+        if c["num_warps"] == 8 and c["BLOCK_N"] == 16:
+            raise RuntimeError("out of resources")
+        ran.append(c)
+
+    def timer(fn):
+        fn()
+        return cost[ran[-1]["BLOCK_N"]] if ran[-1]["num_warps"] == 4 else 9.0
+
+    best = mod._launch(("k", 1), configs, 64, launch, timer)
+    assert best == dict(BLOCK_N=32, num_warps=4)  # 128 and 256 capped to the 64-wide tile, then fastest
+    assert ran[-1] == best and mod._tuned[("k", 1)] == best
+    ran.clear()
+    assert mod._launch(("k", 1), configs, 64, launch, timer) == best and ran == [best]  # cached, no timing
+    best16 = mod._launch(("k", 2), configs, 16, launch, timer)  # all capped to 16: the failing one skipped
+    assert best16 == dict(BLOCK_N=16, num_warps=4)
+    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    ran.clear()
+    assert mod._launch(("k", 3), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 1
 
 
 def row_kinds_case(dtype):
