@@ -98,6 +98,23 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _load_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, row_ok, EVEN_Q: tl.constexpr):
+    """A backward query tile: q and dO (rows, D), the lse in log2 units (0 on empty rows) and delta."""
+    if EVEN_Q:
+        q = tl.load(Q + q_off)
+        do = tl.load(DO + do_off)
+        lse2 = tl.load(LSE + row_off) * 1.4426950408889634
+        delta = tl.load(DELTA + row_off)
+    else:
+        q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + do_off, mask=row_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + row_off, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
+    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # empty rows have no valid column anyway
+    return q, do, lse2, delta
+
+
+@triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, IDX, CNT, BLEN, DQ,
     qk_scale, sm_scale,
@@ -123,19 +140,10 @@ def _bwd_dq_kernel(
     offs_d = tl.arange(0, D)
     rows = r * BLK + offs_m
     row_ok = (offs_m < BLK) & (rows < Tq)
-    q_ptr = Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd
-    do_ptr = DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
-    if EVEN_Q:
-        q = tl.load(q_ptr)  # (BLOCK_M, D)
-        do = tl.load(do_ptr)  # (BLOCK_M, D)
-        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows) * 1.4426950408889634
-        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows)
-    else:
-        q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_ptr, mask=row_ok[:, None], other=0.0)
-        lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
-    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # empty rows have no valid column anyway
+    q, do, lse2, delta = _load_rows(  # (BLOCK_M, D), (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,)
+        Q, DO, LSE, DELTA, b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+        b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od, bh.to(tl.int64) * Tq + rows,
+        row_ok, EVEN_Q)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for it in range(0, n * NSUB):
@@ -213,19 +221,10 @@ def _bwd_dkdv_kernel(
         offs_m = (it % NSUB_Q) * BLOCK_M + offs_m0
         rows = r * BLK + offs_m
         row_ok = (offs_m < BLK) & (rows < Tq)
-        q_ptr = Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd
-        do_ptr = DO + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
-        if EVEN_Q:
-            q = tl.load(q_ptr)  # (BLOCK_M, D)
-            do = tl.load(do_ptr)  # (BLOCK_M, D)
-            lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows) * 1.4426950408889634
-            delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows)
-        else:
-            q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_ptr, mask=row_ok[:, None], other=0.0)
-            lse2 = tl.load(LSE + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0) * 1.4426950408889634
-            delta = tl.load(DELTA + bh.to(tl.int64) * Tq + rows, mask=row_ok, other=0.0)
-        lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)
+        q, do, lse2, delta = _load_rows(
+            Q, DO, LSE, DELTA, b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
+            b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od, bh.to(tl.int64) * Tq + rows,
+            row_ok, EVEN_Q)
         qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N keys, BLOCK_M queries)
         p_t = tl.exp2(qk_t - lse2[None, :])
         if not (EVEN_Q and EVEN_K):
