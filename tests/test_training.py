@@ -169,14 +169,16 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(cache, tmp_path):
     raw = tiny_raw(cache, max_steps=2, val_every=2, strategy="ddp", devices=2, accelerator="cpu")
-    raw["stages"] = [{"name": "a", "trainer": {"type": "diffusion_forcing"}}, {"name": "b", "trainer": {"type": "teacher_forcing"}}]
+    raw["stages"] = [{"name": "a", "trainer": {"type": "diffusion_forcing"}}, {"name": "b", "trainer": {"type": "teacher_forcing"}},
+                     {"name": "c", "trainer": {"type": "self_forcing", "dmd": {"critic_ratio": 2}},
+                      "train": {"strategy": "ddp_find_unused_parameters_true"}}]
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "worldkit", "run", str(path), "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("0-a", "1-b"):
+    for stage in ("0-a", "1-b", "2-c"):
         ckpts = sorted(c.name for c in (tmp_path / "run" / "stages" / stage / "checkpoints").glob("*.ckpt"))
         assert ckpts == ["best.ckpt", "last.ckpt"]
         assert (tmp_path / "run" / "stages" / stage / "eval.json").exists()

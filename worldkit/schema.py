@@ -184,7 +184,9 @@ class TrainConfig(Section):
     accumulate: PositiveInt = 1
     accelerator: str = "auto"
     devices: Union[PositiveInt, str] = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = Field(
+        "auto", description="ddp_find_unused_parameters_true: DDP when some steps leave parameters unused "
+                            "(self_forcing with dmd: the generator sits out the critic-only steps)")
     num_nodes: PositiveInt = 1
     ema: Optional[float] = Field(None, gt=0, lt=1)
     log_every: PositiveInt = 10
