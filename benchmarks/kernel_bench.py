@@ -37,7 +37,15 @@ except ImportError:  # a bare checkout (no pip install -e .): load kernels/ unde
     sys.modules["worldkit_kernels"] = module
     spec.loader.exec_module(module)
 
-from worldkit_kernels import pbsa_attention, pbsa_attention_with_lse, pbsa_torch, reference  # noqa: E402
+from worldkit_kernels import (  # noqa: E402
+    build_transposed,
+    pbsa_attention,
+    pbsa_attention_with_lse,
+    pbsa_torch,
+    pool_blocks,
+    reference,
+    topk_blocks,
+)
 
 TOKENS_PER_FRAME, CHUNK_FRAMES, HEADS, HEAD_DIM = 1560, 3, 12, 128
 DEVICE, DTYPE = "cuda", torch.bfloat16  # timings
@@ -253,6 +261,34 @@ def run_timings(frames_list, blocks, densities):
     return rows
 
 
+def selection_timings(frames_list, blocks, rows, density=0.25):
+    """Block selection in PyTorch (pool the chunk's queries and all keys, pooled scores, row-wise top-K
+    with the own block forced) and the backward's transposed lists, against PBSA's forward at the same
+    density: whether a Triton version would pay. Markdown lines."""
+    lines = ["| frames | block | candidates | K | pool + score + top-K ms | transposed lists ms | PBSA fwd ms |",
+             "|---|---|---|---|---|---|---|"]
+    fwd = {(f, b): r[5][0] for r in rows for f, b in [(r[0], r[2])]
+           if r[4] == "pbsa-triton" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
+    for frames in frames_list:
+        for BLK in blocks:
+            p = make_problem(frames, BLK, DTYPE, DEVICE)
+            NS = p["NSc"] + p["NQB"]
+            K = max(1, round(density * NS))
+            own = p["NSc"] + torch.arange(p["NQB"], device=DEVICE)
+
+            def select():
+                pq, pk = pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK)  # (1, H, NQB, D), (1, H, NS, D)
+                return topk_blocks(pq, pk, K, forced=own)
+
+            index, count = select()
+            t_sel = bench(select)
+            t_tr = bench(lambda: build_transposed(index, count, NS))
+            f = fwd.get((frames, BLK), "-")
+            cells = [x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_tr, f)]
+            lines.append(f"| {frames} | {BLK} | {NS} | {K} | {cells[0]} | {cells[1]} | {cells[2]} |")
+    return "\n".join(lines)
+
+
 def fmt(result, pairs, flash, i):
     """'ms TFLOP/s speedup' for pass i (0 forward, 1 forward+backward)."""
     ms = result if isinstance(result, str) else result[i]
@@ -310,6 +346,9 @@ def main() -> int:
     print("== timings (bf16, median ms)")
     rows = run_timings(frames, blocks, densities)
     md = table(rows)
+    print("== block selection (PyTorch) at 25 % density")
+    md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n"
+    md += selection_timings(frames, blocks, rows)
     from worldkit_kernels import pbsa_triton
 
     tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"
