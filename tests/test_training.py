@@ -297,3 +297,31 @@ def test_dmd_alone_carries_the_teachers_knowledge_of_the_data(cache, run_data, t
         errors[name] = (before, after)
     assert errors["trained"][1] < 0.5 * errors["trained"][0], errors
     assert errors["random"][1] > 0.8 * errors["random"][0], errors
+
+
+@pytest.mark.parametrize("history", ["clean", "noisy"])
+def test_dmd_scores_a_chunk_from_the_history_it_is_configured_to_see(history):
+    """history clean: a generated chunk is scored from the clean frames before it, so the noise drawn for
+    earlier chunks does not matter; noisy: it does. Later chunks never matter (causal)."""
+    from worldkit.model import WorldModel
+    from worldkit_plugins.trainers.self_forcing import Scorer
+
+    torch.manual_seed(0)
+    net = WorldModel(frame_size=16, action_dim=1, patch=4, width=32, layers=2, heads=2, block_patches=2, chunk_frames=2)
+    for p in net.parameters():  # zero-initialised gates would hide every attention path
+        p.data.add_(0.05 * torch.randn_like(p))
+    clip, actions = torch.randn(1, 6, 3, 16, 16), torch.randn(1, 6, 1)
+    level, eps = torch.full((1, 1), 0.7), torch.randn(1, 6, 3, 16, 16)
+    out = Scorer(clip, actions, 2, 2, history)(net, level, eps)[1]  # frames 2..5: chunks 1 and 2
+    eps2 = eps.clone()
+    eps2[:, 2:4] = torch.randn(1, 2, 3, 16, 16)  # other noise on chunk 1
+    out2 = Scorer(clip, actions, 2, 2, history)(net, level, eps2)[1]
+    later = clip.clone()
+    later[:, 4:] = torch.randn(1, 2, 3, 16, 16)  # other frames in chunk 2
+    out3 = Scorer(later, actions, 2, 2, history)(net, level, eps)[1]
+    torch.testing.assert_close(out3[:, :2], out[:, :2])  # chunk 1 does not see chunk 2
+    assert not torch.allclose(out2[:, :2], out[:, :2])  # chunk 1 sees its own noise
+    if history == "clean":
+        torch.testing.assert_close(out2[:, 2:], out[:, 2:])
+    else:
+        assert not torch.allclose(out2[:, 2:], out[:, 2:], atol=1e-4)

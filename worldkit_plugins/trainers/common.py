@@ -8,6 +8,7 @@ from torch import Tensor
 from worldkit import diffusion
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import PluginConfig
+from worldkit.model import ParallelContext
 
 
 class NoiseConfig(PluginConfig):
@@ -41,3 +42,15 @@ def policy_mask(module, frames: int) -> tuple[Tensor, Tensor]:
 def denoising_loss(module, pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     """Mean squared error against what the model is trained to output."""
     return (pred.float() - diffusion.target(x0, eps, module.model.prediction).float()).pow(2).mean()
+
+
+def twin_context(visible: Tensor, key_pos: Tensor, chunk: int) -> ParallelContext:
+    """The clip twice, clean then noisy, under one mask: clean frames see the clean frames ``visible``
+    allows (their own chunk included); a noisy frame sees the same clean past and its own noisy chunk.
+    visible, key_pos: (F, F) per query frame. Inputs are ``[clean ; noisy]`` along the frame axis."""
+    F = visible.shape[0]
+    own = (torch.arange(F)[:, None] // chunk) == (torch.arange(F)[None, :] // chunk)  # same chunk
+    past = visible & ~own
+    vis2 = torch.cat([torch.cat([visible, torch.zeros_like(visible)], 1), torch.cat([past, own & visible], 1)], 0)
+    pos2 = key_pos.repeat(2, 2)  # a clean frame and its noisy twin sit at the same position
+    return ParallelContext(vis2, torch.arange(F, dtype=torch.float32).repeat(2), pos2)

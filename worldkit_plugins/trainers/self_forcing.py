@@ -9,13 +9,15 @@ Two objectives, alone or together:
   ``x0_real - x0_fake``. The critic is trained on every step, the generator on every
   ``critic_ratio``-th one.
 
-Teacher and critic are full world models evaluated over the clip in parallel, ground-truth context frames
-clean and the generated frames noised to one level per sample, with a dense block-causal mask and the
-same actions.
+Teacher and critic are full world models evaluated over the clip in parallel with the same actions and a
+dense block-causal mask: the ground-truth context frames clean, the generated frames noised to one level
+per sample, each generated chunk seeing either the clean generated frames before it (``history: clean``,
+the conditional each rollout step samples from; the clip twice, as in teacher forcing) or the noised ones
+(``history: noisy``, the joint over the clip, as Self-Forcing scores whole videos).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field, model_validator
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from worldkit import diffusion
 from worldkit.interfaces import PluginConfig, RolloutTrainer
 from worldkit.model import ParallelContext, WorldModel
+from worldkit_plugins.trainers.common import twin_context
 
 
 class DMDConfig(PluginConfig):
@@ -35,6 +38,9 @@ class DMDConfig(PluginConfig):
     weight: float = Field(1.0, ge=0, description="weight of the DMD term in the generator's loss")
     critic_ratio: int = Field(5, ge=1, description="critic updates per generator update")
     critic_lr_scale: float = Field(1.0, gt=0, description="critic learning rate as a multiple of train.lr")
+    history: Literal["clean", "noisy"] = Field(
+        "clean", description="what a noised generated chunk sees when scored: the clean generated frames before "
+                             "it (the conditional the rollout samples from) or the whole clip noised alike")
     min_level: float = Field(0.02, ge=0, lt=1, description="lowest noise level at which the scores are compared")
     max_level: float = Field(0.98, gt=0, le=1, description="highest noise level at which the scores are compared")
 
@@ -72,14 +78,39 @@ class DMDNets(nn.Module):
         return self
 
 
-def dense_context(frames: int, chunk: int) -> ParallelContext:
-    """Block-causal visibility over a clip: a frame sees every frame of its own and earlier chunks."""
+def dense_visibility(frames: int, chunk: int) -> Tensor:
+    """Block-causal visibility over a clip (F, F): a frame sees every frame of its own and earlier chunks."""
     c = torch.arange(frames) // chunk
-    return ParallelContext(c[None, :] <= c[:, None], torch.arange(frames, dtype=torch.float32))
+    return c[None, :] <= c[:, None]
 
 
-def clean_estimate(net: WorldModel, x_t: Tensor, t: Tensor, a: Tensor, ctx: ParallelContext) -> Tensor:
-    return diffusion.to_x0(net(x_t, t, a, ctx), x_t, t, net.prediction)
+class Scorer:
+    """Runs a score network on a clip whose generated part (frames ``ctx:``) is noised to level ``t``."""
+
+    def __init__(self, clip: Tensor, actions: Tensor, ctx: int, chunk: int, history: str):
+        B, F = clip.shape[:2]
+        self.clip, self.ctx, self.history = clip, ctx, history
+        visible = dense_visibility(F, chunk)
+        if history == "clean":
+            self.pctx = twin_context(visible, torch.arange(F, dtype=torch.float32).expand(F, F), chunk)
+            self.actions = torch.cat([actions, actions], 1)
+        else:
+            self.pctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32))
+            self.actions = actions
+
+    def __call__(self, net: WorldModel, level: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's output and its clean estimate on the generated frames, (B, F - ctx, 3, H, W) each.
+        level: (B, 1); eps: like the clip."""
+        B, F = self.clip.shape[:2]
+        t = torch.cat([torch.zeros(B, self.ctx, device=level.device), level.expand(B, F - self.ctx)], dim=1)
+        x_t = diffusion.add_noise(self.clip, eps, t)
+        if self.history == "clean":
+            out = net(torch.cat([self.clip, x_t], 1), torch.cat([torch.zeros_like(t), t], 1), self.actions, self.pctx)
+            out = out[:, F:]
+        else:
+            out = net(x_t, t, self.actions, self.pctx)
+        gen = slice(self.ctx, None)
+        return out[:, gen], diffusion.to_x0(out[:, gen], x_t[:, gen], t[:, gen], net.prediction)
 
 
 def dmd_loss(gen: Tensor, real: Tensor, fake: Tensor) -> Tensor:
@@ -140,28 +171,26 @@ class SelfForcing(RolloutTrainer):
         if not bool(nets.ready):
             nets.initialise(module.model, dmd.teacher)
         B, F = x.shape[:2]
-        pctx = dense_context(F, module.model.chunk_frames)
         clip = torch.cat([x[:, :ctx], gen.detach()], dim=1)
+        score = Scorer(clip, a, ctx, module.model.chunk_frames, dmd.history)
 
-        def noised(salt: int) -> tuple[Tensor, Tensor, Tensor]:
+        def noise(salt: int) -> tuple[Tensor, Tensor]:
             gs = module.generator(salt)
-            level = dmd.min_level + (dmd.max_level - dmd.min_level) * module.rand((B, 1), gs)
-            t = torch.cat([torch.zeros(B, ctx, device=x.device), level.expand(B, F - ctx)], dim=1)
-            eps = module.randn(clip.shape, gs)
-            return diffusion.add_noise(clip, eps, t), t, eps
+            return dmd.min_level + (dmd.max_level - dmd.min_level) * module.rand((B, 1), gs), module.randn(clip.shape, gs)
 
         # the critic learns the generator's distribution: denoising loss on the generated frames
-        x_t, t, eps = noised(1)
-        pred = nets.critic(x_t, t, a, pctx)[:, ctx:]
-        critic = (pred.float() - diffusion.target(clip, eps, nets.critic.prediction)[:, ctx:].float()).pow(2).mean()
+        level, eps = noise(1)
+        pred, _ = score(nets.critic, level, eps)
+        target = diffusion.target(clip, eps, nets.critic.prediction)[:, ctx:]
+        critic = (pred.float() - target.float()).pow(2).mean()
         logs["critic_loss"] = critic.detach()
         logs["regression_loss"] = regression.detach()
         if not gen_step:
             return critic, logs
-        x_t, t, _ = noised(2)
+        level, eps = noise(2)
         with torch.no_grad():
-            real = clean_estimate(nets.teacher, x_t, t, a, pctx)[:, ctx:]
-            fake = clean_estimate(nets.critic, x_t, t, a, pctx)[:, ctx:]
+            real = score(nets.teacher, level, eps)[1]
+            fake = score(nets.critic, level, eps)[1]
         distill = dmd_loss(gen, real, fake)
         logs["dmd_loss"] = distill.detach()
         return cfg.regression_weight * regression + dmd.weight * distill + critic, logs

@@ -5,8 +5,7 @@ import torch
 
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
-from worldkit.model import ParallelContext
-from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask
+from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context
 
 
 class TeacherForcing(RolloutTrainer):
@@ -23,14 +22,8 @@ class TeacherForcing(RolloutTrainer):
         t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]  # (B, F)
         eps = module.randn(x.shape, g)
         visible, key_pos = policy_mask(module, F)  # (F, F): what a chunk sees, its own chunk included
-        own = (torch.arange(F)[:, None] // fc) == (torch.arange(F)[None, :] // fc)  # same chunk
-        past = visible & ~own
-        # queries [clean ; noisy] over keys [clean ; noisy]: clean frames see the clean context the
-        # policy keeps (own chunk included); noisy frames see the same clean past and their own noisy chunk
-        vis2 = torch.cat([torch.cat([visible, torch.zeros_like(visible)], 1), torch.cat([past, own & visible], 1)], 0)
-        pos2 = key_pos.repeat(2, 2)  # a clean frame and its noisy twin sit at the same position
-        q_pos = torch.arange(F, dtype=torch.float32).repeat(2)
+        ctx = twin_context(visible, key_pos, fc)
         inp = torch.cat([x, diffusion.add_noise(x, eps, t)], 1)
         levels = torch.cat([torch.zeros_like(t), t], 1)
-        pred = module.model(inp, levels, torch.cat([a, a], 1), ParallelContext(vis2, q_pos, pos2))[:, F:]
+        pred = module.model(inp, levels, torch.cat([a, a], 1), ctx)[:, F:]
         return denoising_loss(module, pred, x, eps), {}
