@@ -5,10 +5,20 @@ import pytest
 
 from worldkit import config
 
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_experiment_validates(path):
     cfg = config.load(path)
     assert cfg.name
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_starts_from_a_shipped_checkpoint(path):
+    from worldkit.experiment import resolve_init
+
+    cfg = config.load(path)
+    if cfg.model.init is not None:
+        assert resolve_init(cfg.model.init).exists()
 
 
 def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline():

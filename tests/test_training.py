@@ -325,3 +325,17 @@ def test_dmd_scores_a_chunk_from_the_history_it_is_configured_to_see(history):
         torch.testing.assert_close(out2[:, 2:], out[:, 2:])
     else:
         assert not torch.allclose(out2[:, 2:], out[:, 2:], atol=1e-4)
+
+
+def test_self_forcing_exit_last_differentiates_the_final_denoising_pass(cache, run_data):
+    """exit: last runs every denoising step of every chunk, as inference does; only the last carries gradient."""
+    cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing", "exit": "last"}})
+    module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    grads = []
+    h = module.model.blocks[0].attn.register_forward_hook(lambda mod, inp, out: grads.append(out.requires_grad))
+    loss, logs = module.trainer_plugin.loss(module, batch)
+    h.remove()
+    assert logs["mean_exit_step"] == module.rollout.steps - 1 == 1
+    # context commit; then per chunk: denoise step 0, denoise step 1 (gradient), commit
+    assert grads == [False, False, True, False, False, True, False]

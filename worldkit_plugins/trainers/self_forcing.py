@@ -131,6 +131,9 @@ class SelfForcing(RolloutTrainer):
 
     class Config(PluginConfig):
         context_frames: int = Field(2, ge=1, description="ground-truth frames committed before the rollout")
+        exit: Literal["random", "last"] = Field(
+            "random", description="the denoising step that carries the gradient, per chunk: a random one (every "
+                                  "step learns; Self-Forcing) or the last (the rollout is exactly the inference one)")
         regression_weight: float = Field(1.0, ge=0, description="weight of the loss against the ground-truth frames")
         dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
 
@@ -151,7 +154,9 @@ class SelfForcing(RolloutTrainer):
             rollout.reset(B, device=x.device)
             rollout.commit_frames(x[:, :ctx], a[:, :ctx])
             for s in range(ctx, F, fc):
-                exit_step = int(torch.randint(rollout.steps, (1,), generator=g))
+                exit_step = int(torch.randint(rollout.steps, (1,), generator=g))  # drawn either way: same noise
+                if self.config.exit == "last":
+                    exit_step = rollout.steps - 1
                 chunks.append(rollout.chunk(a[:, s : s + fc], exit_step=exit_step, generator=g))
                 exits.append(exit_step)
         return torch.cat(chunks, dim=1), exits
