@@ -125,6 +125,38 @@ def test_memory_objects_leave_and_come_back(seed):
     assert pixels[0] >= 4 and pixels[gone] == 0 and pixels[back] >= 4
 
 
+def test_memory_observable_state_is_what_the_frame_shows():
+    """Seen objects show their colour around the image column the observable state gives; unseen ones
+    are zero; the yaw enters only up to the room's quarter-turn symmetry."""
+    e = env("memory")
+    n, W = e.config.n_objects, e.config.size
+    ep = record_episode(e, seed=3, frames=80)
+    obs = type(e).observable(e.config, ep.states)  # (T, 2 + 5n)
+    assert obs.shape == (80, 2 + 5 * n)
+    seen, across, rgb = obs[:, 2 : 2 + n], obs[:, 2 + n : 2 + 2 * n], obs[:, 2 + 2 * n :].reshape(80, n, 3)
+    colours = ep.states[0, 1 + n :].reshape(n, 3)
+    assert 0 < seen.mean() < 1  # objects come and go
+    checked = 0
+    for t in range(80):
+        for i in range(n):
+            if not seen[t, i]:
+                assert across[t, i] == 0 and (rgb[t, i] == 0).all()
+                continue
+            np.testing.assert_allclose(rgb[t, i], colours[i])
+            f = ep.frames[t].astype(np.float32)
+            cos = (f @ colours[i]) / (np.linalg.norm(f, axis=-1) * np.linalg.norm(colours[i]) + 1e-6)
+            cols = np.nonzero(((cos > 0.97) & (np.linalg.norm(f, axis=-1) > 0.3 * 255)).any(0))[0]
+            if len(cols) >= 2 and abs(across[t, i]) < 0.8:  # clearly inside the view
+                centre = (cols.mean() + 0.5) / W * 2 - 1
+                assert abs(centre - across[t, i]) < 0.25, (t, i, centre, across[t, i])
+                checked += 1
+    assert checked >= 20
+    turned = ep.states.copy()
+    turned[:, 0] += np.pi / 2
+    turned[:, 1 : 1 + n] += np.pi / 2  # the whole scene a quarter turn on: the frames would be the same
+    np.testing.assert_allclose(type(e).observable(e.config, turned), obs, atol=1e-5)
+
+
 def test_memory_colours_and_placement_vary_per_episode():
     e = env("memory")
     s0, s1 = record_episode(e, 0, 2).states[0], record_episode(e, 1, 2).states[0]

@@ -44,3 +44,26 @@ def test_skill_of_perfect_and_persistence_forecasts():
     assert torch.allclose(metrics.skill(metrics.mse(target, target).mean(1), ref), torch.ones(4))
     assert torch.allclose(metrics.skill(ref, ref), torch.zeros(4))
     assert (metrics.skill(metrics.mse(-target, target).mean(1), ref) < 0).all()  # worse than doing nothing
+
+
+def test_runs_score_the_state_a_frame_shows_and_key_the_probe_by_it(tmp_path):
+    """The memory room's probe reads its observable state (objects out of view are not in it); the probe
+    cache is keyed by the states it reads, so a changed mapping never reuses a stale probe."""
+    from pathlib import Path
+
+    from worldkit import config as wk_config
+    from worldkit.experiment import RunData
+    from worldkit.probe import probe_path
+
+    cfg = wk_config.validate({
+        "name": "m", "env": {"type": "memory", "size": 16},
+        "data": {"train_episodes": 2, "val_episodes": 1, "test_episodes": 1, "episode_frames": 18,
+                 "cache_dir": str(tmp_path), "workers": 1},
+        "train": {"clip_frames": 16}, "eval": {"horizons": [1], "episodes": 1},
+    })
+    d = RunData(cfg)
+    n = 3
+    assert d.sets["test"].states.shape[-1] == 1 + 4 * n and d.seen_states["test"].shape[-1] == 2 + 5 * n
+    states = d.seen_states["train"]
+    a, b = probe_path(Path("x.npz"), 10, 0, states), probe_path(Path("x.npz"), 10, 0, states + 1)
+    assert a != b and a == probe_path(Path("x.npz"), 10, 0, states.copy())

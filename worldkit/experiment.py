@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from worldkit import data as wk_data
-from worldkit import report
+from worldkit import registry, report
 from worldkit.errors import WorldkitError
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
@@ -123,6 +123,10 @@ class RunData:
         self.train_file = wk_data.cache_path(name, env_cfg, "train", *wk_data.split_requests(cfg)["train"], cfg.data.cache_dir)
         self.probe_steps = cfg.eval.probe_steps
         self._probe = None
+        env_cls = registry.get("env", name)
+        env_config = env_cls.Config(**env_cfg)
+        # what one frame shows of the simulator state: what the probe reads and forecasts are scored on
+        self.seen_states = {split: env_cls.observable(env_config, s.states) for split, s in self.sets.items()}
 
     @property
     def probe(self):
@@ -131,7 +135,7 @@ class RunData:
             from worldkit.probe import cached_probe
 
             train = self.sets["train"]
-            self._probe = cached_probe(self.train_file, train.frames, train.states, steps=self.probe_steps)
+            self._probe = cached_probe(self.train_file, train.frames, self.seen_states["train"], steps=self.probe_steps)
         return self._probe
 
     def clips(self, split: str, clip_frames: int):
@@ -164,7 +168,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
     return evaluate(
         rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
-        strips=cfg.eval.strips, desc=desc, probe=d.probe, states=test.states[:n],
+        strips=cfg.eval.strips, desc=desc, probe=d.probe, states=d.seen_states["test"][:n],
     )
 
 

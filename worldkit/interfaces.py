@@ -76,6 +76,14 @@ class Environment(Plugin):
     def sample_actions(self, rng: np.random.Generator, steps: int) -> np.ndarray:
         """A smooth random action sequence, (steps, A) float32 in [-1, 1]."""
 
+    @classmethod
+    def observable(cls, config: PluginConfig, states: np.ndarray) -> np.ndarray:
+        """What one frame shows of the recorded states: (..., S) -> (..., S'). The state probe is trained
+        to read this and forecasts are scored on it. Default: the whole state. An environment whose state
+        holds things a frame cannot show (objects out of view, angles only known up to a symmetry)
+        maps it to what can be seen."""
+        return states
+
 
 # --------------------------------------------------------------------------------------------------
 # KV cache: what a memory policy exposes to attention

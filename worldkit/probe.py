@@ -76,14 +76,17 @@ def train_probe(frames: np.ndarray, states: np.ndarray, steps: int = 1500, batch
     return probe.eval()
 
 
-def probe_path(dataset_file: Path, steps: int, seed: int) -> Path:
-    key = hashlib.sha256(f"{dataset_file.name}|{steps}|{seed}|v1".encode()).hexdigest()[:12]
+def probe_path(dataset_file: Path, steps: int, seed: int, states: Optional[np.ndarray] = None) -> Path:
+    """Where the probe of a dataset is cached: keyed by the dataset, the training steps and seed, and the
+    states it reads (their shape and first values, so another ``observable`` mapping trains a new probe)."""
+    tag = "" if states is None else f"|{states.shape}|{hashlib.sha256(np.ascontiguousarray(states[:2]).tobytes()).hexdigest()}"
+    key = hashlib.sha256(f"{dataset_file.name}|{steps}|{seed}|v1{tag}".encode()).hexdigest()[:12]
     return dataset_file.with_name(f"probe-{dataset_file.stem}-{key}.pt")
 
 
 def cached_probe(dataset_file: Path, frames: np.ndarray, states: np.ndarray, steps: int = 1500, seed: int = 0) -> StateProbe:
     """The probe of a cached dataset, trained on first use and stored beside it (atomically)."""
-    path = probe_path(Path(dataset_file), steps, seed)
+    path = probe_path(Path(dataset_file), steps, seed, states)
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=False)
         probe = StateProbe(blob["state_dim"], blob["frame_size"])

@@ -110,3 +110,18 @@ class MemoryRoom(MujocoEnv):
     def state(self) -> np.ndarray:
         parts = [[self.yaw], self.object_angles, self.object_rgb.reshape(-1)]
         return np.concatenate(parts).astype(np.float32)  # (1 + n + 3n,)
+
+    @classmethod
+    def observable(cls, config: "MemoryRoom.Config", states: np.ndarray) -> np.ndarray:
+        """What a frame shows: the yaw up to the room's quarter-turn symmetry (cos 4 yaw, sin 4 yaw) and,
+        per object, whether it is in view, where across the view (-1 left edge .. 1 right edge) and its
+        colour; position and colour are 0 while out of view. (..., 1 + 4n) -> (..., 2 + 5n)."""
+        n = config.n_objects
+        yaw, angles = states[..., :1], states[..., 1 : 1 + n]  # (..., 1), (..., n)
+        rgb = states[..., 1 + n :].reshape(*states.shape[:-1], n, 3)  # (..., n, 3)
+        half_fov = np.deg2rad(config.fovy) / 2
+        rel = wrap_angle(angles - yaw)  # (..., n) bearing from the view's centre, counter-clockwise
+        seen = (np.abs(rel) < half_fov).astype(np.float32)  # (..., n)
+        across = -np.tan(rel) / np.tan(half_fov) * seen  # (..., n) image x of the centre
+        parts = [np.cos(4 * yaw), np.sin(4 * yaw), seen, across, (seen[..., None] * rgb).reshape(*states.shape[:-1], 3 * n)]
+        return np.concatenate(parts, axis=-1).astype(np.float32)
