@@ -13,10 +13,12 @@ from worldkit.rollout import Rollout
 SHIPPED = sorted(p.stem for p in BASE_DIR.glob("*.pt"))
 
 
-def test_pendulum_base_is_shipped_with_its_card():
-    assert "pendulum" in SHIPPED
-    card = (BASE_DIR / "pendulum.md").read_text()
+@pytest.mark.parametrize("name", ["pendulum", "memory"])
+def test_base_is_shipped_with_its_card(name):
+    assert name in SHIPPED
+    card = (BASE_DIR / f"{name}.md").read_text()
     assert "command:" in card and "| skill vs persistence | model |" in card
+    assert (BASE_DIR / f"{name}.pt").stat().st_size < 10 * 2**20
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -76,8 +76,9 @@ the dense KV-cache policy, x0-prediction. Experiments start from it with `model.
 {ev.get("context_frames", "2")} ground-truth frames, then the model's own rollout with the true actions to 12x the
 {ev["clip_frames"]}-frame training clip; each horizon bucket covers the frames after the previous one.
 Mean ± standard error over episodes. Skill = 1 - MSE(model) / MSE(persistence): above 0 beats copying the
-last frame. The state-probe error reads the simulator state back from the frames (a CNN trained on
-ground-truth frames; in training-set standard deviations); its floor is its error on the true frames.
+last frame. The state-probe error reads back from the frames what one frame shows of the simulator state
+(the environment's `observable` state; a CNN trained on ground-truth frames; in training-set standard
+deviations); its floor is its error on the true frames.
 Reproduce the table with the command above (it evaluates at the end of training), or re-evaluate these
 weights with `worldkit run` of an experiment that has `model.init: base/{name}` and `train.max_steps: 1`.
 
