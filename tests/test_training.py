@@ -91,12 +91,13 @@ def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monk
 
 
 @pytest.mark.parametrize("dmd", [False, True], ids=["diffusion_forcing", "self_forcing_dmd"])
-def test_resume_reaches_the_same_weights(dmd, cache, run_data, tmp_path):
+def test_resume_reaches_the_same_weights(dmd, cache, run_data, tmp_path, request):
     import lightning as L
 
     cfg = wk_config.validate(dmd_raw(cache, max_steps=8, val_every=4) if dmd else tiny_raw(cache, max_steps=8, val_every=4))
     stage = resolve_stages(cfg)[0]
-    full = fit_stage(cfg, stage, run_data, tmp_path / "full", init=None, resume=False)
+    init = request.getfixturevalue("start_weights") if dmd else None
+    full = fit_stage(cfg, stage, run_data, tmp_path / "full", init=init, resume=False)
 
     class Interrupt(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -107,11 +108,11 @@ def test_resume_reaches_the_same_weights(dmd, cache, run_data, tmp_path):
     experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Interrupt()], lg, val_batches)
     try:
         with pytest.raises(KeyboardInterrupt, match="--resume"):
-            fit_stage(cfg, stage, run_data, tmp_path / "cut", init=None, resume=False)
+            fit_stage(cfg, stage, run_data, tmp_path / "cut", init=init, resume=False)
     finally:
         experiment.make_trainer = orig
     assert (tmp_path / "cut" / "stages" / stage.dirname / "checkpoints" / "last.ckpt").exists()
-    resumed = fit_stage(cfg, stage, run_data, tmp_path / "cut", init=None, resume=True)
+    resumed = fit_stage(cfg, stage, run_data, tmp_path / "cut", init=init, resume=True)
     assert resumed.global_step == full.global_step == 8
     full_state, resumed_state = full.state_dict(), resumed.state_dict()  # with a DMD critic and teacher
     assert full_state.keys() == resumed_state.keys()
@@ -197,6 +198,17 @@ def test_periodic_evaluation_is_logged(cache, run_data, tmp_path):
 
 # ---- self forcing with DMD --------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def start_weights(run_data, tmp_path_factory):
+    """A checkpoint to start DMD stages from (its teacher is then these weights, not random ones)."""
+    from worldkit.experiment import save_weights
+
+    cfg = wk_config.validate(tiny_raw(run_data.train_file.parent))
+    path = tmp_path_factory.mktemp("start") / "start.pt"
+    save_weights(make_module(cfg, resolve_stages(cfg)[0], run_data).model, path)
+    return path
+
+
 def dmd_raw(cache, dmd=None, regression_weight=1.0, **train):
     return {**tiny_raw(cache, **train), "trainer": {"type": "self_forcing", "regression_weight": regression_weight,
                                                    "dmd": {"critic_ratio": 2, **(dmd or {})}}}
@@ -239,7 +251,7 @@ def test_dmd_starts_with_critic_equal_to_teacher_and_teacher_equal_to_the_starti
     assert all(p.grad is None for p in nets.teacher.parameters())
 
 
-def test_dmd_updates_the_critic_every_step_and_the_generator_every_ratio_steps(cache, run_data, tmp_path):
+def test_dmd_updates_the_critic_every_step_and_the_generator_every_ratio_steps(cache, run_data, tmp_path, start_weights):
     import lightning as L
 
     cfg = wk_config.validate(dmd_raw(cache, dmd={"critic_ratio": 2, "critic_lr_scale": 0.5}, max_steps=4, val_every=4))
@@ -256,7 +268,7 @@ def test_dmd_updates_the_critic_every_step_and_the_generator_every_ratio_steps(c
     orig = experiment.make_trainer
     experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Snap()], lg, val_batches)
     try:
-        module = fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path, init=None, resume=False)
+        module = fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path, init=start_weights, resume=False)
     finally:
         experiment.make_trainer = orig
     lrs = sorted({g["initial_lr"] for g in module.trainer.optimizers[0].param_groups})
@@ -339,3 +351,50 @@ def test_self_forcing_exit_last_differentiates_the_final_denoising_pass(cache, r
     assert logs["mean_exit_step"] == module.rollout.steps - 1 == 1
     # context commit; then per chunk: denoise step 0, denoise step 1 (gradient), commit
     assert grads == [False, False, True, False, False, True, False]
+
+
+def test_ema_follows_each_optimizer_step_once(cache, run_data, tmp_path):
+    """With accumulation the EMA is updated once per optimizer step (not per micro-batch), and the
+    micro-batches of one step draw different noise."""
+    import lightning as L
+
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=3, val_every=3, ema=0.5, accumulate=2, batch_size=2))
+    stage = resolve_stages(cfg)[0]
+    start = make_module(cfg, stage, run_data).model.state_dict()  # same seed: the initial weights
+    after_steps = {}
+
+    class Snap(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            after_steps[trainer.global_step] = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+    orig = experiment.make_trainer
+    experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Snap()], lg, val_batches)
+    try:
+        module = fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=False)
+    finally:
+        experiment.make_trainer = orig
+    assert sorted(after_steps) == [0, 1, 2, 3]  # global step 0 is the first micro-batch, before any update
+    expected = {k: v.clone() for k, v in start.items()}
+    for step in (1, 2, 3):
+        for k in expected:
+            if expected[k].is_floating_point():
+                expected[k].lerp_(after_steps[step][k], 0.5)
+    for k, v in module.ema_model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], msg=k)
+    module._micro = 0
+    a = torch.rand(4, generator=module.generator())
+    module._micro = 1
+    b = torch.rand(4, generator=module.generator())
+    module._micro = 0
+    assert not torch.equal(a, b) and torch.equal(a, torch.rand(4, generator=module.generator()))
+
+
+def test_dmd_refuses_a_random_teacher_and_fsdp(cache, run_data, tmp_path):
+    from worldkit.errors import WorldkitError
+
+    cfg = wk_config.validate(dmd_raw(cache, max_steps=2))
+    with pytest.raises(WorldkitError, match="teacher would be random"):
+        fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path / "a", init=None, resume=False)
+    cfg = wk_config.validate(dmd_raw(cache, dmd={"teacher": "base/pendulum"}, max_steps=2, strategy="fsdp"))
+    with pytest.raises(WorldkitError, match="fsdp"):
+        fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path / "b", init=None, resume=False)

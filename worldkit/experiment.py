@@ -207,6 +207,14 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
     module = make_module(cfg, stage, d)
     last = stage_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path is None:
+        module.trainer_plugin.check_start(init)
+    if stage.train.strategy == "fsdp" and any(p.requires_grad for p in module.aux.parameters()):
+        raise WorldkitError(
+            f"stage {stage.name}: trainer {stage.trainer['type']} trains networks beside the model, which "
+            "train.strategy=fsdp does not shard and clip correctly yet; use ddp (or "
+            "ddp_find_unused_parameters_true)"
+        )
     if ckpt_path is None and init is not None:
         load_weights(module.model, init)
         if module.ema_model is not None:

@@ -226,6 +226,10 @@ class RolloutTrainer(Plugin):
         In evaluation mode (``module.training`` false) it is the validation loss, which picks the best
         checkpoint."""
 
+    def check_start(self, init: Any) -> None:
+        """Called before a stage trains (not on resume) with the checkpoint it starts from, or None for
+        random weights; raise ``WorldkitError`` when the loss cannot work from there."""
+
     def attach(self, module: Any) -> None:
         """Called once when the LightningModule is built: add the auxiliary networks the loss needs to
         ``module.aux`` (an ``nn.ModuleDict``), so they are optimised, checkpointed and resumed with the

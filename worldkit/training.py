@@ -91,13 +91,16 @@ class WorldModule(L.LightningModule):
         if train.get("ema"):
             self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.aux = torch.nn.ModuleDict()  # networks the trainer plugin trains or reads beside the model
+        self._micro, self._ema_step = 0, 0
         self.trainer_plugin.attach(self)
 
     # ---- randomness ---------------------------------------------------------------------------
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded by (seed, global step, salt): draws are reproducible across resumes."""
+        """A CPU generator seeded by (seed, global step, micro-batch, salt): draws are reproducible across
+        resumes, and the micro-batches of one accumulated step draw differently."""
         step = self.global_step if self._trainer is not None else 0
-        return torch.Generator().manual_seed(hash((self.seed, step, salt, self.training)) % 2**62)
+        key = (self.seed, step, salt, self.training) + ((self._micro,) if self._micro else ())
+        return torch.Generator().manual_seed(hash(key) % 2**62)
 
     def randn(self, shape, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=generator).to(self.device)
@@ -107,7 +110,11 @@ class WorldModule(L.LightningModule):
 
     # ---- Lightning hooks ----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, logs = self.trainer_plugin.loss(self, batch)
+        self._micro = batch_idx % self.train_cfg.get("accumulate", 1)  # position in the accumulated step
+        try:
+            loss, logs = self.trainer_plugin.loss(self, batch)
+        finally:
+            self._micro = 0
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the loss is {loss.item()} at step {self.global_step}; the last good checkpoint is kept in "
@@ -123,7 +130,10 @@ class WorldModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["frames"].shape[0], sync_dist=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema_model is not None:
+        # EMA once per optimizer step, and only when the model was updated (not on a DMD critic-only step)
+        stepped, self._ema_step = self.global_step != self._ema_step, self.global_step
+        updated = any(p.grad is not None for p in self.model.parameters())
+        if self.ema_model is not None and stepped and updated:
             d = self.train_cfg["ema"]
             with torch.no_grad():
                 for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):

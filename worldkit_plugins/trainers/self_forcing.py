@@ -13,7 +13,10 @@ Teacher and critic are full world models evaluated over the clip in parallel wit
 dense block-causal mask: the ground-truth context frames clean, the generated frames noised to one level
 per sample, each generated chunk seeing either the clean generated frames before it (``history: clean``,
 the conditional each rollout step samples from; the clip twice, as in teacher forcing) or the noised ones
-(``history: noisy``, the joint over the clip, as Self-Forcing scores whole videos).
+(``history: noisy``: each chunk's score given the noised chunks before it, the closest a causal teacher
+comes to Self-Forcing's scoring of whole videos). The scores always read the whole history with a dense
+mask, whatever the memory policy of the rollout: the teacher stands for the real conditional, which a
+memory policy only approximates.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from worldkit import diffusion
+from worldkit.errors import WorldkitError
 from worldkit.interfaces import PluginConfig, RolloutTrainer
 from worldkit.model import ParallelContext, WorldModel
 from worldkit_plugins.trainers.common import twin_context
@@ -136,6 +140,14 @@ class SelfForcing(RolloutTrainer):
                                   "step learns; Self-Forcing) or the last (the rollout is exactly the inference one)")
         regression_weight: float = Field(1.0, ge=0, description="weight of the loss against the ground-truth frames")
         dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
+
+    def check_start(self, init) -> None:
+        if self.config.dmd is not None and self.config.dmd.teacher is None and init is None:
+            raise WorldkitError(
+                "trainer.dmd.teacher is not set and the stage starts from random weights, so the teacher would "
+                "be random: set trainer.dmd.teacher to a checkpoint (or a shipped name such as base/pendulum), "
+                "set model.init, or put a pretraining stage first"
+            )
 
     def attach(self, module) -> None:
         if self.config.dmd is not None:
