@@ -98,6 +98,18 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _load_slot(K, V, k_off, v_off, col_ok, EVEN_K: tl.constexpr):
+    """One slot's key and value sub-tile, (BLOCK_N, D) each; masked columns read as zeros."""
+    if EVEN_K:
+        kt = tl.load(K + k_off)
+        vt = tl.load(V + v_off)
+    else:
+        kt = tl.load(K + k_off, mask=col_ok[:, None], other=0.0)
+        vt = tl.load(V + v_off, mask=col_ok[:, None], other=0.0)
+    return kt, vt
+
+
+@triton.jit
 def _load_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, row_ok, EVEN_Q: tl.constexpr):
     """A backward query tile: q and dO (rows, D), the lse in log2 units (0 on empty rows) and delta."""
     if EVEN_Q:
@@ -154,14 +166,9 @@ def _bwd_dq_kernel(
             kl = BLK
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
-        k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
-        v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-        if EVEN_K:
-            kt = tl.load(k_ptr)  # (BLOCK_N, D)
-            vt = tl.load(v_ptr)  # (BLOCK_N, D)
-        else:
-            kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
-            vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
+        kt, vt = _load_slot(  # (BLOCK_N, D) each
+            K, V, b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+            b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, EVEN_K)
         qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(qk - lse2[:, None])
         if not (EVEN_Q and EVEN_K):
@@ -205,14 +212,9 @@ def _bwd_dkdv_kernel(
     else:
         kl = BLK
     col_ok = offs_n < kl
-    k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
-    v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-    if EVEN_K:
-        kt = tl.load(k_ptr)  # (BLOCK_N, D)
-        vt = tl.load(v_ptr)  # (BLOCK_N, D)
-    else:
-        kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
-        vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
+    kt, vt = _load_slot(  # (BLOCK_N, D) each
+        K, V, b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+        b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, EVEN_K)
     n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
