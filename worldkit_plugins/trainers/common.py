@@ -54,3 +54,11 @@ def twin_context(visible: Tensor, key_pos: Tensor, chunk: int) -> ParallelContex
     vis2 = torch.cat([torch.cat([visible, torch.zeros_like(visible)], 1), torch.cat([past, own & visible], 1)], 0)
     pos2 = key_pos.repeat(2, 2)  # a clean frame and its noisy twin sit at the same position
     return ParallelContext(vis2, torch.arange(F, dtype=torch.float32).repeat(2), pos2)
+
+
+def twin_forward(net, clean: Tensor, noisy: Tensor, t: Tensor, actions: Tensor, ctx: ParallelContext) -> Tensor:
+    """The network over ``[clean ; noisy]`` under a ``twin_context`` mask; its output on the noisy twin.
+    clean, noisy: (B, F, 3, H, W); t: (B, F) levels of the noisy frames; actions: (B, F, A)."""
+    F = clean.shape[1]
+    levels = torch.cat([torch.zeros_like(t), t], 1)
+    return net(torch.cat([clean, noisy], 1), levels, torch.cat([actions, actions], 1), ctx)[:, F:]

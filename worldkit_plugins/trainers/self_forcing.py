@@ -30,7 +30,7 @@ from worldkit import diffusion
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import PluginConfig, RolloutTrainer
 from worldkit.model import ParallelContext, WorldModel
-from worldkit_plugins.trainers.common import twin_context
+from worldkit_plugins.trainers.common import twin_context, twin_forward
 
 
 class DMDConfig(PluginConfig):
@@ -95,12 +95,11 @@ class Scorer:
         B, F = clip.shape[:2]
         self.clip, self.ctx, self.history = clip, ctx, history
         visible = dense_visibility(F, chunk)
+        self.actions = actions
         if history == "clean":
             self.pctx = twin_context(visible, torch.arange(F, dtype=torch.float32).expand(F, F), chunk)
-            self.actions = torch.cat([actions, actions], 1)
         else:
             self.pctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32))
-            self.actions = actions
 
     def __call__(self, net: WorldModel, level: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """The network's output and its clean estimate on the generated frames, (B, F - ctx, 3, H, W) each.
@@ -109,8 +108,7 @@ class Scorer:
         t = torch.cat([torch.zeros(B, self.ctx, device=level.device), level.expand(B, F - self.ctx)], dim=1)
         x_t = diffusion.add_noise(self.clip, eps, t)
         if self.history == "clean":
-            out = net(torch.cat([self.clip, x_t], 1), torch.cat([torch.zeros_like(t), t], 1), self.actions, self.pctx)
-            out = out[:, F:]
+            out = twin_forward(net, self.clip, x_t, t, self.actions, self.pctx)
         else:
             out = net(x_t, t, self.actions, self.pctx)
         gen = slice(self.ctx, None)

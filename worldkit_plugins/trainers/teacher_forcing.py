@@ -1,11 +1,10 @@
 """Teacher forcing: every chunk denoised from clean ground-truth context, all chunks in parallel."""
 from __future__ import annotations
 
-import torch
 
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
-from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context
+from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context, twin_forward
 
 
 class TeacherForcing(RolloutTrainer):
@@ -23,7 +22,5 @@ class TeacherForcing(RolloutTrainer):
         eps = module.randn(x.shape, g)
         visible, key_pos = policy_mask(module, F)  # (F, F): what a chunk sees, its own chunk included
         ctx = twin_context(visible, key_pos, fc)
-        inp = torch.cat([x, diffusion.add_noise(x, eps, t)], 1)
-        levels = torch.cat([torch.zeros_like(t), t], 1)
-        pred = module.model(inp, levels, torch.cat([a, a], 1), ctx)[:, F:]
+        pred = twin_forward(module.model, x, diffusion.add_noise(x, eps, t), t, a, ctx)
         return denoising_loss(module, pred, x, eps), {}
