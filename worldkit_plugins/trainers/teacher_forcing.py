@@ -1,7 +1,6 @@
 """Teacher forcing: every chunk denoised from clean ground-truth context, all chunks in parallel."""
 from __future__ import annotations
 
-
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
 from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context, twin_forward
