@@ -30,3 +30,33 @@ def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline(
     (base,) = cfg.compare
     assert base.memory.type == "sliding_window" and base.memory.config.window_frames == cfg.train.clip_frames
     assert base.trainer.type == "self_forcing" and not base.train
+
+
+def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_path, capsys):
+    import importlib.util
+
+    import yaml
+
+    from worldkit.experiment import make_module, save_weights
+
+    raw = {"name": "t", "seed": 0, "env": {"type": "pendulum", "size": 16},
+           "data": {"train_episodes": 4, "val_episodes": 1, "test_episodes": 2, "episode_frames": 10,
+                    "cache_dir": str(tmp_path), "workers": 1},
+           "model": {"patch": 4, "width": 32, "layers": 2, "heads": 2, "block_patches": 2, "chunk_frames": 2,
+                     "sampler_steps": 2},
+           "train": {"clip_frames": 6},
+           "eval": {"horizons": [1], "episodes": 2, "context_frames": 2, "probe_steps": 20},
+           "stages": [{"name": "a", "trainer": {"type": "diffusion_forcing"}}],
+           "compare": [{"name": "w", "trainer": {"type": "diffusion_forcing"}, "memory": {"type": "sliding_window", "window_frames": 4}}]}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from worldkit.experiment import RunData, resolve_stages
+
+    cfg = config.load(path)
+    save_weights(make_module(cfg, resolve_stages(cfg)[0], RunData(cfg)).model, tmp_path / "m.pt")
+    spec = importlib.util.spec_from_file_location("eval_checkpoint", Path(__file__).parents[1] / "benchmarks" / "eval_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(path), str(tmp_path / "m.pt")]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
+    assert len(rows) == 2 and all(ln.count("±") == 2 for ln in rows)
