@@ -1,10 +1,11 @@
 """PBSA Triton kernels: forward (out + lse), backward dQ over row lists, dK/dV over slot lists.
 
-One program per (query block, batch x head) walks that block's slot list with an online softmax
+One program per (query rows, batch x head) walks that query block's slot list with an online softmax
 (exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV
-walk the transposed lists (``build_transposed``), so every gradient is written by one program:
-deterministic, no atomics. A query block is one tile of max(16, BLK) rows (masked, so small blocks
-work too); keys and backward query rows are walked in sub-tiles so K/V stages fit shared memory.
+walk the transposed lists (``build_transposed``), busiest slot first, so every gradient is written by
+one program: deterministic, no atomics. A query block is a tile of max(16, BLK) rows (masked, so small
+blocks work too), taken whole or split over programs; keys and backward query rows are walked in
+sub-tiles so K/V stages fit shared memory.
 Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbsa_bwd``.
 """
 from __future__ import annotations
@@ -35,15 +36,16 @@ def _fwd_kernel(
     s_ob, s_oh, s_ot, s_od,
     s_eb, s_eh, s_et,
     H, Tq,
-    BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    NSUB: tl.constexpr = BLOCK_M // BLOCK_N  # key sub-tiles per slot
-    r = tl.program_id(0)
+    NSUB: tl.constexpr = TILE // BLOCK_N  # key sub-tiles per slot
+    NSUB_M: tl.constexpr = TILE // BLOCK_M  # programs per query block, each owns BLOCK_M of its rows
+    r = tl.program_id(0) // NSUB_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = (tl.program_id(0) % NSUB_M) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     rows = r * BLK + offs_m
@@ -67,22 +69,22 @@ def _fwd_kernel(
         col_ok = offs_n < kl
         k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
         v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-        if EVEN_K:  # every slot full and one tile wide: no key masks
+        if EVEN_K or TILE == BLK:  # inside the slot: columns past its length are read, their scores masked below
             kt = tl.load(k_ptr)  # (BLOCK_N, D)
         else:
             kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC)  # (BLOCK_M, BLOCK_N), unscaled
         if not EVEN_K:
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # log2 units; the scale goes on the row max ...
+        p = tl.exp2(qk * qk_scale - m_new[:, None])  # ... and into one multiply-add per score
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if EVEN_K:
             vt = tl.load(v_ptr)  # (BLOCK_N, D)
         else:
             vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None], input_precision=PREC)  # accumulates in place
         m_i = m_new
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
@@ -139,15 +141,16 @@ def _bwd_dq_kernel(
     s_lb, s_ls,
     s_gb, s_gh, s_gt, s_gd,  # dQ
     H, Tq,
-    BLK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
 ):
-    NSUB: tl.constexpr = BLOCK_M // BLOCK_N
-    r = tl.program_id(0)
+    NSUB: tl.constexpr = TILE // BLOCK_N
+    NSUB_M: tl.constexpr = TILE // BLOCK_M  # programs per query block, each owns BLOCK_M of its rows
+    r = tl.program_id(0) // NSUB_M
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = (tl.program_id(0) % NSUB_M) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     rows = r * BLK + offs_m
@@ -175,7 +178,7 @@ def _bwd_dq_kernel(
             p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+        dq = tl.dot(ds.to(kt.dtype), kt, dq, input_precision=PREC)
     dq_ptr = DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd
     if EVEN_Q:
         tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty))
@@ -185,14 +188,14 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, TIDX, TCNT, BLEN, DK, DV,
+    Q, K, V, DO, LSE, DELTA, TIDX, TCNT, ORDER, BLEN, DK, DV,
     qk_scale, sm_scale,
     s_qb, s_qh, s_qt, s_qd,
     s_kb, s_ks, s_kh, s_kt, s_kd,
     s_vb, s_vs, s_vh, s_vt, s_vd,
     s_ob, s_oh, s_ot, s_od,  # dO
     s_ib, s_ih, s_is, s_ir,  # transposed lists
-    s_cb, s_ch, s_cs,
+    s_cb, s_ch, s_cs,  # their counts, and the slot order (same layout)
     s_lb, s_ls,
     H, NS, Tq,
     BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
@@ -200,11 +203,13 @@ def _bwd_dkdv_kernel(
 ):
     NSUB_K: tl.constexpr = TILE // BLOCK_N  # programs per slot, each owns BLOCK_N of its keys
     NSUB_Q: tl.constexpr = TILE // BLOCK_M  # query sub-tiles per reading query block
-    s = (tl.program_id(0) // NSUB_K).to(tl.int64)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_n = (tl.program_id(0) % NSUB_K) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # programs launch busiest slot first (ORDER: slots by descending reader count), so the slots every
+    # row reads (sink, persistent) start early instead of leaving a tail
+    s = tl.load(ORDER + b * s_cb + h * s_ch + (tl.program_id(1) // NSUB_K) * s_cs).to(tl.int64)
+    offs_n = (tl.program_id(1) % NSUB_K) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     if HAS_BLEN:
@@ -231,10 +236,10 @@ def _bwd_dkdv_kernel(
         p_t = tl.exp2(qk_t - lse2[None, :])
         if not (EVEN_Q and EVEN_K):
             p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PREC)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
         dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (BLOCK_N, BLOCK_M)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PREC)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PREC)
     out_off = ((b * NS + s) * H + h) * (BLK * D) + offs_n[:, None] * D + offs_d[None, :]  # dk, dv contiguous
     out_ok = (offs_n < BLK)[:, None]
     tl.store(DK + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=out_ok)
@@ -243,27 +248,34 @@ def _bwd_dkdv_kernel(
 
 # Launch configurations per kernel, the first one the default. On a CUDA device each kernel times its
 # candidates once per problem class (``_tuned``) and keeps the fastest; under the interpreter, or with
-# WORLDKIT_PBSA_TUNE=0, the default runs. Sub-tile widths are capped by the tile. The defaults are small
-# enough that K/V stages fit shared memory at BLK = 128, D = 128.
+# WORLDKIT_PBSA_TUNE=0, the default runs. Tile sizes are capped by the block's tile. The defaults are
+# small enough that K/V stages fit shared memory at BLK = 128, D = 128. BLOCK_M below the tile splits a
+# query block over several programs (more programs per wave, fewer registers each).
 FWD_CONFIGS = [
-    dict(BLOCK_N=64, num_warps=8, num_stages=3),
-    dict(BLOCK_N=128, num_warps=8, num_stages=2),
-    dict(BLOCK_N=64, num_warps=4, num_stages=3),
-    dict(BLOCK_N=128, num_warps=8, num_stages=3),
-    dict(BLOCK_N=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
 ]
 DQ_CONFIGS = [
-    dict(BLOCK_N=32, num_warps=8, num_stages=2),
-    dict(BLOCK_N=64, num_warps=8, num_stages=2),
-    dict(BLOCK_N=32, num_warps=4, num_stages=3),
-    dict(BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=5),
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
 ]
-DKDV_CONFIGS = [
+DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=2),
     dict(BLOCK_N=128, BLOCK_M=32, num_warps=8, num_stages=2),
     dict(BLOCK_N=64, BLOCK_M=64, num_warps=8, num_stages=2),
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=1),
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=3),
+    dict(BLOCK_N=128, BLOCK_M=32, num_warps=4, num_stages=5),
+    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=2),
 ]
 _tuned: dict[tuple, dict] = {}
 
@@ -285,18 +297,18 @@ def _time_ms(launch: Callable[[], None], reps: int = 5) -> float:
 
 def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict], None],
             timer: Callable[[Callable[[], None]], float] = None) -> dict:
-    """Run ``launch`` with the configuration chosen for ``key``: the first one, or the fastest of
-    ``configs`` (capped by the tile, duplicates dropped) when tuning. The launches must be idempotent:
-    every candidate overwrites the whole output."""
+    """Run ``launch`` with the configuration chosen for ``key``: the first one, or when tuning the
+    fastest of ``configs`` (capped by the tile, duplicates dropped), timed on the first call and kept.
+    The launches must be idempotent: every candidate overwrites the whole output."""
     capped = []
     for cfg in configs:
         c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
         if c not in capped:
             capped.append(c)
-    if key in _tuned:
-        best = _tuned[key]
-    elif not _tuning() or len(capped) == 1:
+    if not _tuning() or len(capped) == 1:
         best = capped[0]
+    elif key in _tuned:
+        best = _tuned[key]
     else:
         timer = timer or _time_ms
         times = []
@@ -360,7 +372,7 @@ def pbsa_fwd(
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
 
     def launch(c: dict) -> None:
-        _fwd_kernel[(NQB, B * H)](
+        _fwd_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
             q, k, v, index, count, blen, out, lse,
             scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(),
@@ -369,7 +381,7 @@ def pbsa_fwd(
             blen.stride(0), blen.stride(1) if block_len is not None else 0,
             *out.stride(), *lse.stride(),
             H, Tq,
-            BLK=BLK, BLOCK_M=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even, **c,
+            BLK=BLK, TILE=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even, **c,
         )
 
     _launch(("fwd", *_problem(q, k, index), *even.values()), FWD_CONFIGS, tile, launch)
@@ -407,7 +419,7 @@ def pbsa_bwd(
     problem = (*_problem(q, k, index), *even.values())
 
     def launch_dq(c: dict) -> None:
-        _bwd_dq_kernel[(NQB, B * H)](
+        _bwd_dq_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
             q, k, v, do, lse, delta, index, count, blen, dq,
             scale * LOG2E, scale,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
@@ -415,15 +427,16 @@ def pbsa_bwd(
             count.stride(0), _head_stride(count, Hi), count.stride(2),
             *s_blen, *dq.stride(),
             H, Tq,
-            BLOCK_M=tile, **common, **c,
+            TILE=tile, **common, **c,
         )
 
     _launch(("dq", *problem), DQ_CONFIGS, tile, launch_dq)
     tindex, tcount = build_transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
+    order = tcount.argsort(dim=-1, descending=True, stable=True).to(torch.int32)  # (B, Hi, NS), busiest first
 
     def launch_dkdv(c: dict) -> None:
-        _bwd_dkdv_kernel[(NS * (tile // c["BLOCK_N"]), B * H)](
-            q, k, v, do, lse, delta, tindex, tcount, blen, dk, dv,
+        _bwd_dkdv_kernel[(B * H, NS * (tile // c["BLOCK_N"]))](
+            q, k, v, do, lse, delta, tindex, tcount, order, blen, dk, dv,
             scale * LOG2E, scale,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
             tindex.stride(0), _head_stride(tindex, Hi), tindex.stride(2), tindex.stride(3),
@@ -472,6 +485,8 @@ def pbsa_triton(
 ) -> tuple[Tensor, Tensor]:
     """PBSA through the Triton kernels (differentiable). Returns (out, lse)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"Triton PBSA needs a positive softmax scale; got {scale}")
     index = index.to(torch.int32)
     count = count.to(torch.int32)
     block_len = None if block_len is None else block_len.to(torch.int32)

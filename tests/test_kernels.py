@@ -179,6 +179,23 @@ def test_triton_sub_tiles(monkeypatch):
 
 
 @needs_triton
+def test_triton_every_tuner_candidate(monkeypatch):
+    """Each candidate the GPU tuner may keep computes the same attention: the configurations' tile
+    shapes at half size (128 -> 64, the block 64 wide), so row splits and key/query sub-tiles keep
+    their ratios to the tile."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    lists = {name: getattr(mod, name) for name in ("FWD_CONFIGS", "DQ_CONFIGS", "DKDV_CONFIGS")}
+    half = {name: [{k: (max(16, v // 2) if k.startswith("BLOCK_") else v) for k, v in c.items()} for c in cfgs]
+            for name, cfgs in lists.items()}
+    assert any(c["BLOCK_M"] < 64 for c in half["FWD_CONFIGS"])  # a row split is among them
+    for i in range(max(map(len, half.values()))):
+        for name, cfgs in half.items():
+            monkeypatch.setattr(mod, name, [cfgs[min(i, len(cfgs) - 1)]])
+        case = make_case(1, 2, 2, 2 * 64 - 9, 32, 4, 64, 1, 0.6, 0.0, True, torch.float32, 30 + i)
+        check_against_reference("triton", *case, torch.float32)
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_triton_full_blocks(dtype):
     """Query and key blocks all full (the unmasked kernel variants), shared and per-head lists."""
@@ -218,6 +235,8 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     monkeypatch.setattr(mod, "_tuning", lambda: False)
     ran.clear()
     assert mod._launch(("k", 3), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 1
+    # tuning off: the default even where a tuned choice is kept (the benchmark's untuned rows)
+    assert mod._launch(("k", 1), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 2
 
 
 def row_kinds_case(dtype):
@@ -280,6 +299,9 @@ def test_auto_dispatch_and_validation():
         pbsa_attention(q, k, v, index[:, :, :1], count[:, :, :1])
     with pytest.raises(ValueError, match="k, v"):
         pbsa_attention(q, k[..., :4], v, index, count)
+    if HAS_TRITON:
+        with pytest.raises(ValueError, match="positive softmax scale"):
+            pbsa_attention(q, k, v, index, count, scale=0.0, impl="triton")
 
 
 def test_torch_path_chunks_rows(monkeypatch):

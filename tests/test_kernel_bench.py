@@ -1,0 +1,89 @@
+"""The GPU kernel benchmark's own arithmetic, on the CPU at small sizes: its problems, block lists,
+FLOP counts and gradient check (the timings themselves need a CUDA GPU)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from worldkit_kernels import pbsa_attention
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).parents[1] / "benchmarks" / "kernel_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, value in dict(TOKENS_PER_FRAME=20, HEADS=2, HEAD_DIM=16, DTYPE=torch.float32).items():
+        monkeypatch.setattr(mod, name, value)
+    return mod
+
+
+def test_full_density_lists_are_dense_attention(bench):
+    """At density 1 the pool, lists and ragged tail reproduce dense SDPA over the flat keys, and the
+    counted pairs equal the dense ones, so speedups and TFLOP/s compare like with like."""
+    frames, BLK = 5, 8
+    p = bench.make_problem(frames, BLK, torch.float64, "cpu")
+    assert p["Tq"] == bench.CHUNK_FRAMES * 20 and p["Tq"] % BLK  # a ragged chunk tail
+    index, count, K = bench.make_lists(1, 2, p["NSc"], p["NQB"], 1.0, "cpu")
+    assert K == p["NSc"] + p["NQB"]
+    assert bench.computed_pairs(index, count, p["block_len"], p["Tq"], BLK) == 2 * p["Tq"] * p["Lk"]
+    out = pbsa_attention(p["q"], p["kp"], p["vp"], index, count, p["block_len"], impl="torch")
+    ref = F.scaled_dot_product_attention(p["q"], p["k"], p["v"])
+    assert torch.allclose(out, ref, atol=1e-10)
+
+
+def test_sparse_lists_keep_persistent_and_own_blocks(bench):
+    NSc, NQB = 30, 4
+    index, count, K = bench.make_lists(2, 3, NSc, NQB, 0.25, "cpu", seed=1)
+    assert K == round(0.25 * (NSc + NQB)) and bool((count == K).all())
+    n_p = K // 2
+    assert torch.equal(index[..., :n_p], torch.arange(n_p, dtype=torch.int32).expand(2, 3, NQB, n_p))
+    for r in range(NQB):
+        assert bool((index[:, :, r] == NSc + r).any(-1).all())  # own block in every row
+    assert bool((index[..., 1:] > index[..., :-1]).all())  # sorted, no duplicates
+
+
+def test_grad_check_flags_a_wrong_gradient(bench):
+    frames, BLK = 4, 8
+    p = bench.make_problem(frames, BLK, torch.float32, "cpu")
+    q, k, v = (p[n].requires_grad_() for n in ("q", "k", "v"))
+    kp, vp = p["kp"].requires_grad_(), p["vp"].requires_grad_()
+    index, count, _ = bench.make_lists(1, 2, p["NSc"], p["NQB"], 1.0, "cpu")
+    dout = torch.randn_like(q)
+
+    def pbsa():
+        return pbsa_attention(q, kp, vp, index, count, p["block_len"], impl="torch")
+
+    def dense():
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def wrong():  # same output, gradient into v scaled by 2
+        return F.scaled_dot_product_attention(q, k, v * 2 - v.detach())
+
+    good = bench.grad_check(pbsa, dense, q, k, v, kp, vp, dout, p["Lk"], tol=1e-4)
+    assert "MISMATCH" not in good and good.startswith("grads vs Flex")
+    assert "MISMATCH" in bench.grad_check(pbsa, wrong, q, k, v, kp, vp, dout, p["Lk"], tol=1e-4)
+    assert all(t.grad is None for t in (q, k, v, kp, vp))
+
+
+def test_untuned_restores_the_environment(bench, monkeypatch):
+    import os
+
+    monkeypatch.setenv("WORLDKIT_PBSA_TUNE", "1")
+    with bench.untuned():
+        assert os.environ["WORLDKIT_PBSA_TUNE"] == "0"
+    assert os.environ["WORLDKIT_PBSA_TUNE"] == "1"
+    monkeypatch.delenv("WORLDKIT_PBSA_TUNE")
+    with bench.untuned():
+        pass
+    assert "WORLDKIT_PBSA_TUNE" not in os.environ
+
+
+def test_table_speedups_against_flash_of_the_same_problem(bench):
+    rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 0.25, "pbsa-triton", (0.5, 3.0), 250),
+            (21, 100, 128, 0.25, "flex", "n/a (boom)", 250)]
+    md = bench.table(rows)
+    assert "| 4.00x |" not in md and "4.00x" in md and "2.00x" in md  # 2.0 / 0.5 forward, 6.0 / 3.0 fwd+bwd
+    assert "n/a (boom)" in md
