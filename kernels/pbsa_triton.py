@@ -33,11 +33,11 @@ def _fwd_kernel(
     s_ib, s_ih, s_ir, s_ik,
     s_cb, s_ch, s_cr,
     s_lb, s_ls,
-    s_ob, s_oh, s_ot, s_od,
-    s_eb, s_eh, s_et,
+    s_ob, s_oh, s_ot, s_od, s_os,  # s_os, s_es: stride between the partial results of a split list
+    s_eb, s_eh, s_et, s_es,
     H, Tq,
     BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BLEN: tl.constexpr, PREC: tl.constexpr, EVEN_Q: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
 ):
     NSUB: tl.constexpr = TILE // BLOCK_N  # key sub-tiles per slot
     NSUB_M: tl.constexpr = TILE // BLOCK_M  # programs per query block, each owns BLOCK_M of its rows
@@ -56,10 +56,14 @@ def _fwd_kernel(
     else:
         q = tl.load(q_ptr, mask=row_ok[:, None], other=0.0)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
+    sp = tl.program_id(2)  # SPLIT > 1: this program takes one share of the list, a partial result
+    per = tl.cdiv(n, SPLIT)
+    lo = sp * per
+    hi = tl.minimum(n, lo + per)
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for it in range(0, n * NSUB):
+    for it in range(lo * NSUB, hi * NSUB):
         s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik).to(tl.int64)
         if HAS_BLEN:
             kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
@@ -90,13 +94,14 @@ def _fwd_kernel(
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))  # natural log
-    o_ptr = O + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
+    o_ptr = O + sp * s_os + b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od
+    e_ptr = LSE + sp * s_es + b * s_eb + h * s_eh + rows * s_et
     if EVEN_Q:
         tl.store(o_ptr, out.to(O.dtype.element_ty))
-        tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse)
+        tl.store(e_ptr, lse)
     else:
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None])
-        tl.store(LSE + b * s_eb + h * s_eh + rows * s_et, lse, mask=row_ok)
+        tl.store(e_ptr, lse, mask=row_ok)
 
 
 @triton.jit
@@ -250,7 +255,9 @@ def _bwd_dkdv_kernel(
 # candidates once per problem class (``_tuned``) and keeps the fastest; under the interpreter, or with
 # WORLDKIT_PBSA_TUNE=0, the default runs. Tile sizes are capped by the block's tile. The defaults are
 # small enough that K/V stages fit shared memory at BLK = 128, D = 128. BLOCK_M below the tile splits a
-# query block over several programs (more programs per wave, fewer registers each).
+# query block over several programs (more programs per wave, fewer registers each); SPLIT > 1 splits
+# each slot list into shares whose partial results are merged by log-sum-exp (more programs, and the
+# last wave less empty, for a small extra pass).
 FWD_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
@@ -259,6 +266,8 @@ FWD_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, SPLIT=2),
 ]
 DQ_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
@@ -372,17 +381,29 @@ def pbsa_fwd(
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
 
     def launch(c: dict) -> None:
-        _fwd_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
-            q, k, v, index, count, blen, out, lse,
+        c = dict(c)
+        split = c.pop("SPLIT", 1)
+        if split > 1:  # partial results per share of each list, in fp32, merged by their log-sum-exp
+            o, e = q.new_empty(split, B, H, Tq, D, dtype=torch.float32), q.new_empty(split, B, H, Tq, dtype=torch.float32)
+        else:
+            o, e = out[None], lse[None]  # (1, B, H, Tq, D), (1, B, H, Tq)
+        _fwd_kernel[(NQB * (tile // c["BLOCK_M"]), B * H, split)](
+            q, k, v, index, count, blen, o, e,
             scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(),
             index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
             count.stride(0), _head_stride(count, Hi), count.stride(2),
             blen.stride(0), blen.stride(1) if block_len is not None else 0,
-            *out.stride(), *lse.stride(),
+            *o.stride()[1:], o.stride(0), *e.stride()[1:], e.stride(0),
             H, Tq,
-            BLK=BLK, TILE=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even, **c,
+            BLK=BLK, TILE=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even,
+            SPLIT=split, **c,
         )
+        if split > 1:
+            total = torch.logsumexp(e, 0)  # (B, H, Tq); -inf where every share is empty
+            w = torch.exp(e - torch.where(torch.isfinite(total), total, 0.0))  # (split, B, H, Tq), 0 for empty shares
+            out.copy_((w[..., None] * o).sum(0))
+            lse.copy_(total)
 
     _launch(("fwd", *_problem(q, k, index), *even.values()), FWD_CONFIGS, tile, launch)
     return out, lse

@@ -188,10 +188,11 @@ def test_triton_every_tuner_candidate(monkeypatch):
     half = {name: [{k: (max(16, v // 2) if k.startswith("BLOCK_") else v) for k, v in c.items()} for c in cfgs]
             for name, cfgs in lists.items()}
     assert any(c["BLOCK_M"] < 64 for c in half["FWD_CONFIGS"])  # a row split is among them
+    assert any(c.get("SPLIT", 1) > 1 for c in half["FWD_CONFIGS"])  # and a split list
     for i in range(max(map(len, half.values()))):
         for name, cfgs in half.items():
             monkeypatch.setattr(mod, name, [cfgs[min(i, len(cfgs) - 1)]])
-        case = make_case(1, 2, 2, 2 * 64 - 9, 32, 4, 64, 1, 0.6, 0.0, True, torch.float32, 30 + i)
+        case = make_case(1, 2, 2, 2 * 64 - 9, 32, 5, 64, 1, 0.6, 0.25, True, torch.float32, 30 + i)
         check_against_reference("triton", *case, torch.float32)
 
 
