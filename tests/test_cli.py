@@ -214,6 +214,19 @@ def test_resume_uses_the_saved_config(tmp_path, capsys, experiment):
     assert call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=7")[0] == 0
     assert experiment.calls[-1][0].train.max_steps == 7
     assert config.load(run_dir / "config.yaml").train.max_steps == 7
+    # anything but a budget would relabel what ran: refused, the folder's config untouched
+    n = len(experiment.calls)
+    for bad in ("memory.type=sink", "model.width=64", "train.lr=0.5"):
+        code, _, err = call(capsys, "run", "--resume", run_dir, "--set", bad)
+        assert code == 2 and "may change only a budget" in err, bad
+    # a finished stage keeps the budget it ran with
+    stage_dir = run_dir / "stages" / "0-train"
+    stage_dir.mkdir(parents=True)
+    for f in ("model.pt", "eval.json", "summary.json"):
+        (stage_dir / f).write_text("{}")
+    code, _, err = call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=9")
+    assert code == 2 and "stage train has finished (train.max_steps: 7 -> 9)" in err
+    assert len(experiment.calls) == n and config.load(run_dir / "config.yaml").train.max_steps == 7
     code, _, err = call(capsys, "run", "--resume", tmp_path / "nowhere")
     assert code == 2 and "config.yaml: no such file" in err
     assert call(capsys, "run")[0] == 2

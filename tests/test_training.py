@@ -90,18 +90,39 @@ def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monk
     assert len(calls) > 0 and module.rollout.backend is module.backend
 
 
-@pytest.mark.parametrize("dmd", [False, True], ids=["diffusion_forcing", "self_forcing_dmd"])
-def test_resume_reaches_the_same_weights(dmd, cache, run_data, tmp_path, request):
+def test_step_sampler_shards_the_stream_and_resumes_mid_way():
+    from worldkit.training import StepSampler
+
+    size, batch, length = 5, 3, 12  # items per rank: 4 batches of 3; the stream spans several epochs
+    ranks = [list(StepSampler(size, 7, length, rank=r, world=2, batch=batch)) for r in range(2)]
+    single = list(StepSampler(size, 7, 2 * length, batch=batch))
+    # global batch k = rank 0's k-th batch then rank 1's: together the single-process stream, in order
+    merged = [x for k in range(length // batch) for r in range(2) for x in ranks[r][k * batch:(k + 1) * batch]]
+    assert merged == single
+    assert all(sorted(single[e * size:(e + 1) * size]) == list(range(size)) for e in range(len(single) // size))
+    resumed = StepSampler(size, 7, length, rank=1, world=2, batch=batch)
+    resumed.start = 5
+    assert list(resumed) == ranks[1][5:]
+    assert len(resumed) == length  # the whole run: Lightning counts the restored batches itself
+
+
+@pytest.mark.parametrize("dmd, cut, accumulate", [(False, 2, 1), (False, 5, 1), (False, 1, 2), (False, 0, 2), (True, 5, 1)],
+                         ids=["diffusion_forcing_early", "diffusion_forcing_late", "accumulate", "accumulate_first_step",
+                              "self_forcing_dmd"])
+def test_resume_reaches_the_same_weights(dmd, cut, accumulate, cache, run_data, tmp_path, request):
+    """Interrupted during step ``cut + 1`` of 8 (before or after half way, mid accumulation) and resumed: the
+    same batches in the same order, so the same weights as an uninterrupted run."""
     import lightning as L
 
-    cfg = wk_config.validate(dmd_raw(cache, max_steps=8, val_every=4) if dmd else tiny_raw(cache, max_steps=8, val_every=4))
+    budget = dict(max_steps=8, val_every=4, accumulate=accumulate)
+    cfg = wk_config.validate(dmd_raw(cache, **budget) if dmd else tiny_raw(cache, **budget))
     stage = resolve_stages(cfg)[0]
     init = request.getfixturevalue("start_weights") if dmd else None
     full = fit_stage(cfg, stage, run_data, tmp_path / "full", init=init, resume=False)
 
     class Interrupt(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step == 5:
+            if batch_idx == cut * accumulate:  # step cut + 1's first micro-batch: mid-accumulation when accumulating
                 raise KeyboardInterrupt
 
     orig = experiment.make_trainer
@@ -179,21 +200,26 @@ def test_ddp_two_cpu_processes(cache, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "worldkit", "run", str(path), "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each rank draws its own share of max_steps batches: one pass, no second epoch over repeated data
+    log = proc.stdout + proc.stderr
+    assert "Epoch 0: 100%" in log and "Epoch 1" not in log
     for stage in ("0-a", "1-b", "2-c"):
         ckpts = sorted(c.name for c in (tmp_path / "run" / "stages" / stage / "checkpoints").glob("*.ckpt"))
         assert ckpts == ["best.ckpt", "last.ckpt"]
         assert (tmp_path / "run" / "stages" / stage / "eval.json").exists()
 
 
-def test_periodic_evaluation_is_logged(cache, run_data, tmp_path):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_periodic_evaluation_and_validation_follow_optimizer_steps(accumulate, cache, run_data, tmp_path):
+    """eval_every and val_every count optimizer steps, however many micro-batches each accumulates."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = wk_config.validate(tiny_raw(cache, max_steps=4, val_every=4, eval_every=2))
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=4, val_every=2, eval_every=2, accumulate=accumulate))
     stage = resolve_stages(cfg)[0]
     fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=False)
     acc = EventAccumulator(str(tmp_path / "tb" / stage.dirname)).Reload()
-    steps = [e.step for e in acc.Scalars("eval_periodic/psnr@1x")]
-    assert steps == [2, 4]
+    assert [e.step for e in acc.Scalars("eval_periodic/psnr@1x")] == [2, 4]
+    assert len(acc.Scalars("val/loss")) == 2
 
 
 # ---- self forcing with DMD --------------------------------------------------------------------------

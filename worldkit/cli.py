@@ -71,9 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file or --out")
         run_dir = Path(args.resume)
         cfg = config.load(run_dir / "config.yaml", args.overrides)
-        if args.overrides:  # e.g. a new budget (--set train.max_steps=N): the folder records what ran
+        if args.overrides:  # a new budget (--set train.max_steps=N): the folder records what ran
             if cfg.grid:
                 raise WorldkitError("--resume of a grid takes no --set: each cell keeps the config it started with")
+            from worldkit.stages import check_resume_budget
+
+            check_resume_budget(config.load(run_dir / "config.yaml"), cfg, run_dir)
             config.save(cfg, run_dir / "config.yaml")
         if cfg.grid:
             return run_grid(run_dir / "config.yaml", [], run_dir, cfg)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,45 +21,10 @@ from worldkit import registry, report
 from worldkit.errors import WorldkitError
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
-from worldkit.schema import TrainConfig
+from worldkit.stages import Stage, resolve_stages, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer
 
 BASE_DIR = Path(__file__).parent / "base"
-
-
-@dataclass
-class Stage:
-    """One training stage with every plugin resolved (stage overrides on top of the experiment's)."""
-
-    index: int
-    name: str
-    trainer: dict
-    memory: dict
-    selector: dict
-    attention: dict
-    train: TrainConfig
-    variant: bool = False  # a comparison variant: starts from the last stage's starting weights
-
-    @property
-    def dirname(self) -> str:
-        return f"{self.index}-{self.name}"
-
-
-def resolve_stages(cfg) -> list[Stage]:
-    """The experiment's stages, then its comparison variants; an experiment without ``stages`` is one
-    stage named ``train``. A variant's ``train`` overrides merge onto the last stage's budget."""
-    top = dict(trainer=cfg.trainer, memory=cfg.memory, selector=cfg.selector, attention=cfg.attention)
-    entries = list(cfg.stages) or [None]
-    out = []
-    for i, st in enumerate(entries + list(cfg.compare)):
-        if st is None:
-            out.append(Stage(0, "train", **{k: v.to_dict() for k, v in top.items()}, train=cfg.train))
-            continue
-        base = out[len(entries) - 1].train if i >= len(entries) else cfg.train
-        specs = {k: (getattr(st, k, None) or top[k]).to_dict() for k in top}
-        train = TrainConfig.model_validate({**base.model_dump(), **(st.train or {})})
-        out.append(Stage(i, st.name, **specs, train=train, variant=i >= len(entries)))
-    return out
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -186,11 +150,13 @@ class PeriodicEval(L.Callback):
 
     def __init__(self, cfg, stage: Stage, d: RunData, every: int):
         self.cfg, self.stage, self.d, self.every = cfg, stage, d, every
+        self.done = 0  # the last step evaluated: micro-batches of one accumulated step share its number
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every or not trainer.is_global_zero:
+        if step == self.done or step % self.every or not trainer.is_global_zero:
             return
+        self.done = step
         st = self.stage
         res = evaluate_model(self.cfg, pl_module.inference_model(), st.memory, st.selector, st.attention, self.d,
                              out_dir=None, desc=f"eval@{step}")
@@ -253,7 +219,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
             branch = init
         stage_dir = run_dir / "stages" / stage.dirname
         final = stage_dir / "model.pt"
-        if resume and final.exists() and (stage_dir / "eval.json").exists():
+        if resume and stage_finished(stage_dir):
             rows.append(json.loads((stage_dir / "summary.json").read_text()))
             init = final
             continue

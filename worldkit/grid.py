@@ -327,8 +327,10 @@ def stage_keys(cfg: ExperimentConfig) -> list[str]:
 
 
 def _finished_stage(folder: Path, name: str) -> Optional[Path]:
+    from worldkit.stages import stage_finished
+
     d = folder / "stages" / name
-    return d if all((d / f).exists() for f in ("model.pt", "eval.json", "summary.json")) else None
+    return d if stage_finished(d) else None
 
 
 def _copy_dir(src: Path, dst: Path) -> None:

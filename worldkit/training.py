@@ -29,27 +29,33 @@ def build_plugin(kind: str, spec: dict):
 
 
 class StepSampler(Sampler[int]):
-    """An endless, resumable stream of item indices: position p draws item ``perm_e[p % size]`` of the
-    permutation of epoch ``e = p // size`` seeded by ``seed + e``. ``start`` skips positions already
-    consumed (set from the restored global step on resume)."""
+    """An endless, resumable stream of item indices: global position p draws item ``perm_e[p % size]``
+    of the permutation of epoch ``e = p // size`` seeded by ``seed + e``. Under data parallelism each
+    global batch is ``world`` consecutive runs of ``batch`` positions, run r going to rank r; this
+    sampler yields rank ``rank``'s share, ``length`` items. ``start`` skips the items this rank has
+    already consumed (set from the restored global step on resume)."""
 
-    def __init__(self, size: int, seed: int, length: int):
+    def __init__(self, size: int, seed: int, length: int, rank: int = 0, world: int = 1, batch: int = 1):
         self.size, self.seed, self.length = size, seed, length
+        self.rank, self.world, self.batch = rank, world, batch
         self.start = 0
 
+    def position(self, j: int) -> int:
+        """Global stream position of this rank's j-th item."""
+        return ((j // self.batch) * self.world + self.rank) * self.batch + j % self.batch
+
     def __iter__(self) -> Iterator[int]:
-        p = self.start
-        while p < self.length:
-            e = p // self.size
-            perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + e)).tolist()
-            for i in perm[p % self.size :]:
-                if p >= self.length:
-                    return
-                yield i
-                p += 1
+        epoch, perm = -1, []
+        for j in range(self.start, self.length):
+            p = self.position(j)
+            if p // self.size != epoch:
+                epoch = p // self.size
+                perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            yield perm[p % self.size]
 
     def __len__(self) -> int:
-        return self.length - self.start
+        # the whole run, not what is left: Lightning restores the batches already done and counts on
+        return self.length
 
 
 class NonFiniteLoss(WorldkitError):
@@ -194,11 +200,12 @@ class ResumableData(L.LightningDataModule):
         super().__init__()
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.seed, self.workers = batch_size, seed, workers
-        self.sampler = StepSampler(len(train_set), seed, max_steps * accumulate * batch_size)
+        self.sampler = StepSampler(len(train_set), seed, max_steps * accumulate * batch_size, batch=batch_size)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        if trainer is not None:  # resumed: skip what the restored steps already consumed
+        if trainer is not None:  # this rank's share; resumed: skip what the restored steps consumed
+            self.sampler.rank, self.sampler.world = trainer.global_rank, trainer.world_size
             self.sampler.start = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=self.sampler,
                           num_workers=self.workers, drop_last=True)
@@ -219,6 +226,19 @@ class SaveOnInterrupt(L.Callback):
             self.interrupted = True
             trainer.save_checkpoint(self.path)
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """An interrupt checkpoint restarts at the last optimizer step: its batch counters go back to that
+        step's end, where the data order resumes, so a half-accumulated step is redone whole."""
+        if not self.interrupted:
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        done = trainer.global_step * trainer.accumulate_grad_batches  # micro-batches of the completed steps
+        extra = progress["current"]["ready"] - done  # counted by Lightning beyond the last step's end
+        for part in ("total", "current"):
+            n = max(0, progress[part]["ready"] - extra)
+            # the state of a save at the end of the step's last batch (Lightning then counts it completed)
+            progress[part].update(ready=n, started=n, processed=n, completed=max(0, n - 1))
+
 
 def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batches: Optional[int] = None) -> L.Trainer:
     """A ``lightning.Trainer`` from a ``TrainConfig``; checkpoints (last + best by val/loss) in stage_dir."""
@@ -227,6 +247,7 @@ def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batch
     ckpt = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="best", monitor="val/loss", mode="min",
         save_last=True, save_top_k=1, every_n_train_steps=min(train.val_every, train.max_steps),
+        enable_version_counter=False,  # a resumed run overwrites last.ckpt (also written on Ctrl-C)
     )
     return L.Trainer(
         max_steps=train.max_steps,
@@ -238,11 +259,12 @@ def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batch
         devices=train.devices,
         strategy=train.strategy,  # ddp on CPU runs over gloo
         num_nodes=train.num_nodes,
-        val_check_interval=min(train.val_every, train.max_steps),
+        val_check_interval=min(train.val_every, train.max_steps) * train.accumulate,  # counts micro-batches
         check_val_every_n_epoch=None,
         limit_val_batches=val_batches,
         log_every_n_steps=train.log_every,
         callbacks=[ckpt, *callbacks],
+        use_distributed_sampler=False,  # the StepSampler shards the stream itself, resumably
         logger=logger,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -1,0 +1,71 @@
+"""The stages of an experiment as they run: every plugin resolved, their folders' state, and what a
+resumed run may change. Light (no Lightning import), so the CLI can check a resume before it starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from worldkit.errors import WorldkitError
+from worldkit.schema import TrainConfig
+
+
+@dataclass
+class Stage:
+    """One training stage with every plugin resolved (stage overrides on top of the experiment's)."""
+
+    index: int
+    name: str
+    trainer: dict
+    memory: dict
+    selector: dict
+    attention: dict
+    train: TrainConfig
+    variant: bool = False  # a comparison variant: starts from the last stage's starting weights
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.index}-{self.name}"
+
+
+def resolve_stages(cfg) -> list[Stage]:
+    """The experiment's stages, then its comparison variants; an experiment without ``stages`` is one
+    stage named ``train``. A variant's ``train`` overrides merge onto the last stage's budget."""
+    top = dict(trainer=cfg.trainer, memory=cfg.memory, selector=cfg.selector, attention=cfg.attention)
+    entries = list(cfg.stages) or [None]
+    out = []
+    for i, st in enumerate(entries + list(cfg.compare)):
+        if st is None:
+            out.append(Stage(0, "train", **{k: v.to_dict() for k, v in top.items()}, train=cfg.train))
+            continue
+        base = out[len(entries) - 1].train if i >= len(entries) else cfg.train
+        specs = {k: (getattr(st, k, None) or top[k]).to_dict() for k in top}
+        train = TrainConfig.model_validate({**base.model_dump(), **(st.train or {})})
+        out.append(Stage(i, st.name, **specs, train=train, variant=i >= len(entries)))
+    return out
+
+
+def stage_finished(stage_dir: Path) -> bool:
+    """Trained, evaluated and summarised: what a resumed run skips (summary.json is written last)."""
+    return all((stage_dir / f).exists() for f in ("model.pt", "eval.json", "summary.json"))
+
+
+def check_resume_budget(old, new, run_dir: Path) -> None:
+    """A resumed run may change only the budget (max_steps, max_minutes) of stages it has not finished;
+    anything else would relabel results that were computed under the old settings."""
+    old_stages, new_stages = resolve_stages(old), resolve_stages(new)
+    budget = ("max_steps", "max_minutes")
+    per_stage = {"__all__": {"train"}}
+    same = lambda c: c.model_dump(mode="json", exclude={"train": True, "stages": per_stage, "compare": per_stage})  # noqa: E731
+    if same(old) != same(new) or len(old_stages) != len(new_stages):
+        raise WorldkitError("--resume --set may change only a budget (train.max_steps, train.max_minutes, at the "
+                            "top or per stage); start a new run for other changes")
+    for a, b in zip(old_stages, new_stages):
+        if a.train.model_dump(exclude=set(budget)) != b.train.model_dump(exclude=set(budget)):
+            raise WorldkitError(f"--resume --set may change only a budget (train.max_steps, train.max_minutes); "
+                                f"stage {a.name}: other train fields differ")
+        changed = [f"train.{f}: {getattr(a.train, f)} -> {getattr(b.train, f)}" for f in budget
+                   if getattr(a.train, f) != getattr(b.train, f)]
+        if changed and stage_finished(run_dir / "stages" / a.dirname):
+            raise WorldkitError(f"stage {a.name} has finished ({', '.join(changed)}): a new budget applies only to "
+                                f"unfinished stages; start a new run (model.init: {run_dir / 'stages' / a.dirname / 'model.pt'}) "
+                                "to train it further")
