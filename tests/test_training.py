@@ -135,6 +135,9 @@ def test_resume_reaches_the_same_weights(dmd, cut, accumulate, cache, run_data, 
     assert (tmp_path / "cut" / "stages" / stage.dirname / "checkpoints" / "last.ckpt").exists()
     resumed = fit_stage(cfg, stage, run_data, tmp_path / "cut", init=init, resume=True)
     assert resumed.global_step == full.global_step == 8
+    ckpts = tmp_path / "cut" / "stages" / stage.dirname / "checkpoints"
+    assert sorted(c.name for c in ckpts.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # overwritten, not versioned
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
     full_state, resumed_state = full.state_dict(), resumed.state_dict()  # with a DMD critic and teacher
     assert full_state.keys() == resumed_state.keys()
     for n, a in full_state.items():
