@@ -108,7 +108,7 @@ def test_every_error_is_collected_not_only_the_first():
     }
     assert found["model.prediction"][0] == "eps" and "'x0' or 'v'" in found["model.prediction"][1]
     assert found["memory.window_frames"][0] == 0 and "greater than or equal to 1" in found["memory.window_frames"][1]
-    assert "integer" in found["train.devices"][1] and "string" in found["train.devices"][1]  # union: one line
+    assert "integer" in found["train.devices"][1] and "'auto'" in found["train.devices"][1]  # union: one line
 
 
 def test_missing_required_fields():
@@ -132,6 +132,10 @@ def test_missing_required_fields():
         ({"data": {"episode_frames": 8}}, "data.episode_frames", 8, "train.clip_frames=16"),
         ({"train": {"clip_frames": 15}}, "train.clip_frames", 15, "multiple of model.chunk_frames=2"),
         ({"name": "a/b"}, "name", "a/b", "pattern"),
+        ({"eval": {"horizons": [4, 1]}}, "eval.horizons", [4, 1], "must be increasing"),
+        ({"eval": {"horizons": []}}, "eval.horizons", [], "at least 1 item"),
+        ({"eval": {"context_frames": 3}}, "eval.context_frames", 3, "multiple of model.chunk_frames=2"),
+        ({"train": {"precision": "banana"}}, "train.precision", "banana", "'bf16-mixed'"),
     ],
 )
 def test_cross_field_checks_point_at_the_field_to_change(raw, path, value, words):
@@ -155,6 +159,29 @@ def test_stages_merge_train_overrides_and_plugin_overrides():
     assert (sf.trainer.type, sf.trainer.config.exit_steps, sf.memory.type) == ("toy_trainer", 2, "toy_window")
     assert isinstance(sf.train, TrainConfig) and (sf.train.lr, sf.train.max_steps) == (1e-4, 50)
     assert warm.stages == [] and sf.name == "toy"
+
+
+def test_plugin_checks_see_the_stage_and_blame_where_the_plugin_was_set():
+    """A plugin's ``check`` runs against the experiment as each stage sees it (merged train); its problem
+    is reported at the stage's override, or once at the top level when the stage inherits the plugin."""
+    class Checked(FAKES[("memory", "toy_window")]):
+        @classmethod
+        def check(cls, config, experiment):
+            clip = experiment.train.clip_frames
+            return [("window_frames", config.window_frames, f"above clip {clip}")] if config.window_frames > clip else []
+
+    stage = {"name": "a", "trainer": {"type": "toy_trainer"}}
+    with registry.register("memory", "checked", Checked, replace=True):
+        raw = {**MINIMAL, "memory": {"type": "checked", "window_frames": 12}, "train": {"clip_frames": 8},
+               "stages": [stage, {**stage, "name": "b"}, {**stage, "name": "c", "train": {"clip_frames": 16}},
+                          {**stage, "name": "d", "memory": {"type": "checked", "window_frames": 20}}]}
+        found = issues(raw)
+        assert set(found) == {"memory.window_frames", "stages[3].memory.window_frames"}  # c's clip is 16: fine
+        assert found["memory.window_frames"][:2] == (12, "above clip 8")
+        assert found["stages[3].memory.window_frames"][:2] == (20, "above clip 8")
+        raw["train"]["clip_frames"] = 16
+        raw["stages"].pop()
+        config.validate(raw)  # every stage sees a clip of 16
 
 
 def test_stage_errors_name_the_stage():

@@ -209,6 +209,20 @@ def test_mjcf_loads_renders_and_scales_actions(mjcf_file):
     e.close()
 
 
+def test_mjcf_cache_key_follows_the_file_contents(mjcf_file, tmp_path):
+    """Editing the model file (here a geom's colour) gives the episodes a new cache entry; the same
+    contents keep theirs, and a built-in env's key does not depend on any file."""
+    from worldkit.data import cache_path
+
+    cfg = {"path": str(mjcf_file), "camera": "front", "size": 24}
+    before = cache_path("mjcf", cfg, "train", 4, 10, tmp_path)
+    assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) == before
+    mjcf_file.write_text(MJCF.replace('rgba="1 0.3 0.1 1"', 'rgba="0.1 0.3 1 1"'))
+    assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) != before
+    mjcf_file.write_text(MJCF)
+    assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) == before
+
+
 def test_mjcf_missing_camera_names_the_choices(mjcf_file):
     with pytest.raises(ValueError, match=r"camera(.|\n)*'side'(.|\n)*choices: \['front'\]"):
         registry.build("env", "mjcf", {"path": str(mjcf_file), "camera": "side"})

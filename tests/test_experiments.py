@@ -21,6 +21,36 @@ def test_every_shipped_experiment_starts_from_a_shipped_checkpoint(path):
         assert resolve_init(cfg.model.init).exists()
 
 
+MAIN = Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml"
+
+
+@pytest.mark.parametrize("override, path", [
+    ("memory.window_frames=1", "memory.window_frames"),  # persistent_block
+    ("compare[0].memory.window_frames=1", "compare[0].memory.window_frames"),  # sliding_window
+    ("memory={type: sink, window_frames: 1}", "memory.window_frames"),
+    ("compare[0].trainer.context_frames=3", "compare[0].trainer.context_frames"),  # self_forcing
+    ("stages[0].trainer.context_frames=16", "stages[0].trainer.context_frames"),  # not below the clip
+])
+def test_built_in_plugins_refuse_windows_and_contexts_that_cannot_run(override, path):
+    """What used to fail only at run time (some after training) is a validation error at the field."""
+    from worldkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config.load(MAIN, [override])
+    assert path in [i.path for i in err.value.issues]
+
+
+def test_run_refuses_an_unreadable_init_before_making_a_folder(tmp_path, capsys):
+    from worldkit.cli import main
+
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a checkpoint")
+    code = main(["run", str(MAIN), "--out", str(tmp_path / "run"), "--set", f"model.init={bogus}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"model.init: {bogus} is not a readable checkpoint" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline():
     cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
     assert (cfg.memory.type, cfg.selector.type, cfg.attention.type, cfg.trainer.type) == (

@@ -59,8 +59,13 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
         grid_dir = new_run_dir(cfg, out)
         grid.save_config(g, grid_dir)
         print(f"grid folder: {grid_dir} ({len(g.cells)} cells)", file=sys.stderr)
-    grid.run(g, grid_dir)
+    results = grid.run(g, grid_dir)
     print(Path(grid_dir, "results.md").read_text(), flush=True)
+    failed = [c.name for c in results if c.status == "failed"]
+    if failed:  # the grid went on past them; the exit status still says so
+        print(f"error: {len(failed)} of {len(results)} cells failed ({', '.join(failed)}); their error.txt says why; "
+              f"retry them with: worldkit run --resume {grid_dir}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -89,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.grid:
         return run_grid(Path(args.config), args.overrides, None, cfg, args.out)
     experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
+    if cfg.model.init:  # a missing or unreadable starting checkpoint fails before a folder is made
+        experiment.read_checkpoint(experiment.resolve_init(cfg.model.init))
     inherited = os.environ.get(RUN_DIR_VAR)
     if inherited:  # a worker that multi-device training relaunched with this command line
         experiment.run(cfg, Path(inherited), resume=True)

@@ -181,6 +181,10 @@ def cache_path(name: str, config: dict, split: str, episodes: int, frames: int, 
         "episodes": episodes,
         "frames": frames,
     }
+    cls = registry.get("env", name)
+    inputs = cls.cache_inputs(cls.Config.model_validate(config))
+    if inputs:  # e.g. a model file's contents
+        request["inputs"] = inputs
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir).expanduser() / f"{name}-{split}-{episodes}x{frames}-{digest}.npz"
 

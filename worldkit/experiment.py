@@ -54,8 +54,20 @@ def resolve_init(name: str) -> Path:
     raise WorldkitError(f"model.init: {name!r} is neither a file nor a shipped name (base/...)")
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents; a file that is not one is a user error naming it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # not a torch file, truncated, a folder, ...
+        raise WorldkitError(f"model.init: {path} is not a readable checkpoint ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0][:120] if str(err).strip() else ''})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict", blob), dict):
+        raise WorldkitError(f"model.init: {path} holds no state_dict (a model.pt or a Lightning .ckpt is expected)")
+    return blob
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = read_checkpoint(path)
     state = blob.get("state_dict", blob)
     mismatch = {k: v for k, v in blob.get("hparams", {}).items() if model.hparams.get(k) != v}
     if mismatch:

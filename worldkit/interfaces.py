@@ -38,6 +38,13 @@ class Plugin(ABC):
     def __init__(self, config: Optional[PluginConfig] = None):
         self.config = config if config is not None else self.Config()
 
+    @classmethod
+    def check(cls, config: PluginConfig, experiment: Any) -> list[tuple[str, Any, str]]:
+        """Checks of ``config`` against the rest of the experiment (an ``ExperimentConfig`` as one stage
+        sees it: its plugins and merged ``train``), run by validation so a bad combination fails before
+        anything runs. Returns (field of config, its value, what is wrong) per problem."""
+        return []
+
 
 # --------------------------------------------------------------------------------------------------
 # Environments
@@ -83,6 +90,12 @@ class Environment(Plugin):
         holds things a frame cannot show (objects out of view, angles only known up to a symmetry)
         maps it to what can be seen."""
         return states
+
+    @classmethod
+    def cache_inputs(cls, config: PluginConfig) -> dict:
+        """What shapes the episodes beyond the config's own fields (the contents of a file it names, say),
+        as JSON values; part of the data cache key, so changing it records the episodes anew."""
+        return {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -179,11 +179,11 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
-    precision: str = "32-true"
+    precision: Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine"] = "32-true"
     grad_clip: Optional[PositiveFloat] = 1.0
     accumulate: PositiveInt = 1
     accelerator: str = "auto"
-    devices: Union[PositiveInt, str] = 1
+    devices: Union[PositiveInt, Literal["auto"]] = Field(1, description="a device count, or 'auto'")
     strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = Field(
         "auto", description="ddp_find_unused_parameters_true: DDP when some steps leave parameters unused "
                             "(self_forcing with dmd: the generator sits out the critic-only steps)")
@@ -198,7 +198,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """Long-horizon rollouts against ground truth."""
 
-    horizons: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 12])  # in multiples of train.clip_frames
+    horizons: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 12], min_length=1)  # in multiples of train.clip_frames
     context_frames: PositiveInt = 2
     episodes: PositiveInt = 16
     seeds: PositiveInt = 1
@@ -258,7 +258,15 @@ class ExperimentConfig(Section):
                     f"must divide the patches per side ({size} px / patch {m.patch} = {size // m.patch})",
                 ))
         problems += self._check_train(self.train, ("train",))
+        e = self.eval
+        if e.context_frames % m.chunk_frames:
+            problems.append(_problem(("eval", "context_frames"), e.context_frames,
+                                     f"must be a multiple of model.chunk_frames={m.chunk_frames}"))
+        if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
+            problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
         seen: set[str] = set()
+        if not self.stages:
+            problems += self._check_plugins(self, {})
         for i, stage in enumerate(self.stages):
             if stage.name in seen:
                 problems.append(_problem(("stages", i, "name"), stage.name, "stage names must be unique"))
@@ -269,8 +277,28 @@ class ExperimentConfig(Section):
                 problems += [_relocate(e, ("stages", i, "train")) for e in err.errors()]
                 continue
             problems += self._check_train(train, ("stages", i, "train"))
-        _raise(problems, type(self).__name__)
+            problems += self._check_plugins(self.stage_config(stage), stage, ("stages", i))
+        for i, variant in enumerate(self.compare):
+            try:
+                merged = self.stage_config(variant, base=self.stages[-1] if self.stages else None)
+            except ValidationError:
+                continue  # reported with the variant's own fields
+            problems += self._check_plugins(merged, variant, ("compare", i))
+        unique = {(tuple(p["loc"]), str(p["type"])): p for p in problems}  # a shared plugin is reported once
+        _raise(list(unique.values()), type(self).__name__)
         return self
+
+    @staticmethod
+    def _check_plugins(exp: "ExperimentConfig", stage: Any, loc: tuple = ()) -> list[InitErrorDetails]:
+        """Each model-side plugin's own ``check`` against the experiment as the stage sees it; a problem
+        is reported where the plugin was set (the stage's override, else the top level)."""
+        problems = []
+        for kind in ("memory", "selector", "attention", "trainer"):
+            spec = getattr(exp, kind)
+            where = (*loc, kind) if getattr(stage, kind, None) is not None else (kind,)
+            for field, value, message in spec.cls.check(spec.config, exp):
+                problems.append(_problem((*where, field), value, message))
+        return problems
 
     def _check_train(self, train: TrainConfig, loc: tuple) -> list[InitErrorDetails]:
         problems = []
@@ -286,11 +314,13 @@ class ExperimentConfig(Section):
             ))
         return problems
 
-    def stage_config(self, stage: StageConfig) -> "ExperimentConfig":
-        """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train."""
-        update: dict[str, Any] = {"trainer": stage.trainer, "stages": []}
+    def stage_config(self, stage: StageConfig, base: Optional[StageConfig] = None) -> "ExperimentConfig":
+        """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train
+        (merged onto ``base``'s, for a comparison variant of the last stage)."""
+        update: dict[str, Any] = {"trainer": stage.trainer, "stages": [], "compare": []}
         for field in ("memory", "selector", "attention"):
             if getattr(stage, field) is not None:
                 update[field] = getattr(stage, field)
-        update["train"] = TrainConfig.model_validate({**self.train.model_dump(), **stage.train})
+        train = {**self.train.model_dump(), **(base.train if base is not None else {})}
+        update["train"] = TrainConfig.model_validate({**train, **stage.train})
         return self.model_copy(update=update)

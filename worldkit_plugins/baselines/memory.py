@@ -20,6 +20,15 @@ def _history(window_frames: Optional[int], spec: CacheSpec, field: str) -> int:
     return w - spec.chunk_frames
 
 
+def _window_problems(window_frames: Optional[int], experiment) -> list:
+    """A window set explicitly must hold the chunk being generated (a default one is the clip, which does)."""
+    chunk = experiment.model.chunk_frames
+    if window_frames is not None and window_frames < chunk:
+        return [("window_frames", window_frames, f"must be at least the chunk length (model.chunk_frames={chunk}): "
+                                                 "the window includes the chunk being generated")]
+    return []
+
+
 class Dense(BlockMemory):
     """Keep every committed block (memory and time grow with the horizon)."""
 
@@ -41,6 +50,10 @@ class SlidingWindow(BlockMemory):
     def layout(self, spec):
         return 0, _history(self.config.window_frames, spec, "memory.window_frames"), 0
 
+    @classmethod
+    def check(cls, config, experiment):
+        return _window_problems(config.window_frames, experiment)
+
 
 class Sink(BlockMemory):
     """Keep the first S frames (attention sink) and the last W frames."""
@@ -54,6 +67,10 @@ class Sink(BlockMemory):
             "before_window",
             description="read the sink just before the window (distances stay bounded) or at its true frame index",
         )
+
+    @classmethod
+    def check(cls, config, experiment):
+        return _window_problems(config.window_frames, experiment)
 
     def layout(self, spec):
         w = self.config.window_frames

@@ -1,6 +1,7 @@
 """MJCF: any MuJoCo model file, rendered from one of its named cameras, its actuators as actions."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,15 @@ class MJCFEnv(MujocoEnv):
             if self.camera not in names:
                 raise ValueError(f"camera: no camera named {self.camera!r} in {self.path}; choices: {names}")
             return self
+
+    @classmethod
+    def cache_inputs(cls, config: Config) -> dict:
+        """The compiled model (the file, what it includes, its meshes and textures): editing any of them
+        changes the cached episodes' key."""
+        model = mujoco.MjModel.from_xml_path(config.path)
+        binary = np.empty(mujoco.mj_sizeModel(model), dtype=np.uint8)
+        mujoco.mj_saveModel(model, None, binary)
+        return {"model_sha256": hashlib.sha256(binary.tobytes()).hexdigest()}
 
     def __init__(self, config: Config):
         self.camera = config.camera

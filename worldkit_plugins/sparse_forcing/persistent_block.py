@@ -44,6 +44,14 @@ class PersistentBlock(BlockMemory):
             description="read P (and the sink, before it) just before the window, or at true frame indices",
         )
 
+    @classmethod
+    def check(cls, config, experiment):
+        chunk = experiment.model.chunk_frames
+        if config.window_frames < chunk:
+            return [("window_frames", config.window_frames,
+                     f"must be at least the chunk length (model.chunk_frames={chunk}): the window includes the chunk")]
+        return []
+
     def layout(self, spec: CacheSpec):
         c = self.config
         if c.window_frames < spec.chunk_frames:

@@ -139,6 +139,14 @@ class SelfForcing(RolloutTrainer):
         regression_weight: float = Field(1.0, ge=0, description="weight of the loss against the ground-truth frames")
         dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
 
+    @classmethod
+    def check(cls, config, experiment):
+        chunk, clip = experiment.model.chunk_frames, experiment.train.clip_frames
+        if config.context_frames % chunk or config.context_frames >= clip:
+            return [("context_frames", config.context_frames,
+                     f"must be a multiple of model.chunk_frames={chunk} below train.clip_frames={clip}")]
+        return []
+
     def check_start(self, init) -> None:
         if self.config.dmd is not None and self.config.dmd.teacher is None and init is None:
             raise WorldkitError(
