@@ -26,7 +26,8 @@ def evaluate_checkpoint(cfg, checkpoint: str) -> list[tuple[str, dict]]:
     load_weights(model, path)
     rows = []
     for stage in resolve_stages(cfg):
-        res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, None, desc=stage.dirname)
+        res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, None, desc=stage.dirname,
+                             train_frames=stage.train.clip_frames)
         rows.append((stage.dirname, {m: res.bucket(m) for m in ("fg_psnr", "state_err", "psnr")}))
     return rows
 

@@ -199,6 +199,17 @@ def test_stage_errors_name_the_stage():
 # --set
 
 
+def test_switching_a_plugin_keeps_only_the_settings_the_new_one_has():
+    raw = {**MINIMAL, "memory": {"type": "toy_window", "window_frames": 8}}
+    cfg = config.validate(raw, "x.yaml", config.apply_overrides(raw, ["memory.type=dense"]))
+    assert cfg.memory.type == "dense" and raw["memory"] == {"type": "dense"}
+    raw = {**MINIMAL, "memory": {"type": "toy_window", "window_frames": 8}}
+    config.apply_overrides(raw, ["memory.type=toy_window"])  # the same plugin: nothing dropped
+    assert raw["memory"] == {"type": "toy_window", "window_frames": 8}
+    found = issues({**MINIMAL, "memory": {"type": "toy_window", "window_frames": 8}}, ["memory.type=toy_windw"])
+    assert "did you mean 'toy_window'" in found["memory.type"][1]  # an unknown name: reported, nothing dropped
+
+
 def test_overrides_coerce_values_as_yaml():
     raw = {**MINIMAL, "stages": [{"name": "s", "trainer": {"type": "toy_trainer"}}]}
     applied = config.apply_overrides(raw, [

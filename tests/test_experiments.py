@@ -90,3 +90,16 @@ def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_pat
     assert mod.main([str(path), str(tmp_path / "m.pt")]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
     assert len(rows) == 2 and all(ln.count("±") == 2 for ln in rows)
+
+
+def test_readme_override_example_validates():
+    import re
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (command,) = re.findall(r"^worldkit validate experiments/sparse_forcing\.yaml(?:[^\n\\]|\\\n)*", readme, re.M)
+    argv = shlex.split(command.replace("\\\n", " "))
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert len(sets) >= 4
+    cfg = config.load(MAIN, sets)
+    assert cfg.memory.type == "sink" and cfg.model.width == 256

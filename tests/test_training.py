@@ -144,6 +144,18 @@ def test_resume_reaches_the_same_weights(dmd, cut, accumulate, cache, run_data, 
         torch.testing.assert_close(a, resumed_state[n], rtol=0, atol=1e-6, msg=n)
 
 
+def test_a_stage_is_evaluated_with_the_windows_it_trained_with(cache, tmp_path, monkeypatch):
+    """A stage that trains on shorter clips keeps its memory's default window (the clip) in evaluation;
+    horizons still count in the experiment's clip, so every stage is scored on the same frames."""
+    raw = tiny_raw(cache, max_steps=1, val_every=1)
+    raw["memory"] = {"type": "sliding_window"}
+    raw["stages"] = [{"name": "short", "trainer": {"type": "diffusion_forcing"}, "train": {"clip_frames": 4}}]
+    seen, real = [], experiment.evaluate
+    monkeypatch.setattr(experiment, "evaluate", lambda rollout, *a, **k: seen.append((rollout.train_frames, a[3])) or real(rollout, *a, **k))
+    experiment.run(wk_config.validate(raw), tmp_path)
+    assert seen == [(4, 6)]
+
+
 def test_nan_loss_stops_with_a_clear_message(cache, run_data, tmp_path):
     from worldkit.training import NonFiniteLoss
 

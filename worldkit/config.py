@@ -215,6 +215,18 @@ def _default_section(node: Node, part: Part) -> dict:
     return {}
 
 
+def _drop_unknown_keys(kind: str, section: dict, name: Any) -> None:
+    """A plugin field switched to another plugin keeps only the settings the new one has (so
+    ``--set memory.type=sink`` does not fail on the old plugin's keys); an unknown name keeps them all
+    for validation to report."""
+    try:
+        fields = registry.get(kind, name).Config.model_fields
+    except (PluginError, TypeError):
+        return
+    for key in [k for k in section if k != "type" and k not in fields]:
+        del section[key]
+
+
 def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
     """Set ``raw[parts...] = value``, creating missing sections; raises ValueError for a bad path."""
     node: Node = ("model", ROOT)
@@ -231,6 +243,8 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
             available = ", ".join(map(str, keys)) or "none"
             raise ValueError(f"no key {part!r} in {here}{_hint(part, keys)}; keys available there: {available}")
         if i == len(parts) - 1:
+            if node[0] == "plugin" and part == "type" and isinstance(data, dict) and data.get("type") != value:
+                _drop_unknown_keys(node[1], data, value)
             data[part] = value
             return
         child = _child(node, part, data)

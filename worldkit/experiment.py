@@ -132,13 +132,15 @@ def make_module(cfg, stage: Stage, d: RunData) -> WorldModule:
 
 
 def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d: RunData,
-                   out_dir: Optional[Path], desc: str = "eval") -> EvalResult:
-    """Long-horizon evaluation of ``model`` with the given plugins on the test episodes."""
+                   out_dir: Optional[Path], desc: str = "eval", train_frames: Optional[int] = None) -> EvalResult:
+    """Long-horizon evaluation of ``model`` with the given plugins on the test episodes. Horizons count
+    in the experiment's ``train.clip_frames`` (the same frames for every stage); ``train_frames``, the
+    clip the stage trained on (default: the experiment's), sets the memory's default windows as in training."""
     test = d.sets["test"]
     n = min(cfg.eval.episodes, len(test))
     rollout = Rollout(
         model, build_plugin("memory", memory), build_plugin("selector", selector), build_plugin("attention", attention),
-        steps=cfg.model.sampler_steps, shift=cfg.model.shift, train_frames=cfg.train.clip_frames,
+        steps=cfg.model.sampler_steps, shift=cfg.model.shift, train_frames=train_frames or cfg.train.clip_frames,
     )
     model.eval()
     return evaluate(
@@ -171,7 +173,7 @@ class PeriodicEval(L.Callback):
         self.done = step
         st = self.stage
         res = evaluate_model(self.cfg, pl_module.inference_model(), st.memory, st.selector, st.attention, self.d,
-                             out_dir=None, desc=f"eval@{step}")
+                             out_dir=None, desc=f"eval@{step}", train_frames=st.train.clip_frames)
         log_eval(trainer.logger, res, step, prefix="eval_periodic")
         pl_module.model.train()
 
@@ -246,7 +248,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
             init = final
             continue
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
-                             desc=f"eval {stage.name}")
+                             desc=f"eval {stage.name}", train_frames=stage.train.clip_frames)
         res.save(stage_dir / "eval.json")
         log_eval(module._logger_for_eval, res, module.global_step)
         report.log_stage(module._logger_for_eval, cfg, stage.index, res, stage_dir, module.global_step)
