@@ -164,7 +164,7 @@ def test_nan_loss_stops_with_a_clear_message(cache, run_data, tmp_path):
         fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path, init=None, resume=False)
 
 
-def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
+def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys):
     raw = tiny_raw(cache, max_steps=3, val_every=3)
     raw["stages"] = [
         {"name": "dense_df", "trainer": {"type": "diffusion_forcing"}},
@@ -199,8 +199,16 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "BASE_DIR", tmp_path / "base")
     assert experiment.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run
+    capsys.readouterr()
     assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--window", "4"]) == 0
     assert {p.name for p in (run / "analysis").iterdir()} == {"attention.json", "attention_map.png", "attention_stripes.png"}
+    assert "model: stages/1-window_sf/model.pt" in capsys.readouterr().out  # the chain's last stage, not the variant
+    assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--stage", "sink_sf"]) == 0
+    assert "model: stages/2-sink_sf/model.pt" in capsys.readouterr().out
+    for bad, words in ((["--horizon", "0"], "--horizon must be at least 1; got 0"), (["--episodes", "9"], "2 test episodes"),
+                       (["--stage", "nope"], "choices: 0-dense_df, 1-window_sf, 2-sink_sf")):
+        assert main(["analyze", "attention", str(run), *bad]) == 2
+        assert words in capsys.readouterr().err
 
 
 @pytest.mark.slow

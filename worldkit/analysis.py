@@ -184,37 +184,52 @@ def analyze_attention(model: WorldModel, frames: np.ndarray, actions: np.ndarray
     return result
 
 
-def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: Optional[int] = None,
-                horizon: Optional[int] = None) -> dict:
-    """``worldkit analyze attention RUN_DIR``: the last finished stage's model on test episodes."""
+def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: int = 6, horizon: int = 4,
+                stage: Optional[str] = None) -> dict:
+    """``worldkit analyze attention RUN_DIR``: a finished stage's model on test episodes; by default the
+    last stage of the run's chain (not a comparison variant), or ``stage`` by name or folder name."""
     from torch.utils.tensorboard import SummaryWriter
 
     from worldkit import config as wk_config
     from worldkit import data as wk_data
     from worldkit.errors import WorldkitError
+    from worldkit.stages import resolve_stages
 
     run_dir = Path(run_dir)
+    for flag, value in (("--episodes", episodes), ("--window", window_frames), ("--horizon", horizon)):
+        if value < 1:
+            raise WorldkitError(f"{flag} must be at least 1; got {value}")
     cfg = wk_config.load(run_dir / "config.yaml")
-    models = sorted((run_dir / "stages").glob("*/model.pt"))
-    if not models:
+    finished = [st for st in resolve_stages(cfg) if (run_dir / "stages" / st.dirname / "model.pt").exists()]
+    if not finished:
         raise WorldkitError(f"{run_dir}: no finished stage (stages/*/model.pt) to analyze")
-    blob = torch.load(models[-1], map_location="cpu", weights_only=False)
+    if stage is not None:
+        chosen = [st for st in finished if stage in (st.name, st.dirname)]
+        if not chosen:
+            raise WorldkitError(f"--stage {stage}: not a finished stage of {run_dir}; choices: "
+                                + ", ".join(st.dirname for st in finished))
+    else:
+        chosen = [st for st in finished if not st.variant] or finished
+    path = run_dir / "stages" / chosen[-1].dirname / "model.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=False)
     model = WorldModel(**blob["hparams"])
     model.load_state_dict(blob["state_dict"])
     model.eval()
     clip = cfg.train.clip_frames
-    gen = (horizon or 4) * clip
+    gen = horizon * clip
     need = cfg.eval.context_frames + gen
     name, env_cfg = cfg.env.type, cfg.env.config.model_dump(mode="json")
     test = wk_data.load_split(name, env_cfg, "test", cfg.data.test_episodes, wk_data.eval_episode_frames(cfg),
                               cfg.data.cache_dir, cfg.data.workers)
+    if episodes > len(test.frames):
+        raise WorldkitError(f"--episodes {episodes}: the run has {len(test.frames)} test episodes")
     if test.frames.shape[1] < need:
         raise WorldkitError(f"--horizon {horizon}: test episodes have {test.frames.shape[1]} frames, {need} needed")
     writer = SummaryWriter(str(run_dir / "tb" / "analysis"))
     res = analyze_attention(
         model, test.frames[:episodes, :need], test.actions[:episodes, :need], cfg.eval.context_frames, gen,
-        window_frames or 6, run_dir / "analysis", clip, cfg.model.sampler_steps, cfg.model.shift, writer,
+        window_frames, run_dir / "analysis", clip, cfg.model.sampler_steps, cfg.model.shift, writer,
     )
     writer.close()
-    res["model"] = str(models[-1].relative_to(run_dir))
+    res["model"] = str(path.relative_to(run_dir))
     return res

@@ -134,7 +134,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_analyze_attention(args: argparse.Namespace) -> int:
     """Capture block-level attention during a rollout and report Sparse Forcing's two observations."""
-    res = import_module("worldkit.analysis").analyze_run(args.run_dir, args.episodes, args.window, args.horizon)
+    res = import_module("worldkit.analysis").analyze_run(args.run_dir, args.episodes, args.window, args.horizon, args.stage)
+    print(f"model: {res['model']}")
     print(f"local window: top 25% of blocks hold {100 * res['local_top25_mass']:.1f}% of the window's attention "
           f"(uniform: 25%)")
     print(f"history: {100 * res['history_top_persistence']:.1f}% of the top history blocks stay on top at the next "
@@ -205,9 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = what.add_parser("attention", help="block-attention maps: local concentration and persistent stripes")
     q.add_argument("run_dir", metavar="RUN_DIR")
-    q.add_argument("--episodes", type=int, default=4, help="test episodes to roll out")
-    q.add_argument("--window", type=int, default=None, help="local window in frames (default 6, the paper's)")
-    q.add_argument("--horizon", type=int, default=None, help="rollout length in training clips (default 4)")
+    q.add_argument("--episodes", type=int, default=4, help="test episodes to roll out (default 4)")
+    q.add_argument("--window", type=int, default=6, help="local window in frames (default 6, the paper's)")
+    q.add_argument("--horizon", type=int, default=4, help="rollout length in training clips (default 4)")
+    q.add_argument("--stage", default=None, help="the stage to analyze, by name (default: the run's last stage, "
+                                                  "not a comparison variant)")
     q.set_defaults(func=cmd_analyze_attention)
 
     p = sub.add_parser("report", help="rebuild a grid folder's results tables and plots from its cells")

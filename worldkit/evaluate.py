@@ -145,7 +145,9 @@ def evaluate(
                 for who, f in {**forecasts, "truth": target}.items():
                     per["state_err"][who].append(state_error(probe, f.cpu(), true, ctx[:, -1].cpu()))
     bar.close()
-    cat = {m: {w: torch.cat(v) for w, v in d.items()} for m, d in per.items()}  # each (N * seeds, n_gen)
+    # each (N, n_gen): the seeds of one episode averaged first; the episodes are the independent samples
+    # of the standard errors (a deterministic baseline repeated per seed adds no evidence)
+    cat = {m: {w: torch.cat(v).view(seeds, n, -1).nanmean(0) for w, v in d.items()} for m, d in per.items()}
     res = EvalResult(horizons=list(horizons), clip_frames=clip_frames, episodes=n, seeds=seeds,
                      context_frames=context_frames)
     slices = _bucket_slices(horizons, clip_frames)

@@ -201,7 +201,7 @@ class EvalConfig(Section):
     horizons: list[PositiveInt] = Field(default_factory=lambda: [1, 4, 12], min_length=1)  # in multiples of train.clip_frames
     context_frames: PositiveInt = 2
     episodes: PositiveInt = 16
-    seeds: PositiveInt = 1
+    seeds: PositiveInt = 1  # sampling seeds per episode, averaged within the episode (standard errors are over episodes)
     strips: int = Field(4, ge=0)  # episodes drawn as image strips
     probe_steps: int = Field(1500, ge=0)  # training steps of the state probe (0: no state error)
 
