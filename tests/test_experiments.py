@@ -103,3 +103,13 @@ def test_readme_override_example_validates():
     assert len(sets) >= 4
     cfg = config.load(MAIN, sets)
     assert cfg.memory.type == "sink" and cfg.model.width == 256
+
+
+def test_top_k_is_a_count_or_a_fraction_never_a_boolean():
+    from worldkit.errors import ConfigError
+
+    assert config.load(MAIN, ["selector.top_k=1"]).selector.config.top_k == 1  # one block
+    assert isinstance(config.load(MAIN, ["selector.top_k=1.0"]).selector.config.top_k, float)  # all of them
+    for bad in ("true", "'0.5'", "0", "1.5"):
+        with pytest.raises(ConfigError):
+            config.load(MAIN, [f"selector.top_k={bad}"])

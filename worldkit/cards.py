@@ -79,8 +79,8 @@ Mean ± standard error over episodes. Skill = 1 - MSE(model) / MSE(persistence):
 last frame. The state-probe error reads back from the frames what one frame shows of the simulator state
 (the environment's `observable` state; a CNN trained on ground-truth frames; in training-set standard
 deviations); its floor is its error on the true frames.
-Reproduce the table with the command above (it evaluates at the end of training), or re-evaluate these
-weights with `worldkit run` of an experiment that has `model.init: base/{name}` and `train.max_steps: 1`.
+Reproduce the table with the command above (it evaluates at the end of training), or score these weights
+as they are, without training, under any experiment's plugins: `python benchmarks/eval_checkpoint.py X.yaml base/{name}`.
 
 {eval_table(ev)}
 

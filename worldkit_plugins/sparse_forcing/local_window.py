@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from pydantic import field_validator
+from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
 
 from worldkit.interfaces import BlockIndex, BlockSelector, PluginConfig
@@ -14,7 +14,8 @@ class LocalWindow(BlockSelector):
     """Top-K local blocks per query block by softmax(pooled q . pooled k / sqrt(d)); own block kept."""
 
     class Config(PluginConfig):
-        top_k: Union[int, float] = 0.25  # a fraction of the candidates (float), or a count (int >= 1)
+        top_k: Union[StrictInt, StrictFloat] = Field(
+            0.25, description="a fraction of the candidates (a float in (0, 1]: 1.0 = all) or a count (an int >= 1: 1 = one block)")
         shared_heads: bool = False  # scores summed over heads: one list per query block
         keep_own: bool = True  # each query block always reads its own block (counted inside K)
 
