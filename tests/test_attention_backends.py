@@ -134,6 +134,18 @@ def test_pbsa_triton_matches_sdpa(s):
     assert_parity(got, ref, 1e-4)
 
 
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no Triton"))])
+def test_pbsa_attends_in_the_chunks_dtype_over_a_wider_cache(impl):
+    """Mixed precision: the chunk's q/k/v arrive in half precision, the cache keeps the model's fp32;
+    the backend reads the pool in the chunk's dtype (the Triton kernels take one dtype)."""
+    s = dict(B=1, H=2, BLK=4, NQB=2, tail=1, n_sink=1, n_persistent=1, n_local=2, spare=0, selection="random", seed=5)
+    view, (q, k, v), index = build(s, D=16, dtype=torch.float32)
+    half = [t.half() for t in (q, k, v)]
+    out = PBSA(PBSA.Config(impl=impl)).attend(*half, view, index)
+    ref = SDPA().attend(q, k, v, view, index)
+    assert out.dtype == torch.float16 and (out.float() - ref).abs().max().item() < 2e-2
+
+
 def test_allblocks_pbsa_matches_sdpa_and_no_view():
     assert AllBlocks().select(torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 5, 4), torch.arange(2)) is None
     s = dict(B=2, H=2, BLK=4, NQB=3, tail=1, n_sink=1, n_persistent=2, n_local=3, spare=1, selection="none", seed=3)

@@ -90,6 +90,9 @@ class PBSA(AttentionBackend):
             return F.scaled_dot_product_attention(q, k, v)
         BLK = view.k.shape[3] if view is not None else -(-Tq // index.local.shape[2])
         NQB = -(-Tq // BLK)
+        if view is not None and view.k.dtype != q.dtype:  # e.g. bf16 autocast over an fp32 cache:
+            view = replace(view, k=view.k.to(q.dtype), v=view.v.to(q.dtype))  # attend in the compute dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
         pool_k, pool_v = chunk_blocks(k, BLK), chunk_blocks(v, BLK)  # (B, NQB, H, BLK, D)
         if view is not None:
             pool_k = torch.cat([view.k, pool_k], 1)  # (B, NS + NQB, H, BLK, D)
