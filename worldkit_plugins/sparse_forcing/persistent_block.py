@@ -4,7 +4,9 @@ When the window slides, the blocks leaving it (E) join P as candidates; every bl
 by block-level attention from the current chunk's pooled queries (softmax over the candidates per
 head and query block, summed over query blocks and heads) and the top C are kept, per layer and batch
 element: ``P <- TopC(P u E)``. What is dropped is gone. P holds clean K/V (commits are clean passes),
-changes once per chunk, and is fixed during the denoising steps.
+changes once per chunk, and is fixed during the denoising steps. The scores are position-free: pooled
+queries and keys carry their spatial rotation but not the temporal one (the cache keeps keys unrotated
+and assigns temporal positions at read time), so a block's score depends on its content, not its age.
 """
 from __future__ import annotations
 
