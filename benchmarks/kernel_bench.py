@@ -23,6 +23,7 @@ import datetime
 import importlib.util
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -233,7 +234,29 @@ def timed(fn, inputs, dout):
     return t_fwd, bench(fwd_bwd, grad_to_none=inputs)
 
 
-def run_timings(frames_list, blocks, densities):
+class Stopped(Exception):
+    """SIGTERM (e.g. from ``timeout``) during the timings: the rows so far are still written."""
+
+
+def timings_until_stopped(frames_list, blocks, densities):
+    """``run_timings`` with SIGTERM turned into a clean stop: (the rows measured, whether it stopped)."""
+    rows = []
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        run_timings(frames_list, blocks, densities, rows)
+        return rows, False
+    except Stopped:
+        print(f"stopped by SIGTERM after {len(rows)} rows: writing what was measured")
+        return rows, True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_timings(frames_list, blocks, densities, rows=None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     try:
@@ -244,7 +267,7 @@ def run_timings(frames_list, blocks, densities):
     except Exception as e:
         flex, flex_err = None, f"n/a ({type(e).__name__}: {e})"
 
-    rows = []
+    rows = [] if rows is None else rows  # filled in place, so a caller keeps the rows of a stopped run
     dev, dtype = DEVICE, DTYPE
     for frames in frames_list:
         for BLK in blocks:
@@ -392,11 +415,14 @@ def main() -> int:
     blocks = args.blocks or ((128,) if args.quick else (64, 128))
     densities = (1.0, 0.25, 0.0625) if args.quick else (1.0, 0.5, 0.25, 0.125, 0.0625)
     print("== timings (bf16, median ms)")
-    rows = run_timings(frames, blocks, densities)
+    rows, stopped = timings_until_stopped(frames, blocks, densities)
     md = table(rows)
-    print("== block selection (PyTorch) at 25 % density")
-    md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n"
-    md += selection_timings(frames, blocks, rows)
+    if stopped:
+        md += "\n\n(Partial: the run was stopped before every row was measured.)"
+    else:
+        print("== block selection (PyTorch) at 25 % density")
+        md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n"
+        md += selection_timings(frames, blocks, rows)
     from worldkit_kernels import pbsa_triton
 
     tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"

@@ -87,3 +87,22 @@ def test_table_speedups_against_flash_of_the_same_problem(bench):
     md = bench.table(rows)
     assert "| 4.00x |" not in md and "4.00x" in md and "2.00x" in md  # 2.0 / 0.5 forward, 6.0 / 3.0 fwd+bwd
     assert "n/a (boom)" in md
+
+
+def test_a_stopped_benchmark_keeps_its_rows(bench, monkeypatch):
+    """``timeout`` sends SIGTERM: the rows measured so far come back (to be written, marked partial)."""
+    import os
+    import signal
+
+    def fake(frames, blocks, densities, rows):
+        rows.append((21, 100, 128, 1.0, "sdpa-flash", (1.0, 2.0), 10))
+        os.kill(os.getpid(), signal.SIGTERM)
+        rows.append("never reached")
+
+    monkeypatch.setattr(bench, "run_timings", fake)
+    before = signal.getsignal(signal.SIGTERM)
+    rows, stopped = bench.timings_until_stopped([21], [128], [1.0])
+    assert stopped and rows == [(21, 100, 128, 1.0, "sdpa-flash", (1.0, 2.0), 10)]
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setattr(bench, "run_timings", lambda f, b, d, rows: rows.append("row"))
+    assert bench.timings_until_stopped([21], [128], [1.0]) == (["row"], False)
