@@ -18,7 +18,8 @@ from worldkit.model import WorldModel
 
 
 def evaluate_checkpoint(cfg, checkpoint: str) -> list[tuple[str, dict]]:
-    """(stage dirname, {metric: [(mean, se) per horizon]}) for fg_psnr, state_err and psnr."""
+    """(stage dirname, {metric: [(mean, se) per horizon]}) for fg_psnr, psnr and (with a probe) state_err,
+    and ``episodes``: how many held-out episodes were scored."""
     d = RunData(cfg)
     path = resolve_init(checkpoint)
     blob = torch.load(path, map_location="cpu", weights_only=False)
@@ -28,7 +29,8 @@ def evaluate_checkpoint(cfg, checkpoint: str) -> list[tuple[str, dict]]:
     for stage in resolve_stages(cfg):
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, None, desc=stage.dirname,
                              train_frames=stage.train.clip_frames)
-        rows.append((stage.dirname, {m: res.bucket(m) for m in ("fg_psnr", "state_err", "psnr")}))
+        rows.append((stage.dirname, {"episodes": res.episodes,
+                                     **{m: res.bucket(m) for m in ("fg_psnr", "state_err", "psnr") if m in res.buckets}}))
     return rows
 
 
@@ -41,11 +43,13 @@ def main(argv=None) -> int:
     cfg = wk_config.load(args.experiment, args.set)
     rows = evaluate_checkpoint(cfg, args.checkpoint)
     hs = cfg.eval.horizons
-    print(f"{args.checkpoint} with no training, {cfg.eval.episodes} held-out episodes (mean ± standard error)")
-    print("| stage | " + " | ".join(f"fg-PSNR {h}x" for h in hs) + " | " + " | ".join(f"state err {h}x" for h in hs) + " |")
-    print("|---|" + "---|" * (2 * len(hs)))
+    metrics = [m for m in ("fg_psnr", "state_err") if m in rows[0][1]]  # no state error without a probe
+    names = {"fg_psnr": "fg-PSNR", "state_err": "state err"}
+    print(f"{args.checkpoint} with no training, {rows[0][1]['episodes']} held-out episodes (mean ± standard error)")
+    print("| stage | " + " | ".join(f"{names[m]} {h}x" for m in metrics for h in hs) + " |")
+    print("|---|" + "---|" * (len(metrics) * len(hs)))
     for name, m in rows:
-        cells = [f"{a:.2f} ± {b:.2f}" for a, b in m["fg_psnr"] + m["state_err"]]
+        cells = [f"{a:.2f} ± {b:.2f}" for metric in metrics for a, b in m[metric]]
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 

@@ -40,6 +40,6 @@ done
 wait
 for obj in regression dmd; do
   tail -c 3000 "$OUT/main_$obj.log"
-  tar czf "$OUT/main_$obj.tgz" -C /tmp/runs "$obj" --exclude=checkpoints 2>/dev/null
+  tar czf "$OUT/main_$obj.tgz" --exclude=checkpoints -C /tmp/runs "$obj" || echo "tar of $obj failed"
 done
 ls -la "$OUT"

@@ -87,9 +87,15 @@ def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_pat
     spec = importlib.util.spec_from_file_location("eval_checkpoint", Path(__file__).parents[1] / "benchmarks" / "eval_checkpoint.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main([str(path), str(tmp_path / "m.pt")]) == 0
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
+    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.episodes=5"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
     assert len(rows) == 2 and all(ln.count("±") == 2 for ln in rows)
+    assert "2 held-out episodes" in out  # the ones there are, not the 5 asked for
+    # without a state probe: no state-error columns, no crash
+    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.probe_steps=0"]) == 0
+    out = capsys.readouterr().out
+    assert "state err" not in out and [ln.count("±") for ln in out.splitlines() if ln.startswith("| 0-a")] == [1]
 
 
 def test_readme_override_example_validates():

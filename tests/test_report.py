@@ -172,6 +172,11 @@ def test_hparams_are_primitives_of_the_last_stage():
     assert hp["model.width"] == 32 and hp["model.init"] == "scratch"
     assert report.metric_names(config.validate(copy.deepcopy(RAW))) == [
         "psnr@1x", "psnr@2x", "ssim@2x", "fg_psnr@2x", "skill@2x", "state_err@2x", "ms_per_chunk", "kv_mib"]
+    # a comparison variant is a baseline trained beside the result, not the result
+    raw = copy.deepcopy(RAW)
+    raw["compare"] = [{"name": "base", "trainer": {"type": "self_forcing"}, "memory": {"type": "dense"}}]
+    cfg = config.validate(raw)
+    assert report.final_stage(cfg).dirname == "1-fine" and report.hparams_of(cfg)["memory"] == "sliding_window"
 
 
 def load_events(path: Path):
@@ -233,3 +238,14 @@ def test_the_grid_declares_the_table_once_with_every_hparam(tmp_path):
     assert infos["memory"].differs and infos["memory.window_frames"].differs and not infos["model.width"].differs
     assert infos["memory.window_frames"].type == api_pb2.DATA_TYPE_FLOAT64
     assert [m.name.tag for m in exp.metric_infos] == [f"hparams/{m}" for m in report.metric_names(a)]
+
+
+def test_a_cells_row_is_its_chains_last_stage_not_a_comparison_variant(tmp_path):
+    raw = copy.deepcopy(RAW)
+    raw["compare"] = [{"name": "base", "trainer": {"type": "self_forcing"}, "memory": {"type": "dense"}}]
+    d = write_cell(tmp_path / "grid", 0, {"memory.type": "sliding_window"}, "done")
+    config.save(config.validate(raw), d / "config.yaml")
+    write_results(d, fake_eval(20.0), "1-fine")
+    write_results(d, fake_eval(10.0), "2-base")
+    cell = report.read_cell(d)
+    assert cell.status == "done" and cell.stage == "1-fine" and cell.summary["psnr@1x"] == 20.0

@@ -63,10 +63,11 @@ def _primitive(value: Any) -> Union[bool, int, float, str]:
 
 
 def final_stage(cfg):
-    """The run's last stage (``experiment.Stage``, plugins resolved): the one whose evaluation is the result."""
-    from worldkit.experiment import resolve_stages
+    """The run's result stage (``Stage``, plugins resolved): the last of its chain of stages, not a
+    ``compare:`` variant (those are baselines trained beside it)."""
+    from worldkit.stages import resolve_stages
 
-    return resolve_stages(cfg)[-1]
+    return [st for st in resolve_stages(cfg) if not st.variant][-1]
 
 
 def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
@@ -75,7 +76,7 @@ def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
     from worldkit.experiment import resolve_stages
 
     stages = resolve_stages(cfg)
-    final = stages[-1]
+    final = final_stage(cfg)
     out: dict[str, Any] = {"experiment": cfg.name, "stages": ">".join(s.name for s in stages),
                            "seed": cfg.seed, "model.init": cfg.model.init or "scratch"}
     specs = {"env": cfg.env.to_dict(), "memory": final.memory, "selector": final.selector,
@@ -215,6 +216,11 @@ class CellResult:
 
 
 def _last_stage(folder: Path) -> Optional[Path]:
+    """The cell's result stage folder: its config's final stage (not a comparison variant)."""
+    if (folder / "config.yaml").exists():
+        from worldkit import config as wk_config
+
+        return folder / "stages" / final_stage(wk_config.load(folder / "config.yaml")).dirname
     stages = [d for d in (folder / "stages").glob("*-*") if d.is_dir() and d.name.split("-")[0].isdigit()]
     return max(stages, key=lambda d: int(d.name.split("-")[0]), default=None)
 
