@@ -19,7 +19,7 @@ class NoisyPersistence:
     def run(self, ctx, act, n_gen, generator, progress=None):
         last = ctx[:, -1:].expand(-1, n_gen, -1, -1, -1)
         noise = torch.randn(last.shape, generator=generator) * 0.3
-        self.timings = [ChunkTiming(1.0, 0.5, 1.5, 100)] * (n_gen // self.chunk_frames)
+        self.timings = [ChunkTiming(1.0, 0.5, 1.5, 100 * ctx.shape[0])] * (n_gen // self.chunk_frames)  # a batch's cache
         if progress is not None:
             progress(n_gen)
         return (last + noise).clamp(-1, 1)
@@ -48,3 +48,12 @@ def test_seeds_average_within_an_episode_before_the_standard_error():
     got = three.bucket("mse")[0]
     assert np.allclose(got, expected, rtol=1e-5)
     assert got[1] > one.bucket("mse")[0][1] / 3  # not the sqrt(3)-shrunk error of 18 "samples"
+
+
+def test_kv_is_per_sequence_and_the_timed_batch_is_recorded():
+    rng = np.random.default_rng(1)
+    kw = dict(horizons=[1], clip_frames=4, context_frames=2, mean_frame=torch.zeros(3, 8, 8), strips=0, batch_size=4)
+    for n, batch in ((6, 4), (1, 1)):
+        frames = rng.integers(0, 256, (n, 6, 8, 8, 3), dtype=np.uint8)
+        res = evaluate(NoisyPersistence(), frames, np.zeros((n, 6, 1), np.float32), **kw)
+        assert res.peak_kv_bytes == 100 and res.kv_bytes == [100, 100] and res.batch == batch

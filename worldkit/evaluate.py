@@ -45,8 +45,9 @@ class EvalResult:
     buckets: dict = field(default_factory=dict)  # metric -> forecaster -> [ (mean, se) per horizon ]
     curves: dict = field(default_factory=dict)  # metric -> forecaster -> [mean per generated frame]
     ms_per_chunk: dict = field(default_factory=dict)  # denoise / commit / total -> [median per horizon]
-    kv_bytes: list = field(default_factory=list)  # after each chunk's commit
-    peak_kv_bytes: int = 0
+    kv_bytes: list = field(default_factory=list)  # per sequence, after each chunk's commit
+    peak_kv_bytes: int = 0  # per sequence
+    batch: int = 1  # sequences decoded together: the timings are for a chunk of this many
     episodes: int = 0
     seeds: int = 0
     context_frames: int = 0
@@ -114,7 +115,7 @@ def evaluate(
     per = {m: {w: [] for w in ("model", "persistence", "mean_frame")} for m in ("psnr", "ssim", "mse", "fg_psnr")}
     if probe is not None:
         per["state_err"] = {w: [] for w in ("model", "persistence", "mean_frame", "truth")}
-    timings, kv = [], []
+    timings, kv, batch = [], [], 1
     first_pred = None
     n = frames.shape[0]
     bar = tqdm(total=n * seeds * n_gen, desc=desc, unit="frame", leave=False)
@@ -126,8 +127,9 @@ def evaluate(
             ctx, target = gt[:, :context_frames], gt[:, context_frames:]
             pred = rollout.run(ctx, act, n_gen, generator=g, progress=lambda k, b=gt.shape[0]: bar.update(k * b))
             timings.append(list(rollout.timings))  # one entry per generated chunk
-            if not kv:
-                kv = [t.kv_bytes for t in rollout.timings]
+            if not kv:  # the cache holds the batch; its bytes are exactly B times one sequence's
+                batch = gt.shape[0]
+                kv = [t.kv_bytes // batch for t in rollout.timings]
             if first_pred is None:
                 first_pred = (target[:strips].cpu(), pred[:strips].cpu())
             forecasts = {
@@ -169,6 +171,7 @@ def evaluate(
         ]
     res.kv_bytes = kv
     res.peak_kv_bytes = max(kv) if kv else 0
+    res.batch = batch
     if out_dir is not None and first_pred is not None:
         save_strip(first_pred[0], first_pred[1], Path(out_dir) / "strips.png", clip_frames)
     return res

@@ -225,6 +225,14 @@ def _last_stage(folder: Path) -> Optional[Path]:
     return max(stages, key=lambda d: int(d.name.split("-")[0]), default=None)
 
 
+def _batch_text(cells: list[CellResult]) -> str:
+    """How many sequences the timed chunks decoded together, across the finished cells."""
+    sizes = sorted({c.eval.get("batch", 1) for c in cells if c.status == "done"})
+    if len(sizes) == 1:
+        return f"for a batch of {sizes[0]} sequence{'s' if sizes[0] > 1 else ''} decoded together"
+    return f"(batches of {', '.join(map(str, sizes))} sequences differ between rows: their ms/chunk do not compare)"
+
+
 def read_cell(folder: Path) -> CellResult:
     """A cell's status and results from its folder (cell.json, done.json or error.txt, stages/)."""
     from worldkit.grid import CELL, DONE, ERROR
@@ -365,10 +373,12 @@ def markdown(cells: list[CellResult], title: str) -> str:
     text = [
         f"# Results: {title}", "",
         f"{len(cells)} rows: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
-        "Scored on the held-out test episodes (mean ± standard error); a grid cell's row is its last stage.",
+        "Scored on the held-out test episodes (mean ± standard error); a grid cell's row is the last stage of "
+        "its chain (not a compare: variant).",
         "**Bold**: best in the column. ≈: within two standard errors of the best (the difference is not "
-        "significant, so it is not ranked). ms/chunk is a median and KV MiB is exact; neither has an error "
-        "estimate. Baselines are not ranked.", "", *lines, "",
+        "significant, so it is not ranked). ms/chunk is the median wall time of one chunk "
+        f"{_batch_text(cells)}; KV MiB is the exact cache of one sequence. Neither has an error estimate. "
+        "Baselines are not ranked.", "", *lines, "",
     ]
     if len(baselines) < len(_baseline_rows(cells)):
         text += ["The cells scored the baselines differently (different test episodes), so they are not shown.", ""]
