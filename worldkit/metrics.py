@@ -26,11 +26,17 @@ def psnr(pred: Tensor, gt: Tensor) -> Tensor:
 
 
 def foreground_psnr(pred: Tensor, gt: Tensor, background: Tensor, threshold: float = 0.05) -> Tensor:
-    """PSNR over the pixels where ground truth differs from the background (what moves).
+    """PSNR over the pixels where the ground truth or the forecast differs from the background: what moves,
+    and whatever the forecast draws elsewhere (a spurious object is an error too).
 
-    background: (C, H, W) e.g. the per-pixel median of training frames. Frames whose ground truth has
-    no foreground pixel get NaN."""
-    fg = ((_unit(gt) - _unit(background)).abs().amax(-3, keepdim=True) > threshold).float()  # (..., 1, H, W)
+    background: (C, H, W) e.g. the per-pixel median of training frames. Frames where neither differs
+    from the background get NaN."""
+    bg = _unit(background)
+
+    def differs(x: Tensor) -> Tensor:
+        return (_unit(x) - bg).abs().amax(-3, keepdim=True) > threshold  # (..., 1, H, W)
+
+    fg = (differs(gt) | differs(pred)).float()
     err = ((_unit(pred) - _unit(gt)) ** 2 * fg).flatten(-3).sum(-1)
     n = (fg.flatten(-3).sum(-1) * pred.shape[-3]).clamp_min(1)
     out = -10 * torch.log10((err / n).clamp_min(1e-10))
