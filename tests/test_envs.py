@@ -61,6 +61,25 @@ def test_contract(name):
 
 
 @pytest.mark.parametrize("name", ENVS)
+def test_a_longer_episode_extends_a_shorter_one(name):
+    """Episodes are prefixes of each other: test sets recorded for other horizons share their frames."""
+    e = env(name)
+    short, long = record_episode(e, seed=9, frames=10), record_episode(e, seed=9, frames=30)
+    for x, y in [(short.frames, long.frames), (short.actions, long.actions), (short.states, long.states)]:
+        np.testing.assert_array_equal(x, y[:10])
+
+
+def test_builtin_cache_key_follows_the_model(monkeypatch, tmp_path):
+    from worldkit.data import cache_path
+
+    before = cache_path("pendulum", {"size": 16}, "test", 2, 10, tmp_path)
+    cls = registry.get("env", "pendulum")
+    original = cls.model_xml
+    monkeypatch.setattr(cls, "model_xml", lambda self: original(self).replace("<worldbody>", "<worldbody><!-- edit -->"))
+    assert cache_path("pendulum", {"size": 16}, "test", 2, 10, tmp_path) != before
+
+
+@pytest.mark.parametrize("name", ENVS)
 def test_same_seed_same_episode_other_seed_differs(name):
     e = env(name)
     a = record_episode(e, seed=5, frames=12)
@@ -221,6 +240,17 @@ def test_mjcf_cache_key_follows_the_file_contents(mjcf_file, tmp_path):
     assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) != before
     mjcf_file.write_text(MJCF)
     assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) == before
+
+
+def test_mjcf_cache_key_follows_included_files(tmp_path):
+    from worldkit.data import cache_path
+
+    (tmp_path / "arm.xml").write_text(MJCF.replace("<worldbody>", '<include file="extra.xml"/><worldbody>'))
+    (tmp_path / "extra.xml").write_text('<mujoco><visual><headlight ambient="0.3 0.3 0.3"/></visual></mujoco>')
+    cfg = {"path": str(tmp_path / "arm.xml"), "camera": "front", "size": 24}
+    before = cache_path("mjcf", cfg, "train", 4, 10, tmp_path)
+    (tmp_path / "extra.xml").write_text('<mujoco><visual><headlight ambient="0.6 0.6 0.6"/></visual></mujoco>')
+    assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) != before
 
 
 def test_mjcf_missing_camera_names_the_choices(mjcf_file):

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from worldkit import registry
 from worldkit.interfaces import Environment
 
-FORMAT_VERSION = 1  # bump when the recorded content or the file layout changes
+FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes
 SPLIT_FIRST_SEED = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 SPLIT_SIZE_LIMIT = 1_000_000  # episodes per split, so seed ranges never overlap
 CHUNK_EPISODES = 8  # episodes per task handed to a generation worker

@@ -7,7 +7,9 @@ policy) lives here.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import os
 import sys
 
@@ -60,9 +62,9 @@ def ou_actions(rng: np.random.Generator, steps: int, dim: int, tau: float, std: 
     """Ornstein-Uhlenbeck noise clipped to [-1, 1], (steps, dim) float32; stationary std ``std``."""
     decay = np.exp(-1.0 / tau)
     kick = std * np.sqrt(1.0 - decay**2)
-    noise = rng.standard_normal((steps, dim))  # (steps, A)
+    a = std * rng.standard_normal(dim)  # start in the stationary distribution; drawn before the noise,
+    noise = rng.standard_normal((steps, dim))  # (steps, A), so a longer episode extends a shorter one
     out = np.empty((steps, dim))  # (steps, A)
-    a = std * rng.standard_normal(dim)  # start in the stationary distribution
     for t in range(steps):
         a = decay * a + kick * noise[t]
         out[t] = a
@@ -119,6 +121,21 @@ class MujocoEnv(Environment):
 
     def init_episode(self, rng: np.random.Generator) -> None:
         """Draw the episode's initial state into ``self.data`` (and the model's per-episode looks)."""
+
+    @classmethod
+    def cache_inputs(cls, config: MujocoConfig) -> dict:
+        """The model's MJCF text and the source of the env's module and of this one (initial states,
+        policy, rendering): editing any of them records the episodes anew. Plain text, so machines
+        without MuJoCo that train from a copied cache compute the same key."""
+        bare = cls.__new__(cls)  # no model, no renderer: only what model_source reads
+        bare.config = config
+        code = "".join(inspect.getsource(sys.modules[m]) for m in dict.fromkeys([cls.__module__, __name__]))
+        return {"model_sha256": hashlib.sha256(bare.model_source()).hexdigest(),
+                "code_sha256": hashlib.sha256(code.encode()).hexdigest()}
+
+    def model_source(self) -> bytes:
+        """The bytes the model is compiled from (default: ``model_xml()``), for the cache key."""
+        return self.model_xml().encode()
 
     # ---- Environment -----------------------------------------------------------------------------
 

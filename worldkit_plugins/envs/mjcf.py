@@ -1,13 +1,35 @@
 """MJCF: any MuJoCo model file, rendered from one of its named cameras, its actuators as actions."""
 from __future__ import annotations
 
-import hashlib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from worldkit_plugins.envs.base import MujocoConfig, MujocoEnv, mujoco
+
+
+def _files_of(path: Path, seen: set) -> list[bytes]:
+    """``path``'s bytes, then those of the files it refers to by ``file=`` attributes, includes recursively."""
+    if path in seen or not path.is_file():
+        return []
+    seen.add(path)
+    out = [str(path.name).encode(), path.read_bytes()]
+    try:
+        root = ET.fromstring(out[1])
+    except ET.ParseError:
+        return out
+    dirs = [path.parent]
+    for compiler in root.iter("compiler"):
+        dirs += [path.parent / compiler.get(k) for k in ("assetdir", "meshdir", "texturedir") if compiler.get(k)]
+    for element in root.iter():
+        name = element.get("file")
+        if name:
+            found = next((d / name for d in dirs if (d / name).is_file()), None)
+            if found is not None:
+                out += _files_of(found, seen) if found.suffix == ".xml" else [name.encode(), found.read_bytes()]
+    return out
 
 
 class MJCFEnv(MujocoEnv):
@@ -33,18 +55,14 @@ class MJCFEnv(MujocoEnv):
                 raise ValueError(f"camera: no camera named {self.camera!r} in {self.path}; choices: {names}")
             return self
 
-    @classmethod
-    def cache_inputs(cls, config: Config) -> dict:
-        """The compiled model (the file, what it includes, its meshes and textures): editing any of them
-        changes the cached episodes' key."""
-        model = mujoco.MjModel.from_xml_path(config.path)
-        binary = np.empty(mujoco.mj_sizeModel(model), dtype=np.uint8)
-        mujoco.mj_saveModel(model, None, binary)
-        return {"model_sha256": hashlib.sha256(binary.tobytes()).hexdigest()}
-
     def __init__(self, config: Config):
         self.camera = config.camera
         super().__init__(config)
+
+    def model_source(self) -> bytes:
+        """The file and every file it names (includes, meshes, textures, ...), found beside it or in the
+        compiler's asset folders: what the compiled model depends on."""
+        return b"".join(_files_of(Path(self.config.path), set()))
 
     def load_model(self) -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_path(self.config.path)
