@@ -144,6 +144,22 @@ def test_memory_objects_leave_and_come_back(seed):
     assert pixels[0] >= 4 and pixels[gone] == 0 and pixels[back] >= 4
 
 
+@pytest.mark.parametrize("name, dim", [("cartpole", 1), ("reacher", 0)])
+def test_free_angles_are_observed_across_the_wrap(name, dim):
+    """A free joint's angle just below +pi and just above -pi looks the same in a frame: its observable
+    form is continuous there (sin, cos), the other state entries pass through."""
+    cls = registry.get("env", name)
+    e = env(name)
+    ep = record_episode(e, seed=3, frames=8)
+    near = ep.states[:2].copy()
+    near[0, dim], near[1, dim] = np.pi - 1e-4, -np.pi + 1e-4
+    obs = cls.observable(e.config, near)
+    assert obs.shape == (2, ep.states.shape[1] + 1)
+    np.testing.assert_allclose(obs[0, dim:dim + 2], obs[1, dim:dim + 2], atol=1e-3)
+    others = np.delete(near, dim, axis=1)
+    np.testing.assert_allclose(np.delete(obs, [dim, dim + 1], axis=1), others)
+
+
 def test_memory_observable_state_is_what_the_frame_shows():
     """Seen objects show their colour around the image column the observable state gives; unseen ones
     are zero; the yaw enters only up to the room's quarter-turn symmetry."""

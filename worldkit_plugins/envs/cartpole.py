@@ -47,3 +47,10 @@ class CartPole(MujocoEnv):
         x, theta = self.data.qpos
         xdot, omega = self.data.qvel
         return np.array([x, wrap_angle(theta), xdot, omega], dtype=np.float32)  # (4,)
+
+    @classmethod
+    def observable(cls, config, states: np.ndarray) -> np.ndarray:
+        """The pole angle as (sin, cos): a frame shows the pole, not which side of the +-pi wrap it is on.
+        (..., 4) -> (..., 5)."""
+        theta = states[..., 1:2]
+        return np.concatenate([states[..., :1], np.sin(theta), np.cos(theta), states[..., 2:]], -1)

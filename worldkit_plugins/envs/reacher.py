@@ -59,3 +59,10 @@ class Reacher(MujocoEnv):
         shoulder, elbow = self.data.qpos
         target = self.data.mocap_pos[0, :2]
         return np.array([wrap_angle(shoulder), elbow, *self.data.qvel, *target], dtype=np.float32)  # (6,)
+
+    @classmethod
+    def observable(cls, config, states: np.ndarray) -> np.ndarray:
+        """The shoulder angle as (sin, cos): the arm turns freely, so a frame shows it only up to the
+        +-pi wrap. (..., 6) -> (..., 7)."""
+        shoulder = states[..., :1]
+        return np.concatenate([np.sin(shoulder), np.cos(shoulder), states[..., 1:]], -1)
