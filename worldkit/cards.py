@@ -54,6 +54,13 @@ def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str
     ev = json.loads((stage_dir / "eval.json").read_text())
     facts = training_facts(stage_dir)
     cfg_text = (Path(run_dir) / "config.yaml").read_text()
+    from worldkit import config as wk_config
+    from worldkit.stages import resolve_stages
+
+    cfg = wk_config.load(Path(run_dir) / "config.yaml")
+    st = next(x for x in resolve_stages(cfg) if x.dirname == stage)
+    method = (f"{st.trainer['type'].replace('_', ' ')} with the `{st.memory['type']}` KV-cache policy, "
+              f"{cfg.model.prediction}-prediction")
     BASE_DIR.mkdir(exist_ok=True)
     dst = BASE_DIR / f"{name}.pt"
     shutil.copyfile(stage_dir / "model.pt", dst)
@@ -61,8 +68,8 @@ def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str
     params = sum(v.numel() for v in blob["state_dict"].values())
     card = f"""# Base checkpoint `base/{name}`
 
-A dense world model of the `{name}` environment, trained with worldkit's own code: diffusion forcing with
-the dense KV-cache policy, x0-prediction. Experiments start from it with `model.init: base/{name}`.
+A world model of the `{cfg.env.type}` environment, trained with worldkit's own code: {method}.
+Experiments start from it with `model.init: base/{name}`.
 
 - weights: `worldkit/base/{name}.pt` ({dst.stat().st_size / 2**20:.1f} MiB, {params / 1e6:.2f} M parameters)
 - model: {", ".join(f"{k}={v}" for k, v in blob["hparams"].items())}
@@ -73,7 +80,7 @@ the dense KV-cache policy, x0-prediction. Experiments start from it with `model.
 ## Held-out evaluation
 
 {ev["episodes"]} test episodes (seeds 2,000,000 and up, never seen in training), context
-{ev.get("context_frames", "2")} ground-truth frames, then the model's own rollout with the true actions to 12x the
+{ev.get("context_frames", "2")} ground-truth frames, then the model's own rollout with the true actions to {max(ev["horizons"])}x the
 {ev["clip_frames"]}-frame training clip; each horizon bucket covers the frames after the previous one.
 Mean ± standard error over episodes. Skill = 1 - MSE(model) / MSE(persistence): above 0 beats copying the
 last frame. The state-probe error reads back from the frames what one frame shows of the simulator state
