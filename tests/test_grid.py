@@ -337,3 +337,14 @@ def test_a_stage_that_differs_is_trained_in_every_cell(tmp_path):
     calls.clear()
     grid.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "one", runner=staged_runner(calls))
     assert [trained for _, trained in calls] == [["0-train"]] * 2
+
+
+def test_the_result_stage_is_not_shared_when_only_a_variant_differs(tmp_path):
+    """With a compare: variant after the chain, the chain's last stage is still each cell's own result."""
+    raw = {**tiny_raw(tmp_path), "grid": {"compare[0].train.lr": [0.001, 0.002]}, "stages": [
+        {"name": "pre", "trainer": {"type": "diffusion_forcing"}, "memory": {"type": "dense"}},
+        {"name": "fine", "trainer": {"type": "self_forcing"}}],
+        "compare": [{"name": "alt", "trainer": {"type": "self_forcing"}}]}
+    calls = []
+    grid.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "out", runner=staged_runner(calls))
+    assert calls == [("lr=0.001", ["0-pre", "1-fine", "2-alt"]), ("lr=0.002", ["1-fine", "2-alt"])]

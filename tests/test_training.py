@@ -138,6 +138,12 @@ def test_resume_reaches_the_same_weights(dmd, cut, accumulate, cache, run_data, 
     ckpts = tmp_path / "cut" / "stages" / stage.dirname / "checkpoints"
     assert sorted(c.name for c in ckpts.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # overwritten, not versioned
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 8
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def val_steps(run):
+        return sorted({e.step for e in EventAccumulator(str(run / "tb" / stage.dirname)).Reload().Scalars("val/loss")})
+
+    assert val_steps(tmp_path / "cut") == val_steps(tmp_path / "full") == [3, 7]  # the same steps (Lightning logs from 0)
     full_state, resumed_state = full.state_dict(), resumed.state_dict()  # with a DMD critic and teacher
     assert full_state.keys() == resumed_state.keys()
     for n, a in full_state.items():
@@ -154,6 +160,30 @@ def test_a_stage_is_evaluated_with_the_windows_it_trained_with(cache, tmp_path, 
     monkeypatch.setattr(experiment, "evaluate", lambda rollout, *a, **k: seen.append((rollout.train_frames, a[3])) or real(rollout, *a, **k))
     experiment.run(wk_config.validate(raw), tmp_path)
     assert seen == [(4, 6)]
+
+
+def test_periodic_evaluation_is_not_repeated_after_a_resume(cache, run_data, tmp_path):
+    import lightning as L
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = wk_config.validate(tiny_raw(cache, max_steps=4, val_every=4, eval_every=2, accumulate=2))
+    stage = resolve_stages(cfg)[0]
+
+    class Interrupt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 4:  # the first micro-batch of step 3, after the evaluation at step 2
+                raise KeyboardInterrupt
+
+    orig = experiment.make_trainer
+    experiment.make_trainer = lambda tr, d, cbs, lg, val_batches=None: orig(tr, d, [*cbs, Interrupt()], lg, val_batches)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=False)
+    finally:
+        experiment.make_trainer = orig
+    fit_stage(cfg, stage, run_data, tmp_path, init=None, resume=True)
+    acc = EventAccumulator(str(tmp_path / "tb" / stage.dirname)).Reload()
+    assert [e.step for e in acc.Scalars("eval_periodic/psnr@1x")] == [2, 4]
 
 
 def test_nan_loss_stops_with_a_clear_message(cache, run_data, tmp_path):

@@ -166,6 +166,8 @@ class PeriodicEval(L.Callback):
         self.cfg, self.stage, self.d, self.every = cfg, stage, d, every
         self.done = 0  # the last step evaluated: micro-batches of one accumulated step share its number
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.done = trainer.global_step  # a resumed run evaluated its restored step before it stopped
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == self.done or step % self.every or not trainer.is_global_zero:

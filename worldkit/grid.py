@@ -347,8 +347,8 @@ def reuse_stages(cfg: ExperimentConfig, grid_dir: Path, folder: Path) -> list[st
     cell's last: a cell's result and hparams are its own run); returns the names of the stages copied."""
     from worldkit.experiment import resolve_stages
 
-    def shareable(c: ExperimentConfig) -> list[tuple[str, str]]:  # (stage folder, key), the last stage left out
-        return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: len(resolve_stages(c)) - 1]
+    def shareable(c: ExperimentConfig) -> list[tuple[str, str]]:  # (stage folder, key) before the result stage
+        return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: report.final_stage(c).index]
 
     others = [(d, shareable(config.load(d / "config.yaml"))) for d in sorted((Path(grid_dir) / CELLS).iterdir())
               if d != folder and (d / "config.yaml").exists()]

@@ -231,13 +231,19 @@ class SaveOnInterrupt(L.Callback):
         step's end, where the data order resumes, so a half-accumulated step is redone whole."""
         if not self.interrupted:
             return
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        loops = checkpoint["loops"]["fit_loop"]
+        progress = loops["epoch_loop.batch_progress"]
         done = trainer.global_step * trainer.accumulate_grad_batches  # micro-batches of the completed steps
         extra = progress["current"]["ready"] - done  # counted by Lightning beyond the last step's end
+        if progress["total"]["ready"] - extra <= 0:  # no step completed: the run restarts from the beginning
+            del checkpoint["loops"]
+            return
         for part in ("total", "current"):
             n = max(0, progress[part]["ready"] - extra)
             # the state of a save at the end of the step's last batch (Lightning then counts it completed)
             progress[part].update(ready=n, started=n, processed=n, completed=max(0, n - 1))
+        if extra > 0:  # and counts one more stepped batch on that restart, which the logged steps follow
+            loops["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
 
 def make_trainer(train: Any, stage_dir: Path, callbacks: list, logger, val_batches: Optional[int] = None) -> L.Trainer:
