@@ -234,26 +234,33 @@ def timed(fn, inputs, dout):
     return t_fwd, bench(fwd_bwd, grad_to_none=inputs)
 
 
-class Stopped(Exception):
-    """SIGTERM (e.g. from ``timeout``) during the timings: the rows so far are still written."""
+class Stopped(BaseException):
+    """SIGTERM (e.g. from ``timeout``): the rows so far are still written. A BaseException, so the
+    ``except Exception`` around each baseline and in the launch tuner lets it through."""
 
 
-def timings_until_stopped(frames_list, blocks, densities):
-    """``run_timings`` with SIGTERM turned into a clean stop: (the rows measured, whether it stopped)."""
-    rows = []
-
+@contextlib.contextmanager
+def sigterm_stops():
+    """SIGTERM raises ``Stopped`` inside the block (until the results are written)."""
     def stop(signum, frame):
         raise Stopped()
 
     previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def timings_until_stopped(frames_list, blocks, densities):
+    """``run_timings`` until done or ``Stopped``: (the rows measured, whether it stopped)."""
+    rows = []
     try:
         run_timings(frames_list, blocks, densities, rows)
         return rows, False
     except Stopped:
         print(f"stopped by SIGTERM after {len(rows)} rows: writing what was measured")
         return rows, True
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_timings(frames_list, blocks, densities, rows=None):
@@ -415,14 +422,24 @@ def main() -> int:
     blocks = args.blocks or ((128,) if args.quick else (64, 128))
     densities = (1.0, 0.25, 0.0625) if args.quick else (1.0, 0.5, 0.25, 0.125, 0.0625)
     print("== timings (bf16, median ms)")
+    with sigterm_stops():
+        return report(args, frames, blocks, densities, card, versions, start)
+
+
+def report(args, frames, blocks, densities, card, versions, start) -> int:
+    """Timings, block-selection timings and the tuner's choices: printed, and appended to RESULTS.md
+    with --write (marked partial when stopped)."""
     rows, stopped = timings_until_stopped(frames, blocks, densities)
     md = table(rows)
+    if not stopped:
+        print("== block selection (PyTorch) at 25 % density")
+        try:
+            selection = selection_timings(frames, blocks, rows)
+            md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n" + selection
+        except Stopped:
+            stopped = True
     if stopped:
         md += "\n\n(Partial: the run was stopped before every row was measured.)"
-    else:
-        print("== block selection (PyTorch) at 25 % density")
-        md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n"
-        md += selection_timings(frames, blocks, rows)
     from worldkit_kernels import pbsa_triton
 
     tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"

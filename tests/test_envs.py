@@ -261,11 +261,13 @@ def test_mjcf_cache_key_follows_the_file_contents(mjcf_file, tmp_path):
 def test_mjcf_cache_key_follows_included_files(tmp_path):
     from worldkit.data import cache_path
 
-    (tmp_path / "arm.xml").write_text(MJCF.replace("<worldbody>", '<include file="extra.xml"/><worldbody>'))
-    (tmp_path / "extra.xml").write_text('<mujoco><visual><headlight ambient="0.3 0.3 0.3"/></visual></mujoco>')
+    (tmp_path / "parts").mkdir()  # MuJoCo resolves every include from the main file's folder
+    (tmp_path / "arm.xml").write_text(MJCF.replace("<worldbody>", '<include file="parts/a.xml"/><worldbody>'))
+    (tmp_path / "parts" / "a.xml").write_text('<mujoco><include file="parts/b.xml"/></mujoco>')
+    (tmp_path / "parts" / "b.xml").write_text('<mujoco><visual><headlight ambient="0.3 0.3 0.3"/></visual></mujoco>')
     cfg = {"path": str(tmp_path / "arm.xml"), "camera": "front", "size": 24}
     before = cache_path("mjcf", cfg, "train", 4, 10, tmp_path)
-    (tmp_path / "extra.xml").write_text('<mujoco><visual><headlight ambient="0.6 0.6 0.6"/></visual></mujoco>')
+    (tmp_path / "parts" / "b.xml").write_text('<mujoco><visual><headlight ambient="0.6 0.6 0.6"/></visual></mujoco>')
     assert cache_path("mjcf", cfg, "train", 4, 10, tmp_path) != before
 
 

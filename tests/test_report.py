@@ -249,3 +249,11 @@ def test_a_cells_row_is_its_chains_last_stage_not_a_comparison_variant(tmp_path)
     write_results(d, fake_eval(10.0), "2-base")
     cell = report.read_cell(d)
     assert cell.status == "done" and cell.stage == "1-fine" and cell.summary["psnr@1x"] == 20.0
+
+
+def test_the_legend_names_the_timed_batch(grid_dir):
+    md = report.build(grid_dir)
+    assert "rows evaluated before the batch was recorded" in md  # fake_eval has no batch: an old eval.json
+    cells = [report.CellResult(0, "a", {}, "done", eval={"batch": 16}), report.CellResult(1, "b", {}, "done", eval={"batch": 4})]
+    assert report._batch_text(cells[:1]) == "for a batch of 16 sequences decoded together"
+    assert "differ between rows" in report._batch_text(cells) and report._batch_text([]) == ""

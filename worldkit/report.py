@@ -227,10 +227,14 @@ def _last_stage(folder: Path) -> Optional[Path]:
 
 def _batch_text(cells: list[CellResult]) -> str:
     """How many sequences the timed chunks decoded together, across the finished cells."""
-    sizes = sorted({c.eval.get("batch", 1) for c in cells if c.status == "done"})
+    found = {c.eval.get("batch") for c in cells if c.status == "done"}
+    sizes = sorted(b for b in found if b is not None)
+    old = " (rows evaluated before the batch was recorded give the whole batch's KV and time)" if None in found else ""
+    if not sizes:
+        return old
     if len(sizes) == 1:
-        return f"for a batch of {sizes[0]} sequence{'s' if sizes[0] > 1 else ''} decoded together"
-    return f"(batches of {', '.join(map(str, sizes))} sequences differ between rows: their ms/chunk do not compare)"
+        return f"for a batch of {sizes[0]} sequence{'s' if sizes[0] > 1 else ''} decoded together{old}"
+    return f"(batches of {', '.join(map(str, sizes))} sequences differ between rows: their ms/chunk do not compare){old}"
 
 
 def read_cell(folder: Path) -> CellResult:
@@ -376,8 +380,8 @@ def markdown(cells: list[CellResult], title: str) -> str:
         "Scored on the held-out test episodes (mean ± standard error); a grid cell's row is the last stage of "
         "its chain (not a compare: variant).",
         "**Bold**: best in the column. ≈: within two standard errors of the best (the difference is not "
-        "significant, so it is not ranked). ms/chunk is the median wall time of one chunk "
-        f"{_batch_text(cells)}; KV MiB is the exact cache of one sequence. Neither has an error estimate. "
+        "significant, so it is not ranked). ms/chunk is the median wall time of one chunk"
+        f"{(' ' + _batch_text(cells)).rstrip()}; KV MiB is the exact cache of one sequence. Neither has an error estimate. "
         "Baselines are not ranked.", "", *lines, "",
     ]
     if len(baselines) < len(_baseline_rows(cells)):

@@ -10,25 +10,33 @@ from pydantic import Field, field_validator, model_validator
 from worldkit_plugins.envs.base import MujocoConfig, MujocoEnv, mujoco
 
 
-def _files_of(path: Path, seen: set) -> list[bytes]:
-    """``path``'s bytes, then those of the files it refers to by ``file=`` attributes, includes recursively."""
-    if path in seen or not path.is_file():
-        return []
-    seen.add(path)
-    out = [str(path.name).encode(), path.read_bytes()]
-    try:
-        root = ET.fromstring(out[1])
-    except ET.ParseError:
-        return out
-    dirs = [path.parent]
-    for compiler in root.iter("compiler"):
-        dirs += [path.parent / compiler.get(k) for k in ("assetdir", "meshdir", "texturedir") if compiler.get(k)]
-    for element in root.iter():
-        name = element.get("file")
-        if name:
-            found = next((d / name for d in dirs if (d / name).is_file()), None)
-            if found is not None:
-                out += _files_of(found, seen) if found.suffix == ".xml" else [name.encode(), found.read_bytes()]
+def _model_files(main: Path) -> list[bytes]:
+    """The bytes of ``main``, of the files it includes (recursively) and of every other file they name
+    (meshes, textures, ...). As MuJoCo does, include paths are relative to the main file's folder, and
+    assets to it or to the compiler's asset folders declared anywhere in the tree."""
+    base, xmls, assets, dirs, queue = main.parent, {}, set(), [main.parent], [main]
+    while queue:
+        path = queue.pop()
+        if path in xmls or not path.is_file():
+            continue
+        xmls[path] = path.read_bytes()
+        try:
+            root = ET.fromstring(xmls[path])
+        except ET.ParseError:
+            continue
+        for element in root.iter():
+            name = element.get("file")
+            if element.tag == "include" and name:
+                queue.append(base / name)
+            elif name:
+                assets.add(name)
+            if element.tag == "compiler":
+                dirs += [base / element.get(k) for k in ("assetdir", "meshdir", "texturedir") if element.get(k)]
+    out = [part for path in sorted(xmls) for part in (str(path.relative_to(base)).encode(), xmls[path])]
+    for name in sorted(assets):
+        found = next((d / name for d in dirs if (d / name).is_file()), None)
+        if found is not None:
+            out += [name.encode(), found.read_bytes()]
     return out
 
 
@@ -62,7 +70,7 @@ class MJCFEnv(MujocoEnv):
     def model_source(self) -> bytes:
         """The file and every file it names (includes, meshes, textures, ...), found beside it or in the
         compiler's asset folders: what the compiled model depends on."""
-        return b"".join(_files_of(Path(self.config.path), set()))
+        return b"".join(_model_files(Path(self.config.path)))
 
     def load_model(self) -> mujoco.MjModel:
         return mujoco.MjModel.from_xml_path(self.config.path)
