@@ -73,7 +73,7 @@ def _fwd_kernel(
         col_ok = offs_n < kl
         k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
         v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-        if EVEN_K or TILE == BLK:  # inside the slot: columns past its length are read, their scores masked below
+        if TILE == BLK:  # inside the slot (always so when EVEN_K): columns past its length are read, their scores masked below
             kt = tl.load(k_ptr)  # (BLOCK_N, D)
         else:
             kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)

@@ -172,18 +172,19 @@ def split_seeds(split: str, episodes: int) -> list[int]:
 
 def cache_path(name: str, config: dict, split: str, episodes: int, frames: int, cache_dir: PathLike) -> Path:
     """Where the split request is cached: the file name ends with a hash of everything that shapes it."""
+    cls = registry.get("env", name)
+    validated = cls.Config.model_validate(config)
     request = {
         "format": FORMAT_VERSION,
         "env": name,
-        "config": resolve_config(name, config),
+        "config": validated.model_dump(mode="json"),  # every field filled in, as resolve_config gives
         "split": split,
         "first_seed": SPLIT_FIRST_SEED[split],
         "episodes": episodes,
         "frames": frames,
     }
-    cls = registry.get("env", name)
-    inputs = cls.cache_inputs(cls.Config.model_validate(config))
-    if inputs:  # e.g. a model file's contents
+    inputs = cls.cache_inputs(validated)
+    if inputs:  # e.g. the model's MJCF and the env's code
         request["inputs"] = inputs
     digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir).expanduser() / f"{name}-{split}-{episodes}x{frames}-{digest}.npz"

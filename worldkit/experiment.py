@@ -168,6 +168,7 @@ class PeriodicEval(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.done = trainer.global_step  # a resumed run evaluated its restored step before it stopped
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == self.done or step % self.every or not trainer.is_global_zero:
