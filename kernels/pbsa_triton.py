@@ -257,7 +257,8 @@ def _bwd_dkdv_kernel(
 # small enough that K/V stages fit shared memory at BLK = 128, D = 128. BLOCK_M below the tile splits a
 # query block over several programs (more programs per wave, fewer registers each); SPLIT > 1 splits
 # each slot list into shares whose partial results are merged by log-sum-exp (more programs, and the
-# last wave less empty, for a small extra pass).
+# last wave less empty, for a small extra pass). ``benchmarks/kernel_static.py`` compiles every candidate
+# for a CUDA target on any machine and reports its registers, spills, shared memory and pipelining.
 FWD_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
@@ -285,6 +286,7 @@ DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=3),
     dict(BLOCK_N=128, BLOCK_M=32, num_warps=4, num_stages=5),
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=2),
+    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
 ]
 _tuned: dict[tuple, dict] = {}
 

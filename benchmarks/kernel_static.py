@@ -1,0 +1,252 @@
+"""Static facts of the PBSA Triton kernels on a CUDA target, from any machine (no GPU needed).
+
+    python benchmarks/kernel_static.py [--arch 90] [--frames 21] [--blocks 128 64] [--density 0.25]
+                                       [--kernels fwd dq dkdv] [--defaults] [--num-stages N] [--json FILE]
+
+Every launch candidate of the forward, dQ and dK/dV kernels (``FWD_CONFIGS``, ``DQ_CONFIGS``,
+``DKDV_CONFIGS``) is compiled for ``sm_<arch>`` from the very arguments a launch at the kernel
+benchmark's shapes passes (bf16, 12 heads x 128, a chunk of 3 x 1560 tokens, ``--frames`` of keys):
+the kernels are swapped for stand-ins that record their launch, the PBSA ops run on CPU tensors, and the
+recorded arguments are specialised the way Triton's JIT specialises them (ints equal to 1 become
+constants, 16-divisible ints and pointers get ``tt.divisibility``). For each compiled candidate:
+
+- registers per thread, spilled bytes and stack frame: the log of Triton's own ``ptxas -v`` call;
+- shared memory per program;
+- whether its tile loads are software-pipelined: the count of asynchronous tile copies in the TTGIR (K
+  and V in the forward and dQ kernels, Q and dO in dK/dV); 0 means every tile load stalls its loop;
+- resident programs and warps per SM those resources allow, and what limits them.
+
+These facts explain timings; they are not timings (``kernel_bench.py`` measures those, on a GPU).
+Needs the kernels compiled, not interpreted: run it without ``TRITON_INTERPRET=1``. Exits 1 if a
+candidate fails to compile.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default Triton applies; set, so it does not warn
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+spec = importlib.util.spec_from_file_location("kernel_bench", ROOT / "kernel_bench.py")
+kernel_bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel_bench)  # also makes the kernels importable from a bare checkout
+
+import triton  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from worldkit_kernels import pbsa_triton as P  # noqa: E402
+
+KERNELS = {  # name: (module attribute of the kernel, module attribute of its candidates)
+    "fwd": ("_fwd_kernel", "FWD_CONFIGS"),
+    "dq": ("_bwd_dq_kernel", "DQ_CONFIGS"),
+    "dkdv": ("_bwd_dkdv_kernel", "DKDV_CONFIGS"),
+}
+# Per-SM limits by compute capability: registers, shared memory (bytes, 1 KiB of it reserved per
+# program), resident warps, resident programs (CUDA programming guide, "compute capabilities").
+SM_LIMITS = {
+    80: dict(regs=65536, smem=167936, warps=64, programs=32),
+    86: dict(regs=65536, smem=102400, warps=48, programs=16),
+    89: dict(regs=65536, smem=102400, warps=48, programs=24),
+    90: dict(regs=65536, smem=233472, warps=64, programs=32),
+    100: dict(regs=65536, smem=233472, warps=64, programs=32),
+}
+
+
+class Recorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` records the launch."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((args, kwargs))
+
+
+def record_launches(BLK: int, frames: int, density: float, configs: dict[str, dict]) -> dict[str, tuple]:
+    """The arguments each kernel is launched with at the benchmark's shapes, with the given configuration
+    per kernel: {kernel: (args, kwargs)}. Runs the PBSA forward and backward ops on CPU tensors with the
+    kernels replaced by recorders (nothing is computed)."""
+    p = kernel_bench.make_problem(frames, BLK, torch.bfloat16, "cpu")
+    index, count, _ = kernel_bench.make_lists(1, kernel_bench.HEADS, p["NSc"], p["NQB"], density, "cpu")
+    q = p["q"]
+    lse = torch.zeros(q.shape[:3])
+    recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
+    saved = {name: getattr(P, cfgs) for name, (_, cfgs) in KERNELS.items()}
+    tuning = os.environ.get("WORLDKIT_PBSA_TUNE")
+    try:
+        os.environ["WORLDKIT_PBSA_TUNE"] = "0"  # one launch per kernel: the first (only) configuration
+        for name, (attr, cfgs) in KERNELS.items():
+            setattr(P, attr, recorders[name])
+            setattr(P, cfgs, [configs[name]])
+        with torch.no_grad():
+            P.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
+            P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
+                       index, count, p["block_len"], q.shape[-1] ** -0.5)
+    finally:
+        for name, (attr, cfgs) in KERNELS.items():
+            setattr(P, attr, recorders[name].fn)
+            setattr(P, cfgs, saved[name])
+        if tuning is None:
+            os.environ.pop("WORLDKIT_PBSA_TUNE", None)
+        else:
+            os.environ["WORLDKIT_PBSA_TUNE"] = tuning
+    return {name: r.calls[0] for name, r in recorders.items()}
+
+
+def specialise(fn, args: tuple, kwargs: dict) -> ASTSource:
+    """The compile source of ``fn`` launched with ``args``/``kwargs``, specialised as Triton's JIT does."""
+    from triton._C.libtriton import native_specialize_impl
+
+    signature, constants, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        name = param.name
+        if i < len(args):
+            ty, key = native_specialize_impl(BaseBackend, args[i], False, True, True)
+            signature[name] = ty
+            if ty == "constexpr":
+                constants[name] = key
+            elif key:
+                attrs[(i,)] = BaseBackend.parse_attr(key)
+        elif param.is_constexpr:
+            signature[name] = "constexpr"
+            constants[name] = kwargs[name] if name in kwargs else param.default
+        else:
+            raise TypeError(f"{fn.__name__}: no value for argument {name}")
+    return ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+
+
+def compile_facts(fn, args: tuple, kwargs: dict, arch: int = 90) -> dict:
+    """Compile one launch for sm_<arch>; its registers, spills, shared memory, pipelined tile loads and
+    the occupancy they allow."""
+    kwargs = dict(kwargs)
+    options = dict(num_warps=kwargs.pop("num_warps"), num_stages=kwargs.pop("num_stages"))
+    src = specialise(fn, args, kwargs)
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory() as cache, _knobs(cache), contextlib.redirect_stdout(log):
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    text = log.getvalue()
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    stack = re.search(r"(\d+) bytes stack frame", text)
+    if not (regs and spill):
+        raise RuntimeError(f"no ptxas resource report in the compile log:\n{text[-2000:]}")
+    ttgir = kernel.asm["ttgir"]
+    tile = r"tensor<\d+x\d+x"
+    facts = dict(
+        regs=int(regs[1]),
+        spill=int(spill[1]) + int(spill[2]),
+        stack=int(stack[1]) if stack else 0,
+        smem=int(kernel.metadata.shared),
+        async_tiles=len(re.findall(r"async_copy_global_to_local [^\n]*: " + tile, ttgir))
+        + len(re.findall(r"async_tma_copy_global_to_local", ttgir)),
+        num_warps=options["num_warps"],
+    )
+    facts.update(occupancy(facts["regs"], facts["smem"], facts["num_warps"], arch))
+    return facts
+
+
+@contextlib.contextmanager
+def _knobs(cache_dir: str):
+    """Compile afresh (a cache hit runs no ptxas, so no log) and print ptxas's resource report."""
+    from triton import knobs
+
+    saved = (knobs.cache.dir, knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log)
+    knobs.cache.dir, knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = cache_dir, True, True
+    try:
+        yield
+    finally:
+        knobs.cache.dir, knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
+
+
+def occupancy(regs: int, smem: int, num_warps: int, arch: int) -> dict:
+    """Programs and warps resident per SM, and the resource that limits them."""
+    lim = SM_LIMITS.get(arch) or SM_LIMITS[max(a for a in SM_LIMITS if a <= arch)]
+    per_warp = math.ceil(regs * 32 / 256) * 256  # registers are allocated per warp in units of 256
+    by = {
+        "registers": lim["regs"] // (per_warp * num_warps),
+        "shared memory": lim["smem"] // (smem + 1024),
+        "warps": lim["warps"] // num_warps,
+        "programs": lim["programs"],
+    }
+    limit = min(by, key=by.get)
+    return dict(programs_per_sm=by[limit], warps_per_sm=by[limit] * num_warps, limit=limit)
+
+
+def config_text(cfg: dict) -> str:
+    short = dict(BLOCK_M="M", BLOCK_N="N", num_warps="w", num_stages="s", SPLIT="split")
+    return " ".join(f"{short.get(k, k)}{v}" for k, v in cfg.items())
+
+
+def capped(cfg: dict, tile: int) -> dict:
+    return {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
+    ap.add_argument("--frames", type=int, default=21)
+    ap.add_argument("--blocks", type=int, nargs="+", default=[128, 64])
+    ap.add_argument("--density", type=float, default=0.25)
+    ap.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    ap.add_argument("--defaults", action="store_true", help="only each kernel's default (first) candidate")
+    ap.add_argument("--num-stages", type=int, help="compile every candidate with this many pipeline stages instead")
+    ap.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("error: TRITON_INTERPRET=1: the kernels are interpreted, not compiled; unset it", file=sys.stderr)
+        return 2
+    print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; bf16, {kernel_bench.HEADS} heads x "
+          f"{kernel_bench.HEAD_DIM}, chunk of {kernel_bench.CHUNK_FRAMES} x {kernel_bench.TOKENS_PER_FRAME} tokens, "
+          f"{args.frames} frames of keys, density {args.density}; the first candidate of each kernel is its default\n")
+    print("| block | kernel | # | configuration | registers | spilled B | shared KiB | pipelined tile copies "
+          "| programs/SM | warps/SM | limited by |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows, failed = [], 0
+    for BLK in args.blocks:
+        tile = P._tile(BLK)
+        defaults = {n: capped(getattr(P, c)[0], tile) for n, (_, c) in KERNELS.items()}
+        for name in args.kernels:
+            seen = []
+            candidates = getattr(P, KERNELS[name][1])
+            for i, cfg in enumerate(candidates[:1] if args.defaults else candidates):
+                cfg = capped(cfg, tile)
+                if args.num_stages is not None:
+                    cfg["num_stages"] = args.num_stages
+                if cfg in seen:
+                    continue
+                seen.append(cfg)
+                launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg})[name]
+                row = dict(block=BLK, kernel=name, index=i, config=cfg)
+                try:
+                    row.update(compile_facts(getattr(P, KERNELS[name][0]), launch_args, launch_kwargs, args.arch))
+                except Exception as e:  # e.g. out of shared memory: report and go on
+                    failed += 1
+                    row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}"
+                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | n/a ({row['error']}) |||||||", flush=True)
+                else:
+                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | {row['regs']} | {row['spill']} "
+                          f"| {row['smem'] / 1024:.1f} | {row['async_tiles']} | {row['programs_per_sm']} "
+                          f"| {row['warps_per_sm']} | {row['limit']} |", flush=True)
+                rows.append(row)
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(args.json)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
