@@ -5,7 +5,8 @@ One program per (query rows, batch x head) walks that query block's slot list wi
 walk the transposed lists (``build_transposed``), busiest slot first, so every gradient is written by
 one program: deterministic, no atomics. A query block is a tile of max(16, BLK) rows (masked, so small
 blocks work too), taken whole or split over programs; keys and backward query rows are walked in
-sub-tiles so K/V stages fit shared memory.
+sub-tiles so K/V stages fit shared memory. With ragged blocks each list entry carries its slot's valid
+rows (``_pack``): one scalar load per step, so the K/V prefetch is one indirection deep.
 Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbsa_bwd``.
 """
 from __future__ import annotations
@@ -21,18 +22,21 @@ from torch import Tensor
 from .blocks import build_transposed
 
 LOG2E = 1.4426950408889634
+# With ragged blocks, list entries carry the slot and its valid rows in one int32: slot << LEN_BITS | rows.
+_LEN_BITS = 9
+LEN_BITS: tl.constexpr = tl.constexpr(_LEN_BITS)
+LEN_MASK: tl.constexpr = tl.constexpr((1 << _LEN_BITS) - 1)
 
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, IDX, CNT, BLEN, O, LSE,
+    Q, K, V, IDX, CNT, O, LSE,
     qk_scale,  # softmax scale x log2(e)
     s_qb, s_qh, s_qt, s_qd,
     s_kb, s_ks, s_kh, s_kt, s_kd,
     s_vb, s_vs, s_vh, s_vt, s_vd,
     s_ib, s_ih, s_ir, s_ik,
     s_cb, s_ch, s_cr,
-    s_lb, s_ls,
     s_ob, s_oh, s_ot, s_od, s_os,  # s_os, s_es: stride between the partial results of a split list
     s_eb, s_eh, s_et, s_es,
     H, Tq,
@@ -64,10 +68,12 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for it in range(lo * NSUB, hi * NSUB):
-        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik).to(tl.int64)
-        if HAS_BLEN:
-            kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
+        code = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik)
+        if HAS_BLEN:  # packed entries: slot << LEN_BITS | valid rows of the slot
+            s = (code >> LEN_BITS).to(tl.int64)
+            kl = code & LEN_MASK
         else:
+            s = code.to(tl.int64)
             kl = BLK
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
@@ -135,7 +141,7 @@ def _load_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, row_ok, EVEN_Q: tl.con
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, IDX, CNT, BLEN, DQ,
+    Q, K, V, DO, LSE, DELTA, IDX, CNT, DQ,
     qk_scale, sm_scale,
     s_qb, s_qh, s_qt, s_qd,
     s_kb, s_ks, s_kh, s_kt, s_kd,
@@ -143,7 +149,6 @@ def _bwd_dq_kernel(
     s_ob, s_oh, s_ot, s_od,  # dO
     s_ib, s_ih, s_ir, s_ik,
     s_cb, s_ch, s_cr,
-    s_lb, s_ls,
     s_gb, s_gh, s_gt, s_gd,  # dQ
     H, Tq,
     BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
@@ -167,10 +172,12 @@ def _bwd_dq_kernel(
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for it in range(0, n * NSUB):
-        s = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik).to(tl.int64)
-        if HAS_BLEN:
-            kl = tl.minimum(tl.load(BLEN + b * s_lb + s * s_ls), BLK)
+        code = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik)
+        if HAS_BLEN:  # packed entries, as in the forward
+            s = (code >> LEN_BITS).to(tl.int64)
+            kl = code & LEN_MASK
         else:
+            s = code.to(tl.int64)
             kl = BLK
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
@@ -178,9 +185,9 @@ def _bwd_dq_kernel(
             K, V, b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
             b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, EVEN_K)
         qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(qk - lse2[:, None])
-        if not (EVEN_Q and EVEN_K):
-            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+        p = tl.exp2(qk - lse2[:, None])  # rows past the block read q = dO = 0, lse = delta = 0: ds = 0 there
+        if not EVEN_K:
+            p = tl.where(col_ok[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), kt, dq, input_precision=PREC)
@@ -222,6 +229,7 @@ def _bwd_dkdv_kernel(
     else:
         kl = BLK
     col_ok = offs_n < kl
+    key_bias = tl.where(col_ok, 0.0, float("-inf"))[:, None]  # (BLOCK_N, 1): keys past the slot's length get p = 0
     kt, vt = _load_slot(  # (BLOCK_N, D) each
         K, V, b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
         b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, EVEN_K)
@@ -237,10 +245,12 @@ def _bwd_dkdv_kernel(
             Q, DO, LSE, DELTA, b * s_qb + h * s_qh + rows[:, None] * s_qt + offs_d[None, :] * s_qd,
             b * s_ob + h * s_oh + rows[:, None] * s_ot + offs_d[None, :] * s_od, bh.to(tl.int64) * Tq + rows,
             row_ok, EVEN_Q)
-        qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC) * qk_scale  # (BLOCK_N keys, BLOCK_M queries)
-        p_t = tl.exp2(qk_t - lse2[None, :])
-        if not (EVEN_Q and EVEN_K):
-            p_t = tl.where(col_ok[:, None] & row_ok[None, :], p_t, 0.0)
+        qk_t = tl.dot(kt, tl.trans(q), input_precision=PREC)  # (BLOCK_N keys, BLOCK_M queries), unscaled
+        if EVEN_K:
+            qk_t = qk_t * qk_scale
+        else:
+            qk_t = qk_t * qk_scale + key_bias  # one multiply-add
+        p_t = tl.exp2(qk_t - lse2[None, :])  # rows past the block read q = dO = 0, lse = delta = 0: no gradient
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PREC)
         dp_t = tl.dot(vt, tl.trans(do), input_precision=PREC)  # (BLOCK_N, BLOCK_M)
         ds_t = p_t * (dp_t - delta[None, :])
@@ -360,6 +370,19 @@ def _problem(q: Tensor, k: Tensor, index: Tensor) -> tuple:
             triton.next_power_of_2(index.shape[3]), triton.next_power_of_2(NS), triton.next_power_of_2(B * H))
 
 
+def _pack(index: Tensor, block_len: Tensor, BLK: int) -> Tensor:
+    """List entries with each slot's valid rows packed in, on the device: slot << LEN_BITS | rows.
+    One scalar load per step then gives both, and full slots need no masking.
+    index: (B, Hi, NQB, MAXK) int32, entries past a row's count unread; block_len: (B, NS) int32."""
+    B, NS = block_len.shape
+    if BLK >= 1 << _LEN_BITS or NS > (1 << (31 - _LEN_BITS)):
+        raise ValueError(f"Triton PBSA packs slot and length in int32: needs block < {1 << _LEN_BITS} and at most "
+                         f"{1 << (31 - _LEN_BITS)} slots; got block {BLK}, {NS} slots")
+    slot = index.reshape(B, -1).long().clamp(0, NS - 1)  # (B, Hi * NQB * MAXK)
+    rows = block_len.long().gather(1, slot).clamp(0, BLK)  # (B, Hi * NQB * MAXK)
+    return ((slot << _LEN_BITS) | rows).to(torch.int32).view(index.shape)
+
+
 def _head_stride(t: Tensor, Hi: int, dim: int = 1) -> int:
     """Stride along the list-head dim; 0 when lists are shared by all heads (Hi == 1)."""
     return t.stride(dim) if Hi > 1 else 0
@@ -378,7 +401,7 @@ def pbsa_fwd(
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)  # (B, H, Tq)
     if out.numel() == 0:
         return out, lse
-    blen = block_len if block_len is not None else count  # placeholder pointer, never read
+    lists = index if block_len is None else _pack(index, block_len, BLK)  # (B, Hi, NQB, MAXK) int32
     tile = _tile(BLK)
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
 
@@ -390,12 +413,11 @@ def pbsa_fwd(
         else:
             o, e = out[None], lse[None]  # (1, B, H, Tq, D), (1, B, H, Tq)
         _fwd_kernel[(NQB * (tile // c["BLOCK_M"]), B * H, split)](
-            q, k, v, index, count, blen, o, e,
+            q, k, v, lists, count, o, e,
             scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(),
-            index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+            lists.stride(0), _head_stride(lists, Hi), lists.stride(2), lists.stride(3),
             count.stride(0), _head_stride(count, Hi), count.stride(2),
-            blen.stride(0), blen.stride(1) if block_len is not None else 0,
             *o.stride()[1:], o.stride(0), *e.stride()[1:], e.stride(0),
             H, Tq,
             BLK=BLK, TILE=tile, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even,
@@ -441,14 +463,16 @@ def pbsa_bwd(
     common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even)
     problem = (*_problem(q, k, index), *even.values())
 
+    lists = index if block_len is None else _pack(index, block_len, BLK)
+
     def launch_dq(c: dict) -> None:
         _bwd_dq_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
-            q, k, v, do, lse, delta, index, count, blen, dq,
+            q, k, v, do, lse, delta, lists, count, dq,
             scale * LOG2E, scale,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-            index.stride(0), _head_stride(index, Hi), index.stride(2), index.stride(3),
+            lists.stride(0), _head_stride(lists, Hi), lists.stride(2), lists.stride(3),
             count.stride(0), _head_stride(count, Hi), count.stride(2),
-            *s_blen, *dq.stride(),
+            *dq.stride(),
             H, Tq,
             TILE=tile, **common, **c,
         )

@@ -206,6 +206,23 @@ def test_triton_full_blocks(dtype):
 
 
 @needs_triton
+def test_packed_lists_carry_slot_and_length():
+    """With ragged blocks the kernels read slot and valid rows from one int32 per list entry."""
+    P = _kernels
+    index = torch.tensor([[[[0, 2, 5], [1, 3, -1]]]], dtype=torch.int32)  # (1, 1, 2, 3); -1: padding past count
+    block_len = torch.tensor([[64, 64, 17, 64, 64, 3]], dtype=torch.int32)  # (1, NS=6)
+    packed = P._pack(index, block_len, 64)
+    assert packed.dtype == torch.int32 and packed.shape == index.shape
+    assert (packed[0, 0, 0] >> P._LEN_BITS).tolist() == [0, 2, 5]
+    assert (packed[0, 0, 0] & ((1 << P._LEN_BITS) - 1)).tolist() == [64, 17, 3]
+    assert (packed[0, 0, 1, :2] >> P._LEN_BITS).tolist() == [1, 3]
+    # lengths above the block are capped, as the kernels did when they read block_len themselves
+    assert int(P._pack(index, torch.full((1, 6), 99, dtype=torch.int32), 64)[0, 0, 0, 0] & 511) == 64
+    with pytest.raises(ValueError, match="block < 512"):
+        P._pack(index, block_len, 512)
+
+
+@needs_triton
 def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     """On a GPU each kernel times its candidate configurations once per problem class and keeps the
     fastest; a candidate that fails to launch is skipped; the default runs when tuning is off."""
