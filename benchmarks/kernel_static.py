@@ -1,7 +1,8 @@
 """Static facts of the PBSA Triton kernels on a CUDA target, from any machine (no GPU needed).
 
     python benchmarks/kernel_static.py [--arch 90] [--frames 21] [--blocks 128 64] [--density 0.25]
-                                       [--kernels fwd dq dkdv] [--defaults] [--num-stages N] [--json FILE]
+                                       [--kernels fwd dq dkdv] [--defaults] [--num-stages N] [--full-blocks]
+                                       [--json FILE]
 
 Every launch candidate of the forward, dQ and dK/dV kernels (``FWD_CONFIGS``, ``DQ_CONFIGS``,
 ``DKDV_CONFIGS``) is compiled for ``sm_<arch>`` from the very arguments a launch at the kernel
@@ -14,6 +15,8 @@ constants, 16-divisible ints and pointers get ``tt.divisibility``). For each com
 - shared memory per program;
 - whether its tile loads are software-pipelined: the count of asynchronous tile copies in the TTGIR (K
   and V in the forward and dQ kernels, Q and dO in dK/dV); 0 means every tile load stalls its loop;
+- the instructions and block-wide barriers (``BAR.SYNC``) of its main loop in the SASS, per warp and
+  step: at these tile sizes a step's non-matmul instructions take about as long to issue as its matmuls;
 - resident programs and warps per SM those resources allow, and what limits them.
 
 These facts explain timings; they are not timings (``kernel_bench.py`` measures those, on a GPU).
@@ -30,6 +33,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -75,11 +79,15 @@ class Recorder:
         return lambda *args, **kwargs: self.calls.append((args, kwargs))
 
 
-def record_launches(BLK: int, frames: int, density: float, configs: dict[str, dict]) -> dict[str, tuple]:
+def record_launches(BLK: int, frames: int, density: float, configs: dict[str, dict],
+                    full_blocks: bool = False) -> dict[str, tuple]:
     """The arguments each kernel is launched with at the benchmark's shapes, with the given configuration
     per kernel: {kernel: (args, kwargs)}. Runs the PBSA forward and backward ops on CPU tensors with the
-    kernels replaced by recorders (nothing is computed)."""
+    kernels replaced by recorders (nothing is computed). full_blocks: no block lengths (every slot full,
+    the unmasked key path)."""
     p = kernel_bench.make_problem(frames, BLK, torch.bfloat16, "cpu")
+    if full_blocks:
+        p["block_len"] = None
     index, count, _ = kernel_bench.make_lists(1, kernel_bench.HEADS, p["NSc"], p["NQB"], density, "cpu")
     q = p["q"]
     lse = torch.zeros(q.shape[:3])
@@ -155,7 +163,27 @@ def compile_facts(fn, args: tuple, kwargs: dict, arch: int = 90) -> dict:
         num_warps=options["num_warps"],
     )
     facts.update(occupancy(facts["regs"], facts["smem"], facts["num_warps"], arch))
+    facts.update(sass_loop(kernel.asm["cubin"]))
     return facts
+
+
+def sass_loop(cubin: bytes) -> dict:
+    """Instructions and BAR.SYNC barriers in the main loop (the longest backward branch) of the SASS."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+    ins = [(int(m[1], 16), m[2].strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    body = []
+    for addr, text in ins:
+        m = re.search(r"\bBRA\s+(?:`?\(?[^0-9]*)?0x([0-9a-f]+)", text)
+        if m and int(m[1], 16) < addr:
+            loop = [t for a, t in ins if int(m[1], 16) <= a <= addr]
+            body = loop if len(loop) > len(body) else body
+    return dict(loop_instructions=len(body), loop_barriers=sum("BAR.SYNC" in t for t in body))
 
 
 @contextlib.contextmanager
@@ -203,6 +231,7 @@ def main() -> int:
     ap.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
     ap.add_argument("--defaults", action="store_true", help="only each kernel's default (first) candidate")
     ap.add_argument("--num-stages", type=int, help="compile every candidate with this many pipeline stages instead")
+    ap.add_argument("--full-blocks", action="store_true", help="no block lengths: every slot full (unmasked keys)")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -210,10 +239,11 @@ def main() -> int:
         return 2
     print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; bf16, {kernel_bench.HEADS} heads x "
           f"{kernel_bench.HEAD_DIM}, chunk of {kernel_bench.CHUNK_FRAMES} x {kernel_bench.TOKENS_PER_FRAME} tokens, "
-          f"{args.frames} frames of keys, density {args.density}; the first candidate of each kernel is its default\n")
+          f"{args.frames} frames of keys{' (every slot full)' if args.full_blocks else ''}, density {args.density}; "
+          "the first candidate of each kernel is its default\n")
     print("| block | kernel | # | configuration | registers | spilled B | shared KiB | pipelined tile copies "
-          "| programs/SM | warps/SM | limited by |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| programs/SM | warps/SM | limited by | loop instructions | loop barriers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0
     for BLK in args.blocks:
         tile = P._tile(BLK)
@@ -228,18 +258,20 @@ def main() -> int:
                 if cfg in seen:
                     continue
                 seen.append(cfg)
-                launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg})[name]
+                launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg},
+                                                             args.full_blocks)[name]
                 row = dict(block=BLK, kernel=name, index=i, config=cfg)
                 try:
                     row.update(compile_facts(getattr(P, KERNELS[name][0]), launch_args, launch_kwargs, args.arch))
                 except Exception as e:  # e.g. out of shared memory: report and go on
                     failed += 1
                     row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}"
-                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | n/a ({row['error']}) |||||||", flush=True)
+                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | n/a ({row['error']}) |||||||||", flush=True)
                 else:
                     print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | {row['regs']} | {row['spill']} "
                           f"| {row['smem'] / 1024:.1f} | {row['async_tiles']} | {row['programs_per_sm']} "
-                          f"| {row['warps_per_sm']} | {row['limit']} |", flush=True)
+                          f"| {row['warps_per_sm']} | {row['limit']} | {row['loop_instructions']} "
+                          f"| {row['loop_barriers']} |", flush=True)
                 rows.append(row)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")

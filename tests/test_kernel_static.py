@@ -43,6 +43,16 @@ def test_default_configurations_pipeline_their_tile_loads_without_spilling(tmp_p
     assert "| 128 | fwd | 0 | M128 N64 w8 s3 |" in text  # the markdown table names what it compiled
 
 
+def test_ragged_blocks_cost_the_forward_loop_no_barrier(tmp_path):
+    """Ragged blocks (a per-slot length) add masking work to the forward's loop but no block-wide barrier
+    and no lost prefetch: the packed lists give one scalar load per step, as with full blocks."""
+    ragged, _ = run_report(tmp_path, "--kernels", "fwd")
+    full, _ = run_report(tmp_path, "--kernels", "fwd", "--full-blocks")
+    assert ragged[0]["loop_barriers"] == full[0]["loop_barriers"]
+    assert ragged[0]["async_tiles"] >= full[0]["async_tiles"] >= 2
+    assert full[0]["loop_instructions"] < ragged[0]["loop_instructions"]  # the masks are visible, so the count is live
+
+
 def test_report_shows_a_loop_without_pipelining(tmp_path):
     """With one pipeline stage nothing can be prefetched: the report must say 0, so its count of
     pipelined copies is not vacuous."""
