@@ -67,8 +67,14 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
+    # each step loads the next step's list entry and carries it: the K/V tiles, whose addresses depend
+    # on it, are then prefetched num_stages - 1 steps ahead (no pipeline stage spent on the index load)
+    idx_row = IDX + b * s_ib + h * s_ih + r * s_ir
+    last = tl.maximum(hi - 1, 0)  # reads are clamped to the share's last entry
+    code_next = tl.load(idx_row + tl.minimum(lo, last) * s_ik)
     for it in range(lo * NSUB, hi * NSUB):
-        code = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik)
+        code = code_next
+        code_next = tl.load(idx_row + tl.minimum((it + 1) // NSUB, last) * s_ik)
         if HAS_BLEN:  # packed entries: slot << LEN_BITS | valid rows of the slot
             s = (code >> LEN_BITS).to(tl.int64)
             kl = code & LEN_MASK
@@ -171,8 +177,12 @@ def _bwd_dq_kernel(
         row_ok, EVEN_Q)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
+    idx_row = IDX + b * s_ib + h * s_ih + r * s_ir  # the next entry is loaded a step ahead, as in the forward
+    last = tl.maximum(n - 1, 0)
+    code_next = tl.load(idx_row)  # entry 0: allocated even when the row is empty (then unused)
     for it in range(0, n * NSUB):
-        code = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + (it // NSUB) * s_ik)
+        code = code_next
+        code_next = tl.load(idx_row + tl.minimum((it + 1) // NSUB, last) * s_ik)
         if HAS_BLEN:  # packed entries, as in the forward
             s = (code >> LEN_BITS).to(tl.int64)
             kl = code & LEN_MASK
@@ -236,8 +246,12 @@ def _bwd_dkdv_kernel(
     n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
+    tidx_row = TIDX + b * s_ib + h * s_ih + s * s_is  # the next entry is loaded a step ahead, as in the forward
+    last = tl.maximum(n - 1, 0)
+    r_next = tl.load(tidx_row)  # entry 0: allocated even when no row reads the slot (then unused)
     for it in range(0, n * NSUB_Q):
-        r = tl.load(TIDX + b * s_ib + h * s_ih + s * s_is + (it // NSUB_Q) * s_ir)
+        r = r_next
+        r_next = tl.load(tidx_row + tl.minimum((it + 1) // NSUB_Q, last) * s_ir)
         offs_m = (it % NSUB_Q) * BLOCK_M + offs_m0
         rows = r * BLK + offs_m
         row_ok = (offs_m < BLK) & (rows < Tq)
