@@ -295,6 +295,7 @@ FWD_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3, SPLIT=2),
 ]
 DQ_CONFIGS = [
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=3),
