@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from worldkit import cli, config, registry
@@ -230,6 +231,18 @@ def test_resume_uses_the_saved_config(tmp_path, capsys, experiment):
     code, _, err = call(capsys, "run", "--resume", tmp_path / "nowhere")
     assert code == 2 and "config.yaml: no such file" in err
     assert call(capsys, "run")[0] == 2
+
+
+def test_resume_refuses_a_budget_below_the_steps_already_trained(tmp_path, capsys, experiment):
+    run_dir = tmp_path / "run"
+    assert call(capsys, "run", write(tmp_path, {**BASE, "train": {"max_steps": 200}}), "--out", run_dir)[0] == 0
+    ckpt = run_dir / "stages" / "0-train" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"global_step": 37}, ckpt)
+    code, _, err = call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=5")
+    assert code == 2 and "train.max_steps=5 is below the 37 steps its checkpoint has already trained" in err
+    assert config.load(run_dir / "config.yaml").train.max_steps == 200
+    assert call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=37")[0] == 0  # stop where it is
 
 
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):

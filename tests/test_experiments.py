@@ -30,6 +30,11 @@ MAIN = Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml"
     ("memory={type: sink, window_frames: 1}", "memory.window_frames"),
     ("compare[0].trainer.context_frames=3", "compare[0].trainer.context_frames"),  # self_forcing
     ("stages[0].trainer.context_frames=16", "stages[0].trainer.context_frames"),  # not below the clip
+    ("stages[0].trainer={type: diffusion_forcing}", "stages[0].trainer.type"),  # persistent blocks: no parallel mask
+    ("stages[0].trainer={type: teacher_forcing}", "stages[0].trainer.type"),
+    ("compare[0].trainer.regression_weight=0", "compare[0].trainer.regression_weight"),  # no loss without dmd
+    ("compare[0].train={lr: -1}", "compare[0].train.lr"),  # a variant's own train overrides
+    ("compare[0].train.clip_frames=15", "compare[0].train.clip_frames"),
 ])
 def test_built_in_plugins_refuse_windows_and_contexts_that_cannot_run(override, path):
     """What used to fail only at run time (some after training) is a validation error at the field."""

@@ -78,6 +78,22 @@ def test_self_forcing_gradient_flows_only_through_exit_steps(cache, run_data):
     assert module.model.blocks[0].ada.weight.grad.abs().sum() > 0  # (attention gates start at zero)
 
 
+def test_self_forcing_regression_weight_scales_the_training_loss(cache, run_data):
+    """Without DMD the weighted regression is the training loss; validation reports the plain error."""
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    train, val = {}, {}
+    for w in (1.0, 2.5):
+        cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing", "regression_weight": w}})
+        torch.manual_seed(0)
+        module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+        module.train()
+        train[w] = module.trainer_plugin.loss(module, batch)[0].item()
+        module.eval()
+        val[w] = module.trainer_plugin.loss(module, batch)[0].item()
+    assert train[2.5] == pytest.approx(2.5 * train[1.0], rel=1e-5)
+    assert val[2.5] == pytest.approx(val[1.0], rel=1e-5)  # the same rollout, unweighted
+
+
 def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monkeypatch):
     """Self forcing calls the configured attention backend: the same code path as inference."""
     cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing"}})

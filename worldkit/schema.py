@@ -281,8 +281,11 @@ class ExperimentConfig(Section):
         for i, variant in enumerate(self.compare):
             try:
                 merged = self.stage_config(variant, base=self.stages[-1] if self.stages else None)
-            except ValidationError:
-                continue  # reported with the variant's own fields
+            except ValidationError as err:  # the variant's own train keys; the last stage's are reported above
+                problems += [_relocate(e, ("compare", i, "train")) for e in err.errors()
+                             if e["loc"] and e["loc"][0] in variant.train]
+                continue
+            problems += self._check_train(merged.train, ("compare", i, "train"))
             problems += self._check_plugins(merged, variant, ("compare", i))
         unique = {(tuple(p["loc"]), str(p["type"])): p for p in problems}  # a shared plugin is reported once
         _raise(list(unique.values()), type(self).__name__)

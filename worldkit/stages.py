@@ -69,3 +69,18 @@ def check_resume_budget(old, new, run_dir: Path) -> None:
             raise WorldkitError(f"stage {a.name} has finished ({', '.join(changed)}): a new budget applies only to "
                                 f"unfinished stages; start a new run (model.init: {run_dir / 'stages' / a.dirname / 'model.pt'}) "
                                 "to train it further")
+        if b.train.max_steps < a.train.max_steps:
+            reached = checkpoint_step(run_dir / "stages" / a.dirname / "checkpoints" / "last.ckpt")
+            if reached is not None and b.train.max_steps < reached:
+                raise WorldkitError(f"stage {a.name}: train.max_steps={b.train.max_steps} is below the {reached} steps "
+                                    f"its checkpoint has already trained; the results would be labelled with a budget "
+                                    f"they exceed: give at least {reached}")
+
+
+def checkpoint_step(path: Path):
+    """The optimizer steps a Lightning checkpoint has taken, or None when there is none."""
+    if not path.exists():
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))

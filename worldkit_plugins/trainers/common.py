@@ -7,7 +7,7 @@ from torch import Tensor
 
 from worldkit import diffusion
 from worldkit.errors import WorldkitError
-from worldkit.interfaces import PluginConfig
+from worldkit.interfaces import CacheSpec, PluginConfig
 from worldkit.model import ParallelContext
 
 
@@ -37,6 +37,30 @@ def policy_mask(module, frames: int) -> tuple[Tensor, Tensor]:
         )
     visible, key_pos = vis  # (n_chunks, F) each
     return visible.repeat_interleave(fc, 0)[:frames], key_pos.repeat_interleave(fc, 0)[:frames]
+
+
+def check_parallel_mask(trainer: str, experiment) -> list[tuple]:
+    """Validation of a trainer that runs the clip in parallel under the memory policy's mask: the policy
+    must have one (a policy that keeps what the data selects, such as persistent blocks, has none).
+    The policy is probed on a one-element cache of the experiment's block layout; a policy that cannot be
+    probed so is left to the check when training starts."""
+    m = experiment.model
+    size = getattr(experiment.env.config, "size", None)
+    side = size // m.patch // m.block_patches if isinstance(size, int) and size % m.patch == 0 else 1
+    spec = CacheSpec(layers=1, batch=1, heads=1, head_dim=1, block_tokens=1, blocks_per_frame=max(1, side) ** 2,
+                     chunk_frames=m.chunk_frames, train_frames=experiment.train.clip_frames,
+                     dtype=torch.float32, device=torch.device("cpu"))
+    try:
+        memory = experiment.memory.build()
+        memory.reset(spec)
+        has_mask = memory.visibility(experiment.train.clip_frames) is not None
+    except Exception:
+        return []
+    if has_mask:
+        return []
+    return [("type", trainer, f"trains the clip in parallel under the memory policy's mask, and memory "
+                              f"{experiment.memory.type} has none (what it keeps depends on the data): train it "
+                              "with trainer self_forcing, or pick a memory policy with a fixed layout")]
 
 
 def denoising_loss(module, pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:

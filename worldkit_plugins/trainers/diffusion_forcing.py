@@ -9,7 +9,7 @@ from pydantic import Field
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
 from worldkit.model import ParallelContext
-from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask
+from worldkit_plugins.trainers.common import check_parallel_mask, NoiseConfig, denoising_loss, draw_levels, policy_mask
 
 
 class DiffusionForcing(RolloutTrainer):
@@ -17,6 +17,10 @@ class DiffusionForcing(RolloutTrainer):
 
     class Config(NoiseConfig):
         per: Literal["frame", "chunk"] = Field("frame", description="draw one noise level per frame or per chunk")
+
+    @classmethod
+    def check(cls, config, experiment):
+        return check_parallel_mask("diffusion_forcing", experiment)
 
     def loss(self, module, batch):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)

@@ -142,10 +142,13 @@ class SelfForcing(RolloutTrainer):
     @classmethod
     def check(cls, config, experiment):
         chunk, clip = experiment.model.chunk_frames, experiment.train.clip_frames
+        problems = []
         if config.context_frames % chunk or config.context_frames >= clip:
-            return [("context_frames", config.context_frames,
-                     f"must be a multiple of model.chunk_frames={chunk} below train.clip_frames={clip}")]
-        return []
+            problems.append(("context_frames", config.context_frames,
+                             f"must be a multiple of model.chunk_frames={chunk} below train.clip_frames={clip}"))
+        if config.dmd is None and config.regression_weight == 0:
+            problems.append(("regression_weight", 0.0, "is the only loss when dmd is off: make it positive, or set dmd"))
+        return problems
 
     def check_start(self, init) -> None:
         if self.config.dmd is not None and self.config.dmd.teacher is None and init is None:
@@ -188,8 +191,8 @@ class SelfForcing(RolloutTrainer):
         gen, exits = self.rollout(module, x, a, g, grad=gen_step)
         regression = (gen.float() - x[:, ctx:].float()).pow(2).mean()
         logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
-        if dmd is None:
-            return regression, logs
+        if dmd is None:  # validation reports the plain error against the ground truth
+            return (cfg.regression_weight * regression if module.training else regression), logs
         nets: DMDNets = module.aux["dmd"]
         if not bool(nets.ready):
             nets.initialise(module.model, dmd.teacher)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
-from worldkit_plugins.trainers.common import NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context, twin_forward
+from worldkit_plugins.trainers.common import check_parallel_mask, NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context, twin_forward
 
 
 class TeacherForcing(RolloutTrainer):
@@ -11,6 +11,10 @@ class TeacherForcing(RolloutTrainer):
 
     class Config(NoiseConfig):
         pass
+
+    @classmethod
+    def check(cls, config, experiment):
+        return check_parallel_mask("teacher_forcing", experiment)
 
     def loss(self, module, batch):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
