@@ -245,6 +245,17 @@ def test_resume_refuses_a_budget_below_the_steps_already_trained(tmp_path, capsy
     assert call(capsys, "run", "--resume", run_dir, "--set", "train.max_steps=37")[0] == 0  # stop where it is
 
 
+def test_run_refuses_an_accelerator_this_machine_lacks(tmp_path, capsys, experiment, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out_root = tmp_path / "runs"
+    file = write(tmp_path, {**BASE, "out_root": str(out_root), "train": {"accelerator": "gpu"}})
+    code, _, err = call(capsys, "run", file)
+    assert code == 2 and "train.accelerator='gpu', but this machine has no GPU device" in err
+    assert run_dirs(out_root) == [] and experiment.calls == []
+    code, _, err = call(capsys, "validate", file, "--set", "train.accelerator=foo")
+    assert code == 2 and "train.accelerator" in err and "'cpu'" in err  # the choices
+
+
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
     experiment.raises = KeyboardInterrupt()
     code, _, err = call(capsys, "run", write(tmp_path, BASE), "--out", tmp_path / "r")

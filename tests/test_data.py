@@ -217,3 +217,35 @@ def test_data_module_batches_and_order(tmp_path):
     assert len(dm.val_set) == 3 * 3  # 3 val episodes x 3 non-overlapping clips of 4 in 12 frames
     val = next(iter(dm.val_dataloader()))
     assert val["episode"].tolist() == [0, 0, 0, 1] and val["start"].tolist() == [0, 4, 8, 0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_parallel_generation_prints_no_worker_tracebacks(tmp_path):
+    """The terminal sends Ctrl-C to every process of the job: the workers leave it to the main process,
+    which exits 130 without tracebacks and without a cache file for the interrupted split."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL="egl")
+    main = Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worldkit", "data", str(main), "--set", f"data.cache_dir={tmp_path}",
+         "--set", "data.train_episodes=4000", "--set", "data.workers=2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
+    )
+    seen = b""
+    deadline = time.time() + 120
+    while not re.search(rb"\b[1-9]\d*/4000", seen) and time.time() < deadline:  # workers are mid-task
+        seen += os.read(proc.stderr.fileno(), 4096)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    err = (seen + rest).decode(errors="replace")
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert not list(tmp_path.glob("pendulum-train-*")) and not list(tmp_path.rglob("*.tmp*"))

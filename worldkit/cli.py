@@ -20,6 +20,7 @@ from worldkit import config, registry
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import KINDS
 from worldkit.schema import ExperimentConfig
+from worldkit.stages import check_accelerator
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -83,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             check_resume_budget(config.load(run_dir / "config.yaml"), cfg, run_dir)
             config.save(cfg, run_dir / "config.yaml")
+        check_accelerator(cfg)
         if cfg.grid:
             return run_grid(run_dir / "config.yaml", [], run_dir, cfg)
         experiment = import_module("worldkit.experiment")
@@ -91,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise WorldkitError("run: give an experiment YAML (or --resume RUN_DIR)")
     cfg = config.load(args.config, args.overrides)
+    check_accelerator(cfg)
     if cfg.grid:
         return run_grid(Path(args.config), args.overrides, None, cfg, args.out)
     experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import signal
 import os
 import tempfile
 from dataclasses import dataclass
@@ -131,8 +132,14 @@ def _pool_context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
+    # the server and the workers it forks ignore Ctrl-C from the start (also during its imports)
+    ctx.set_forkserver_preload(["worldkit._quiet_interrupt", __name__])
     return ctx
+
+
+def _ignore_interrupt() -> None:
+    """Pool initializer: workers leave Ctrl-C to the main process, which terminates them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def generate(
@@ -149,7 +156,7 @@ def generate(
                 episodes += chunk
                 bar.update(len(chunk))
         else:
-            with _pool_context().Pool(workers) as pool:
+            with _pool_context().Pool(workers, initializer=_ignore_interrupt) as pool:
                 for chunk in pool.imap(_record_chunk, tasks):
                     episodes += chunk
                     bar.update(len(chunk))

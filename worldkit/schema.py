@@ -182,7 +182,7 @@ class TrainConfig(Section):
     precision: Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine"] = "32-true"
     grad_clip: Optional[PositiveFloat] = 1.0
     accumulate: PositiveInt = 1
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: Union[PositiveInt, Literal["auto"]] = Field(1, description="a device count, or 'auto'")
     strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = Field(
         "auto", description="ddp_find_unused_parameters_true: DDP when some steps leave parameters unused "

@@ -44,6 +44,20 @@ def resolve_stages(cfg) -> list[Stage]:
     return out
 
 
+def check_accelerator(cfg) -> None:
+    """Every stage's train.accelerator is present on this machine (checked before a run folder is made)."""
+    import torch
+
+    present = {"gpu": torch.cuda.is_available(), "cuda": torch.cuda.is_available(),
+               "mps": torch.backends.mps.is_available()}
+    for stage in resolve_stages(cfg):
+        acc = stage.train.accelerator
+        if not present.get(acc, True):
+            where = f"stage {stage.name}: " if cfg.stages or cfg.compare else ""
+            raise WorldkitError(f"{where}train.accelerator={acc!r}, but this machine has no {acc.upper()} device "
+                                "that torch can use; run with --set train.accelerator=auto (or cpu)")
+
+
 def stage_finished(stage_dir: Path) -> bool:
     """Trained, evaluated and summarised: what a resumed run skips (summary.json is written last)."""
     return all((stage_dir / f).exists() for f in ("model.pt", "eval.json", "summary.json"))
