@@ -87,7 +87,7 @@ STAGE = {"name": "a", "trainer": {"type": "toy_trainer"}}
         ({**BASE, "stages": [STAGE, {"name": "b", "trainer": {"type": "self_forcng"}}]}, "stages[1].trainer.type",
          "'self_forcng'"),
         ({**BASE, "stages": [{**STAGE, "train": {"lr": "fast"}}]}, "stages[0].train.lr", "'fast'"),
-        ({**BASE, "stages": [{"name": "a"}]}, "stages[0].trainer", "toy_trainer"),
+        ({**BASE, "stages": [{"name": "a/b"}]}, "stages[0].name", "'a/b'"),
         ({"env": {"type": "toy_env"}}, "name", "missing"),
         ({**BASE, "nmae": "typo"}, "nmae", "'typo'"),
     ],
@@ -254,6 +254,12 @@ def test_run_refuses_an_accelerator_this_machine_lacks(tmp_path, capsys, experim
     assert run_dirs(out_root) == [] and experiment.calls == []
     code, _, err = call(capsys, "validate", file, "--set", "train.accelerator=foo")
     assert code == 2 and "train.accelerator" in err and "'cpu'" in err  # the choices
+
+
+def test_unused_top_level_plugin_is_a_warning(tmp_path, capsys, experiment):
+    raw = {**BASE, "trainer": {"type": "toy_trainer"}, "stages": [{"name": "a", "trainer": {"type": "toy_trainer"}}]}
+    code, _, err = call(capsys, "validate", write(tmp_path, raw))
+    assert code == 0 and "warning:" in err and "trainer: unused, every stage sets its own trainer" in err
 
 
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):

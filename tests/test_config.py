@@ -112,9 +112,8 @@ def test_every_error_is_collected_not_only_the_first():
 
 
 def test_missing_required_fields():
-    found = issues({"env": {"type": "toy_env"}, "stages": [{"name": "s"}]})
-    assert found["name"][0] is MISSING
-    assert found["stages[0].trainer"][0] is MISSING and "toy_trainer" in found["stages[0].trainer"][1]
+    found = issues({"env": {"type": "toy_env"}, "stages": [{"trainer": {"type": "toy_trainer"}}]})
+    assert found["name"][0] is MISSING and found["stages[0].name"][0] is MISSING
     found = issues({"name": "toy"})
     assert "env choices" in found["env"][1] and "toy_env" in found["env"][1]
     found = issues({"name": "toy", "env": {"size": 32}})
@@ -182,6 +181,24 @@ def test_plugin_checks_see_the_stage_and_blame_where_the_plugin_was_set():
         raw["train"]["clip_frames"] = 16
         raw["stages"].pop()
         config.validate(raw)  # every stage sees a clip of 16
+
+
+def test_a_stage_without_a_trainer_uses_the_top_level_one_and_unused_plugins_are_named():
+    from worldkit.stages import resolve_stages
+
+    raw = {**MINIMAL, "trainer": {"type": "toy_trainer", "exit_steps": 3},
+           "stages": [{"name": "a"}, {"name": "b", "trainer": {"type": "diffusion_forcing"}}]}
+    cfg = config.validate(raw)
+    a, b = resolve_stages(cfg)
+    assert a.trainer == {"type": "toy_trainer", "exit_steps": 3} and b.trainer["type"] == "diffusion_forcing"
+    assert cfg.unused_plugins() == []  # stage a uses the top-level trainer
+    raw["stages"][0]["trainer"] = {"type": "toy_trainer"}
+    unused = config.validate(raw).unused_plugins()
+    assert len(unused) == 1 and unused[0].startswith("trainer: unused, every stage sets its own trainer")
+    raw.pop("trainer")  # not given: nothing to say, though a default fills it in
+    assert config.validate(raw).unused_plugins() == []
+    found = issues({**MINIMAL, "stages": [{"name": "../up"}]})
+    assert "pattern" in found["stages[0].name"][1]
 
 
 def test_stage_errors_name_the_stage():

@@ -58,8 +58,9 @@ def test_run_refuses_an_unreadable_init_before_making_a_folder(tmp_path, capsys)
 
 def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline():
     cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
-    assert (cfg.memory.type, cfg.selector.type, cfg.attention.type, cfg.trainer.type) == (
+    assert (cfg.memory.type, cfg.selector.type, cfg.attention.type, cfg.stages[0].trainer.type) == (
         "persistent_block", "local_window", "pbsa", "self_forcing")
+    assert cfg.unused_plugins() == []  # no top-level setting that the stages replace
     assert cfg.model.init == "base/pendulum"
     assert [s.name for s in cfg.stages] == ["sparse_self_forcing"] and cfg.stages[0].memory is None
     (base,) = cfg.compare
@@ -114,6 +115,18 @@ def test_readme_override_example_validates():
     assert len(sets) >= 4
     cfg = config.load(MAIN, sets)
     assert cfg.memory.type == "sink" and cfg.model.width == 256
+
+
+def test_readme_experiment_example_validates_with_nothing_unused():
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(name: my_ablation.*?)```", readme, re.S)
+    cfg = config.validate(yaml.safe_load(block))
+    assert [s.name for s in cfg.stages] == ["dense", "sparse"] and cfg.unused_plugins() == []
+    assert cfg.stage_config(cfg.stages[0]).trainer.type == "diffusion_forcing"
 
 
 def test_top_k_is_a_count_or_a_fraction_never_a_boolean():

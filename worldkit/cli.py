@@ -70,6 +70,12 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
     return 0
 
 
+def warn_unused(cfg: ExperimentConfig, source) -> None:
+    """Settings that would have no effect: said on stderr, the run goes on."""
+    for message in cfg.unused_plugins():
+        print(f"warning: {source}: {message}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, create a new run folder, save the resolved config.yaml, run the experiment (or its grid)."""
     if args.resume is not None:
@@ -93,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise WorldkitError("run: give an experiment YAML (or --resume RUN_DIR)")
     cfg = config.load(args.config, args.overrides)
+    if not os.environ.get(RUN_DIR_VAR):
+        warn_unused(cfg, args.config)
     check_accelerator(cfg)
     if cfg.grid:
         return run_grid(Path(args.config), args.overrides, None, cfg, args.out)
@@ -117,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print the resolved config, or every error; for a grid, also validate and list every cell."""
     cfg = config.load(args.config, args.overrides)
+    warn_unused(cfg, args.config)
     cells = import_module("worldkit.grid").load(args.config, args.overrides).cells if cfg.grid else []
     sys.stdout.write(config.to_yaml(cfg))
     if cells:

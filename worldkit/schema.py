@@ -207,10 +207,11 @@ class EvalConfig(Section):
 
 
 class StageConfig(Section):
-    """One stage of a multi-stage run: its trainer, optional plugin overrides, and train overrides."""
+    """One stage of a multi-stage run: plugin overrides (the top-level plugin where absent) and train
+    overrides (merged onto the top-level train section)."""
 
-    name: str
-    trainer: PluginSpec["trainer"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also its folder's name: stages/<i>-<name>
+    trainer: Optional[PluginSpec["trainer"]] = None
     memory: Optional[PluginSpec["memory"]] = None
     selector: Optional[PluginSpec["selector"]] = None
     attention: Optional[PluginSpec["attention"]] = None
@@ -317,11 +318,21 @@ class ExperimentConfig(Section):
             ))
         return problems
 
+    def unused_plugins(self) -> list[str]:
+        """Top-level plugin fields given explicitly that no stage or variant uses (each sets its own)."""
+        entries = [*self.stages, *self.compare]
+        if not self.stages:
+            return []
+        return [f"{kind}: unused, every stage{' and variant' if self.compare else ''} sets its own {kind} "
+                f"(a stage's {kind} replaces the top-level one); set it per stage, e.g. stages[0].{kind}"
+                for kind in ("trainer", "memory", "selector", "attention")
+                if kind in self.model_fields_set and all(getattr(e, kind) is not None for e in entries)]
+
     def stage_config(self, stage: StageConfig, base: Optional[StageConfig] = None) -> "ExperimentConfig":
         """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train
         (merged onto ``base``'s, for a comparison variant of the last stage)."""
-        update: dict[str, Any] = {"trainer": stage.trainer, "stages": [], "compare": []}
-        for field in ("memory", "selector", "attention"):
+        update: dict[str, Any] = {"stages": [], "compare": []}
+        for field in ("trainer", "memory", "selector", "attention"):
             if getattr(stage, field) is not None:
                 update[field] = getattr(stage, field)
         train = {**self.train.model_dump(), **(base.train if base is not None else {})}
