@@ -13,6 +13,7 @@ import sys
 import torch
 
 from worldkit import config as wk_config
+from worldkit.errors import WorldkitError
 from worldkit.experiment import RunData, evaluate_model, load_weights, resolve_init, resolve_stages
 from worldkit.model import WorldModel
 
@@ -40,8 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", help="a checkpoint path or a shipped name such as base/pendulum")
     ap.add_argument("--set", action="append", default=[], metavar="K=V")
     args = ap.parse_args(argv)
-    cfg = wk_config.load(args.experiment, args.set)
-    rows = evaluate_checkpoint(cfg, args.checkpoint)
+    try:
+        cfg = wk_config.load(args.experiment, args.set)
+        rows = evaluate_checkpoint(cfg, args.checkpoint)
+    except WorldkitError as err:  # bad input: one line per problem, no traceback
+        for line in err.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     hs = cfg.eval.horizons
     metrics = [m for m in ("fg_psnr", "state_err") if m in rows[0][1]]  # no state error without a probe
     names = {"fg_psnr": "fg-PSNR", "state_err": "state err"}

@@ -353,3 +353,36 @@ def test_python_construction_validates_plugin_fields_too():
     assert cfg.memory.type == "dense"
     with pytest.raises(Exception, match="expected a memory plugin, got a env plugin"):
         ExperimentConfig(name="py", env={"type": "toy_env"}, memory=cfg.env)
+
+
+def test_exponent_floats_parse_as_numbers():
+    """YAML 1.1 reads 1e-4 (no dot) as a string; --set selector.top_k=1e-1 must give a number."""
+    assert config.parse_yaml("1e-4", "x") == 1e-4 and config.parse_yaml("-2E+3", "x") == -2000.0
+    assert config.parse_yaml("1.5e2", "x") == 150.0 and config.parse_yaml("7", "x") == 7
+    assert config.parse_yaml("1e", "x") == "1e" and config.parse_yaml("e5", "x") == "e5"
+    assert config.validate({**MINIMAL, "train": config.parse_yaml("{lr: 3e-4}", "x")}).train.lr == 3e-4
+
+
+def test_a_validators_message_reads_as_written():
+    """pydantic's 'Value error, ' prefix is dropped, and a value the message already names is not repeated."""
+    from pydantic import field_validator
+
+    class Picky(PluginConfig):
+        k: int = 1
+
+        @field_validator("k")
+        @classmethod
+        def _positive(cls, v):
+            if v < 1:
+                raise ValueError(f"must be >= 1; got {v}")
+            return v
+
+    picky = type("PickyMemory", (FAKES[("memory", "toy_window")],), {"Config": Picky})
+    with registry.register("memory", "picky", picky, replace=True):
+        with pytest.raises(ConfigError) as err:
+            config.validate({**MINIMAL, "memory": {"type": "picky", "k": 0}}, "x.yaml")
+    (line,) = err.value.lines()
+    assert line == "x.yaml: memory.k: must be >= 1; got 0"
+    with pytest.raises(ConfigError) as err:
+        config.validate({**MINIMAL, "model": {"width": 130, "heads": 4}}, "x.yaml")
+    assert err.value.lines() == ["x.yaml: model.heads: must divide model.width=130 (got 4)"]

@@ -93,11 +93,15 @@ def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_pat
     spec = importlib.util.spec_from_file_location("eval_checkpoint", Path(__file__).parents[1] / "benchmarks" / "eval_checkpoint.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.episodes=5"]) == 0
+    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.episodes=5"]) == 2  # only 2 held out
+    assert "eval.episodes: must be at most data.test_episodes=2" in capsys.readouterr().err
+    assert mod.main([str(path), "base/nope", "--set", "eval.episodes=2"]) == 2  # no traceback
+    assert "base/nope" in capsys.readouterr().err
+    assert mod.main([str(path), str(tmp_path / "m.pt")]) == 0
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
     assert len(rows) == 2 and all(ln.count("±") == 2 for ln in rows)
-    assert "2 held-out episodes" in out  # the ones there are, not the 5 asked for
+    assert "2 held-out episodes" in out
     # without a state probe: no state-error columns, no crash
     assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.probe_steps=0"]) == 0
     out = capsys.readouterr().out

@@ -44,6 +44,14 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """The YAML document in ``text``; a syntax error becomes a ConfigError naming line and column."""
     try:
@@ -309,7 +317,8 @@ def _issue(error: dict, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Is
         keys = keys_at(raw, loc[:-1]) or []
         allowed = ", ".join(map(str, keys)) or "none"
         return Issue(path, error["input"], f"unknown key{_hint(loc[-1], keys)}; allowed: {allowed}", source)
-    return Issue(path, error["input"], error["msg"], source)
+    message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])  # pydantic's prefix for a validator's message
+    return Issue(path, error["input"], message, source)
 
 
 def _merge(issues: list[Issue]) -> list[Issue]:

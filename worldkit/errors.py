@@ -44,7 +44,9 @@ class ConfigError(WorldkitError):
         out = []
         for issue in self.issues:
             where = [p for p in (issue.source or self.source, issue.path) if p]
-            got = "" if issue.value is MISSING else f" (got {_show(issue.value)})"
+            shown = "" if issue.value is MISSING else _show(issue.value)
+            said = shown and issue.message.rstrip().endswith((f"got {shown}", f": {shown}"))  # already in the message
+            got = "" if issue.value is MISSING or said else f" (got {shown})"
             out.append(": ".join(where + [issue.message + got]))
         return out
 

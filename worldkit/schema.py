@@ -263,6 +263,9 @@ class ExperimentConfig(Section):
         if e.context_frames % m.chunk_frames:
             problems.append(_problem(("eval", "context_frames"), e.context_frames,
                                      f"must be a multiple of model.chunk_frames={m.chunk_frames}"))
+        if e.episodes > self.data.test_episodes:
+            problems.append(_problem(("eval", "episodes"), e.episodes,
+                                     f"must be at most data.test_episodes={self.data.test_episodes} (the held-out episodes)"))
         if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
             problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
         seen: set[str] = set()
