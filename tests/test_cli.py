@@ -268,13 +268,26 @@ def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 
 
+def test_an_interrupt_anywhere_in_a_run_says_how_to_resume(tmp_path, monkeypatch):
+    """Not only in training: Ctrl-C during evaluation or the state probe also names the resume command."""
+    import worldkit.experiment as E
+
+    def stop(*args):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(E, "_run_stages", stop)
+    with pytest.raises(KeyboardInterrupt, match=f"resume with: worldkit run --resume {tmp_path}"):
+        E.run(None, tmp_path)
+
+
 def test_data_calls_prepare_with_the_validated_config(tmp_path, capsys, monkeypatch):
     module = types.ModuleType("worldkit.data")
-    module.prepare = lambda cfg: prepared.append(cfg)
+    module.prepare = lambda cfg: prepared.append(cfg) or {"train": tmp_path / "t.npz"}
     prepared: list = []
     monkeypatch.setitem(sys.modules, "worldkit.data", module)
-    assert call(capsys, "data", write(tmp_path, BASE), "--set", "data.train_episodes=3")[0] == 0
-    assert prepared[0].data.train_episodes == 3
+    code, out, _ = call(capsys, "data", write(tmp_path, BASE), "--set", "data.train_episodes=3")
+    assert code == 0 and prepared[0].data.train_episodes == 3
+    assert out == f"train: {tmp_path / 't.npz'}\n"  # where the episodes are, also when they were cached
 
 
 # --------------------------------------------------------------------------------------------------

@@ -248,11 +248,13 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys
     assert experiment.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run
     capsys.readouterr()
-    assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--window", "4"]) == 0
-    assert {p.name for p in (run / "analysis").iterdir()} == {"attention.json", "attention_map.png", "attention_stripes.png"}
+    assert main(["analyze", "attention", str(run), "--episodes", "1", "--window", "4"]) == 0  # horizon: the run's 2
+    assert {p.name for p in (run / "analysis" / "1-window_sf").iterdir()} == {
+        "attention.json", "attention_map.png", "attention_stripes.png"}
     assert "model: stages/1-window_sf/model.pt" in capsys.readouterr().out  # the chain's last stage, not the variant
     assert main(["analyze", "attention", str(run), "--episodes", "1", "--horizon", "2", "--stage", "sink_sf"]) == 0
     assert "model: stages/2-sink_sf/model.pt" in capsys.readouterr().out
+    assert {p.name for p in (run / "analysis").iterdir()} == {"1-window_sf", "2-sink_sf"}  # one folder per stage
     for bad, words in ((["--horizon", "0"], "--horizon must be at least 1; got 0"), (["--episodes", "9"], "2 test episodes"),
                        (["--stage", "nope"], "choices: 0-dense_df, 1-window_sf, 2-sink_sf")):
         assert main(["analyze", "attention", str(run), *bad]) == 2

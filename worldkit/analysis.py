@@ -184,10 +184,12 @@ def analyze_attention(model: WorldModel, frames: np.ndarray, actions: np.ndarray
     return result
 
 
-def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: int = 6, horizon: int = 4,
+def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: int = 6, horizon: Optional[int] = None,
                 stage: Optional[str] = None) -> dict:
     """``worldkit analyze attention RUN_DIR``: a finished stage's model on test episodes; by default the
-    last stage of the run's chain (not a comparison variant), or ``stage`` by name or folder name."""
+    last stage of the run's chain (not a comparison variant), or ``stage`` by name or folder name.
+    horizon: rollout length in training clips (default 4, or the run's longest evaluation horizon if
+    shorter). Results go to ``analysis/<stage folder>/``, one folder per analysed stage."""
     from torch.utils.tensorboard import SummaryWriter
 
     from worldkit import config as wk_config
@@ -197,9 +199,11 @@ def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: int = 6,
 
     run_dir = Path(run_dir)
     for flag, value in (("--episodes", episodes), ("--window", window_frames), ("--horizon", horizon)):
-        if value < 1:
+        if value is not None and value < 1:
             raise WorldkitError(f"{flag} must be at least 1; got {value}")
     cfg = wk_config.load(run_dir / "config.yaml")
+    if horizon is None:
+        horizon = min(4, max(cfg.eval.horizons))
     finished = [st for st in resolve_stages(cfg) if (run_dir / "stages" / st.dirname / "model.pt").exists()]
     if not finished:
         raise WorldkitError(f"{run_dir}: no finished stage (stages/*/model.pt) to analyze")
@@ -224,12 +228,15 @@ def analyze_run(run_dir: os.PathLike, episodes: int = 4, window_frames: int = 6,
     if episodes > len(test.frames):
         raise WorldkitError(f"--episodes {episodes}: the run has {len(test.frames)} test episodes")
     if test.frames.shape[1] < need:
-        raise WorldkitError(f"--horizon {horizon}: test episodes have {test.frames.shape[1]} frames, {need} needed")
-    writer = SummaryWriter(str(run_dir / "tb" / "analysis"))
+        raise WorldkitError(f"--horizon {horizon}: test episodes have {test.frames.shape[1]} frames, {need} needed "
+                            f"(the run evaluates up to {max(cfg.eval.horizons)} clips)")
+    writer = SummaryWriter(str(run_dir / "tb" / "analysis" / chosen[-1].dirname))
+    out = run_dir / "analysis" / chosen[-1].dirname
     res = analyze_attention(
         model, test.frames[:episodes, :need], test.actions[:episodes, :need], cfg.eval.context_frames, gen,
-        window_frames, run_dir / "analysis", clip, cfg.model.sampler_steps, cfg.model.shift, writer,
+        window_frames, out, clip, cfg.model.sampler_steps, cfg.model.shift, writer,
     )
     writer.close()
     res["model"] = str(path.relative_to(run_dir))
+    res["out"] = str(out)
     return res

@@ -140,7 +140,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     if cfg.grid:
         cfgs = [c.config for c in import_module("worldkit.grid").load(args.config, args.overrides).cells]
     for c in cfgs:
-        import_module("worldkit.data").prepare(c)
+        paths = import_module("worldkit.data").prepare(c)
+        for split, path in paths.items():  # generated or found in the cache: where the episodes are
+            print(f"{split}: {path}")
     return 0
 
 
@@ -152,7 +154,7 @@ def cmd_analyze_attention(args: argparse.Namespace) -> int:
           f"(uniform: 25%)")
     print(f"history: {100 * res['history_top_persistence']:.1f}% of the top history blocks stay on top at the next "
           f"chunk (chance: {100 * res['history_top_persistence_chance']:.1f}%)")
-    print(f"heatmaps and attention.json in {Path(args.run_dir) / 'analysis'}; TensorBoard: {Path(args.run_dir) / 'tb'}")
+    print(f"heatmaps and attention.json in {res['out']}; TensorBoard: {Path(args.run_dir) / 'tb'}")
     return 0
 
 
@@ -220,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir", metavar="RUN_DIR")
     q.add_argument("--episodes", type=int, default=4, help="test episodes to roll out (default 4)")
     q.add_argument("--window", type=int, default=6, help="local window in frames (default 6, the paper's)")
-    q.add_argument("--horizon", type=int, default=4, help="rollout length in training clips (default 4)")
+    q.add_argument("--horizon", type=int, default=None,
+                   help="rollout length in training clips (default 4, or the run's longest eval horizon if shorter)")
     q.add_argument("--stage", default=None, help="the stage to analyze, by name (default: the run's last stage, "
                                                   "not a comparison variant)")
     q.set_defaults(func=cmd_analyze_attention)

@@ -221,8 +221,17 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
 
 
 def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
-    """Run every stage of ``cfg`` in ``run_dir``, evaluating after each; returns the summary rows."""
-    run_dir = Path(run_dir)
+    """Run every stage of ``cfg`` in ``run_dir``, evaluating after each; returns the summary rows.
+    Ctrl-C anywhere (training, evaluation, the state probe) says how to resume."""
+    try:
+        return _run_stages(cfg, Path(run_dir), resume)
+    except KeyboardInterrupt as stop:
+        if str(stop):  # already says where it stopped
+            raise
+        raise KeyboardInterrupt(f"stopped; finished stages are kept; resume with: worldkit run --resume {run_dir}") from None
+
+
+def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
     torch.manual_seed(cfg.seed)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
     d = RunData(cfg)
