@@ -15,8 +15,10 @@ constants, 16-divisible ints and pointers get ``tt.divisibility``). For each com
 - shared memory per program;
 - whether its tile loads are software-pipelined: the count of asynchronous tile copies in the TTGIR (K
   and V in the forward and dQ kernels, Q and dO in dK/dV); 0 means every tile load stalls its loop;
-- the instructions and block-wide barriers (``BAR.SYNC``) of its main loop in the SASS, per warp and
-  step: at these tile sizes a step's non-matmul instructions take about as long to issue as its matmuls;
+- the instructions and block-wide barriers (``BAR.SYNC``) of each of its loops in the SASS, per warp and
+  step (with ragged blocks the forward and dQ kernels run full slots in an unmasked loop, then short
+  ones in a masked loop): at these tile sizes a step's non-matmul instructions take about as long to
+  issue as its matmuls;
 - resident programs and warps per SM those resources allow, and what limits them.
 
 These facts explain timings; they are not timings (``kernel_bench.py`` measures those, on a GPU).
@@ -168,7 +170,8 @@ def compile_facts(fn, args: tuple, kwargs: dict, arch: int = 90) -> dict:
 
 
 def sass_loop(cubin: bytes) -> dict:
-    """Instructions and BAR.SYNC barriers in the main loop (the longest backward branch) of the SASS."""
+    """Instructions and BAR.SYNC barriers of each loop (a backward branch) in the SASS, in code order;
+    loops inside another are counted in it."""
     from triton import knobs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,13 +180,15 @@ def sass_loop(cubin: bytes) -> dict:
         sass = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", str(path)], capture_output=True, text=True,
                               check=True).stdout
     ins = [(int(m[1], 16), m[2].strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    body = []
+    spans = []
     for addr, text in ins:
         m = re.search(r"\bBRA\s+(?:`?\(?[^0-9]*)?0x([0-9a-f]+)", text)
         if m and int(m[1], 16) < addr:
-            loop = [t for a, t in ins if int(m[1], 16) <= a <= addr]
-            body = loop if len(loop) > len(body) else body
-    return dict(loop_instructions=len(body), loop_barriers=sum("BAR.SYNC" in t for t in body))
+            spans.append((int(m[1], 16), addr))
+    outer = [sp for sp in spans if not any(o != sp and o[0] <= sp[0] and sp[1] <= o[1] for o in spans)]
+    loops = [[t for a, t in ins if lo <= a <= hi] for lo, hi in sorted(outer)]
+    return dict(loop_instructions=[len(body) for body in loops],
+                loop_barriers=[sum("BAR.SYNC" in t for t in body) for body in loops])
 
 
 @contextlib.contextmanager
@@ -209,8 +214,9 @@ def occupancy(regs: int, smem: int, num_warps: int, arch: int) -> dict:
         "warps": lim["warps"] // num_warps,
         "programs": lim["programs"],
     }
-    limit = min(by, key=by.get)
-    return dict(programs_per_sm=by[limit], warps_per_sm=by[limit] * num_warps, limit=limit)
+    least = min(by.values())
+    limit = " and ".join(k for k, v in by.items() if v == least)  # every resource that binds
+    return dict(programs_per_sm=least, warps_per_sm=least * num_warps, limit=limit)
 
 
 def config_text(cfg: dict) -> str:
@@ -270,8 +276,8 @@ def main() -> int:
                 else:
                     print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | {row['regs']} | {row['spill']} "
                           f"| {row['smem'] / 1024:.1f} | {row['async_tiles']} | {row['programs_per_sm']} "
-                          f"| {row['warps_per_sm']} | {row['limit']} | {row['loop_instructions']} "
-                          f"| {row['loop_barriers']} |", flush=True)
+                          f"| {row['warps_per_sm']} | {row['limit']} | {'/'.join(map(str, row['loop_instructions']))} "
+                          f"| {'/'.join(map(str, row['loop_barriers']))} |", flush=True)
                 rows.append(row)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")

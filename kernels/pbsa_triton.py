@@ -23,20 +23,65 @@ from .blocks import build_transposed
 
 LOG2E = 1.4426950408889634
 # With ragged blocks, list entries carry the slot and its valid rows in one int32: slot << LEN_BITS | rows.
-_LEN_BITS = 9
+_LEN_BITS = 11
 LEN_BITS: tl.constexpr = tl.constexpr(_LEN_BITS)
 LEN_MASK: tl.constexpr = tl.constexpr((1 << _LEN_BITS) - 1)
 
 
 @triton.jit
+def _fwd_steps(
+    q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd, offs_n0, offs_d,
+    m_i, l_i, acc, start, stop, qk_scale,
+    BLK: tl.constexpr, TILE: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr, PACKED: tl.constexpr,
+    MASKED: tl.constexpr, PREC: tl.constexpr,
+):
+    """Online softmax over list entries [start, stop): unmasked (every slot full, TILE == BLK) or masked
+    past each slot's length. Each step loads the next step's entry and carries it, so the K/V tiles,
+    whose addresses depend on it, are prefetched num_stages - 1 steps ahead."""
+    code_next = tl.load(idx_row + start * s_ik, mask=start < stop, other=0)
+    for it in range(start * NSUB, stop * NSUB):
+        code = code_next
+        nxt = (it + 1) // NSUB
+        code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
+        if PACKED:  # slot << LEN_BITS | valid rows of the slot
+            s = (code >> LEN_BITS).to(tl.int64)
+            kl = code & LEN_MASK
+        else:
+            s = code.to(tl.int64)
+            kl = BLK
+        offs_n = (it % NSUB) * BLOCK_N + offs_n0
+        k_ptr = K + k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
+        v_ptr = V + v_base + s * s_vs + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
+        col_ok = offs_n < kl
+        if MASKED and TILE != BLK:  # the tile reaches past the slot
+            kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        else:  # inside the slot: columns past its length are read, their scores masked below
+            kt = tl.load(k_ptr)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC)  # (BLOCK_M, BLOCK_N), unscaled
+        if MASKED:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # log2 units; the scale goes on the row max ...
+        p = tl.exp2(qk * qk_scale - m_new[:, None])  # ... and into one multiply-add per score
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        else:
+            vt = tl.load(v_ptr)
+        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None], input_precision=PREC)  # accumulates in place
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _fwd_kernel(
-    Q, K, V, IDX, CNT, O, LSE,
+    Q, K, V, IDX, CNT, NFULL, O, LSE,
     qk_scale,  # softmax scale x log2(e)
     s_qb, s_qh, s_qt, s_qd,
     s_kb, s_ks, s_kh, s_kt, s_kd,
     s_vb, s_vs, s_vh, s_vt, s_vd,
     s_ib, s_ih, s_ir, s_ik,
-    s_cb, s_ch, s_cr,
+    s_cb, s_ch, s_cr,  # counts, and the full-slot counts (same layout)
     s_ob, s_oh, s_ot, s_od, s_os,  # s_os, s_es: stride between the partial results of a split list
     s_eb, s_eh, s_et, s_es,
     H, Tq,
@@ -67,41 +112,24 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite, so all-masked tiles never give inf - inf
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    # each step loads the next step's list entry and carries it: the K/V tiles, whose addresses depend
-    # on it, are then prefetched num_stages - 1 steps ahead (no pipeline stage spent on the index load)
     idx_row = IDX + b * s_ib + h * s_ih + r * s_ir
-    last = tl.maximum(hi - 1, 0)  # reads are clamped to the share's last entry
-    code_next = tl.load(idx_row + tl.minimum(lo, last) * s_ik)
-    for it in range(lo * NSUB, hi * NSUB):
-        code = code_next
-        code_next = tl.load(idx_row + tl.minimum((it + 1) // NSUB, last) * s_ik)
-        if HAS_BLEN:  # packed entries: slot << LEN_BITS | valid rows of the slot
-            s = (code >> LEN_BITS).to(tl.int64)
-            kl = code & LEN_MASK
-        else:
-            s = code.to(tl.int64)
-            kl = BLK
-        offs_n = (it % NSUB) * BLOCK_N + offs_n0
-        col_ok = offs_n < kl
-        k_ptr = K + b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
-        v_ptr = V + b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-        if TILE == BLK:  # inside the slot (always so when EVEN_K): columns past its length are read, their scores masked below
-            kt = tl.load(k_ptr)  # (BLOCK_N, D)
-        else:
-            kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(kt), input_precision=PREC)  # (BLOCK_M, BLOCK_N), unscaled
-        if not EVEN_K:
-            qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # log2 units; the scale goes on the row max ...
-        p = tl.exp2(qk * qk_scale - m_new[:, None])  # ... and into one multiply-add per score
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if EVEN_K:
-            vt = tl.load(v_ptr)  # (BLOCK_N, D)
-        else:
-            vt = tl.load(v_ptr, mask=col_ok[:, None], other=0.0)
-        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None], input_precision=PREC)  # accumulates in place
-        m_i = m_new
+    k_base = b * s_kb + h * s_kh
+    v_base = b * s_vb + h * s_vh
+    # full slots first, without masks; then the short ones (with lengths, the lists hold them last)
+    if EVEN_K:
+        mid = hi
+    elif HAS_BLEN and TILE == BLK:
+        mid = tl.minimum(tl.maximum(tl.load(NFULL + b * s_cb + h * s_ch + r * s_cr), lo), hi)
+    else:  # the tile reaches past every slot
+        mid = lo
+    if TILE == BLK:
+        m_i, l_i, acc = _fwd_steps(q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
+                                   offs_n0, offs_d, m_i, l_i, acc, lo, mid, qk_scale,
+                                   BLK, TILE, BLOCK_N, NSUB, HAS_BLEN, False, PREC)
+    if not EVEN_K:
+        m_i, l_i, acc = _fwd_steps(q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
+                                   offs_n0, offs_d, m_i, l_i, acc, mid, hi, qk_scale,
+                                   BLK, TILE, BLOCK_N, NSUB, HAS_BLEN, True, PREC)
     nonempty = l_i > 0
     l_safe = tl.where(nonempty, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -146,8 +174,43 @@ def _load_rows(Q, DO, LSE, DELTA, q_off, do_off, row_off, row_ok, EVEN_Q: tl.con
 
 
 @triton.jit
+def _dq_steps(
+    q, do, lse2, delta, dq, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd, offs_n0, offs_d,
+    start, stop, qk_scale,
+    BLK: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr, PACKED: tl.constexpr, MASKED: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """dQ over list entries [start, stop), unmasked or masked past each slot's length; the next entry is
+    loaded a step ahead, as in the forward."""
+    code_next = tl.load(idx_row + start * s_ik, mask=start < stop, other=0)
+    for it in range(start * NSUB, stop * NSUB):
+        code = code_next
+        nxt = (it + 1) // NSUB
+        code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
+        if PACKED:
+            s = (code >> LEN_BITS).to(tl.int64)
+            kl = code & LEN_MASK
+        else:
+            s = code.to(tl.int64)
+            kl = BLK
+        offs_n = (it % NSUB) * BLOCK_N + offs_n0
+        col_ok = offs_n < kl
+        kt, vt = _load_slot(  # (BLOCK_N, D) each; masked columns read as zeros
+            K, V, k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
+            v_base + s * s_vs + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, not MASKED)
+        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(qk - lse2[:, None])  # rows past the block read q = dO = 0, lse = delta = 0: ds = 0 there
+        if MASKED:
+            p = tl.where(col_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), kt, dq, input_precision=PREC)
+    return dq
+
+
+@triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, IDX, CNT, DQ,
+    Q, K, V, DO, LSE, DELTA, IDX, CNT, NFULL, DQ,
     qk_scale, sm_scale,
     s_qb, s_qh, s_qt, s_qd,
     s_kb, s_ks, s_kh, s_kt, s_kd,
@@ -177,30 +240,21 @@ def _bwd_dq_kernel(
         row_ok, EVEN_Q)
     n = tl.load(CNT + b * s_cb + h * s_ch + r * s_cr)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    idx_row = IDX + b * s_ib + h * s_ih + r * s_ir  # the next entry is loaded a step ahead, as in the forward
-    last = tl.maximum(n - 1, 0)
-    code_next = tl.load(idx_row)  # entry 0: allocated even when the row is empty (then unused)
-    for it in range(0, n * NSUB):
-        code = code_next
-        code_next = tl.load(idx_row + tl.minimum((it + 1) // NSUB, last) * s_ik)
-        if HAS_BLEN:  # packed entries, as in the forward
-            s = (code >> LEN_BITS).to(tl.int64)
-            kl = code & LEN_MASK
-        else:
-            s = code.to(tl.int64)
-            kl = BLK
-        offs_n = (it % NSUB) * BLOCK_N + offs_n0
-        col_ok = offs_n < kl
-        kt, vt = _load_slot(  # (BLOCK_N, D) each
-            K, V, b * s_kb + s * s_ks + h * s_kh + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
-            b * s_vb + s * s_vs + h * s_vh + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, EVEN_K)
-        qk = tl.dot(q, tl.trans(kt), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(qk - lse2[:, None])  # rows past the block read q = dO = 0, lse = delta = 0: ds = 0 there
-        if not EVEN_K:
-            p = tl.where(col_ok[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(vt), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(kt.dtype), kt, dq, input_precision=PREC)
+    idx_row = IDX + b * s_ib + h * s_ih + r * s_ir
+    k_base = b * s_kb + h * s_kh
+    v_base = b * s_vb + h * s_vh
+    if EVEN_K:  # full slots first, without masks, as in the forward
+        mid = n
+    elif HAS_BLEN and TILE == BLK:
+        mid = tl.minimum(tl.load(NFULL + b * s_cb + h * s_ch + r * s_cr), n)
+    else:
+        mid = 0
+    if TILE == BLK:
+        dq = _dq_steps(q, do, lse2, delta, dq, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
+                       offs_n0, offs_d, 0, mid, qk_scale, BLK, BLOCK_N, NSUB, HAS_BLEN, False, PREC)
+    if not EVEN_K:
+        dq = _dq_steps(q, do, lse2, delta, dq, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
+                       offs_n0, offs_d, mid, n, qk_scale, BLK, BLOCK_N, NSUB, HAS_BLEN, True, PREC)
     dq_ptr = DQ + b * s_gb + h * s_gh + rows[:, None] * s_gt + offs_d[None, :] * s_gd
     if EVEN_Q:
         tl.store(dq_ptr, (dq * sm_scale).to(DQ.dtype.element_ty))
@@ -385,17 +439,25 @@ def _problem(q: Tensor, k: Tensor, index: Tensor) -> tuple:
             triton.next_power_of_2(index.shape[3]), triton.next_power_of_2(NS), triton.next_power_of_2(B * H))
 
 
-def _pack(index: Tensor, block_len: Tensor, BLK: int) -> Tensor:
-    """List entries with each slot's valid rows packed in, on the device: slot << LEN_BITS | rows.
-    One scalar load per step then gives both, and full slots need no masking.
-    index: (B, Hi, NQB, MAXK) int32, entries past a row's count unread; block_len: (B, NS) int32."""
+def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Tensor, Tensor]:
+    """The lists as the kernels read them when blocks are ragged, built on the device: each entry packs
+    the slot and its valid rows (slot << LEN_BITS | rows, one scalar load per step), and each row lists
+    its full slots first (ascending), then its short ones, so full slots run without masks.
+    index: (B, Hi, NQB, MAXK), entries past a row's count unread; count: (B, Hi, NQB); block_len: (B, NS).
+    Returns lists (B, Hi, NQB, MAXK) int32 and the full slots per row (B, Hi, NQB) int32."""
     B, NS = block_len.shape
+    if NS == 0 or index.numel() == 0:  # nothing to read: every row is empty
+        return index.to(torch.int32), torch.zeros_like(count, dtype=torch.int32)
     if BLK >= 1 << _LEN_BITS or NS > (1 << (31 - _LEN_BITS)):
         raise ValueError(f"Triton PBSA packs slot and length in int32: needs block < {1 << _LEN_BITS} and at most "
                          f"{1 << (31 - _LEN_BITS)} slots; got block {BLK}, {NS} slots")
-    slot = index.reshape(B, -1).long().clamp(0, NS - 1)  # (B, Hi * NQB * MAXK)
-    rows = block_len.long().gather(1, slot).clamp(0, BLK)  # (B, Hi * NQB * MAXK)
-    return ((slot << _LEN_BITS) | rows).to(torch.int32).view(index.shape)
+    slot = index.long().clamp(0, NS - 1)  # (B, Hi, NQB, MAXK)
+    rows = block_len.long().gather(1, slot.reshape(B, -1)).view(index.shape).clamp(0, BLK)
+    valid = torch.arange(index.shape[-1], device=index.device) < count[..., None]
+    kind = torch.where(valid, (rows < BLK).to(torch.int8), 2)  # 0 full, 1 short, 2 padding
+    order = kind.argsort(dim=-1, stable=True)
+    lists = ((slot << _LEN_BITS) | rows).gather(-1, order).to(torch.int32)
+    return lists, (kind == 0).sum(-1, dtype=torch.int32)
 
 
 def _head_stride(t: Tensor, Hi: int, dim: int = 1) -> int:
@@ -416,7 +478,8 @@ def pbsa_fwd(
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)  # (B, H, Tq)
     if out.numel() == 0:
         return out, lse
-    lists = index if block_len is None else _pack(index, block_len, BLK)  # (B, Hi, NQB, MAXK) int32
+    count = count.contiguous()  # the full-slot counts share its strides
+    lists, nfull = (index, count) if block_len is None else _pack(index, count, block_len, BLK)
     tile = _tile(BLK)
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
 
@@ -428,7 +491,7 @@ def pbsa_fwd(
         else:
             o, e = out[None], lse[None]  # (1, B, H, Tq, D), (1, B, H, Tq)
         _fwd_kernel[(NQB * (tile // c["BLOCK_M"]), B * H, split)](
-            q, k, v, lists, count, o, e,
+            q, k, v, lists, count, nfull, o, e,
             scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(),
             lists.stride(0), _head_stride(lists, Hi), lists.stride(2), lists.stride(3),
@@ -478,11 +541,12 @@ def pbsa_bwd(
     common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even)
     problem = (*_problem(q, k, index), *even.values())
 
-    lists = index if block_len is None else _pack(index, block_len, BLK)
+    count = count.contiguous()  # the full-slot counts share its strides
+    lists, nfull = (index, count) if block_len is None else _pack(index, count, block_len, BLK)
 
     def launch_dq(c: dict) -> None:
         _bwd_dq_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
-            q, k, v, do, lse, delta, lists, count, dq,
+            q, k, v, do, lse, delta, lists, count, nfull, dq,
             scale * LOG2E, scale,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
             lists.stride(0), _head_stride(lists, Hi), lists.stride(2), lists.stride(3),

@@ -19,8 +19,10 @@ def run_report(tmp_path, *args):
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--blocks", "128", "--defaults", "--json", str(out), *args],
                           env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() or "ptxas" in proc.stdout.lower()) and not out.exists():
-        pytest.skip(f"Triton cannot compile for sm_90 here: {proc.stderr.strip().splitlines()[-1:]}")
+    rows = json.loads(out.read_text()) if out.exists() else []
+    if proc.returncode != 0 and (not rows or all("ptxas" in r.get("error", "").lower() for r in rows)) and (
+            "ptxas" in (proc.stdout + proc.stderr).lower()):
+        pytest.skip(f"Triton cannot compile for sm_90 here (no ptxas): {proc.stderr.strip().splitlines()[-1:]}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -43,14 +45,16 @@ def test_default_configurations_pipeline_their_tile_loads_without_spilling(tmp_p
     assert "| 128 | fwd | 0 | M128 N64 w8 s3 |" in text  # the markdown table names what it compiled
 
 
-def test_ragged_blocks_cost_the_forward_loop_no_barrier(tmp_path):
-    """Ragged blocks (a per-slot length) add masking work to the forward's loop but no block-wide barrier
-    and no lost prefetch: the packed lists give one scalar load per step, as with full blocks."""
+def test_ragged_blocks_run_full_slots_in_the_same_loop_as_full_blocks(tmp_path):
+    """With ragged blocks the forward runs its full slots first in a loop as lean as the one for lists
+    without lengths (no masks, no extra barrier, the same prefetch), then the short slots in a masked
+    loop: the packed, ordered lists keep the per-slot length out of the hot loop."""
     ragged, _ = run_report(tmp_path, "--kernels", "fwd")
     full, _ = run_report(tmp_path, "--kernels", "fwd", "--full-blocks")
-    assert ragged[0]["loop_barriers"] == full[0]["loop_barriers"]
+    (main, masked), (plain,) = ragged[0]["loop_instructions"], full[0]["loop_instructions"]
+    assert abs(main - plain) <= 0.05 * plain < masked - main  # the masks are visible, so the count is live
+    assert ragged[0]["loop_barriers"][0] == full[0]["loop_barriers"][0]
     assert ragged[0]["async_tiles"] >= full[0]["async_tiles"] >= 2
-    assert full[0]["loop_instructions"] < ragged[0]["loop_instructions"]  # the masks are visible, so the count is live
 
 
 def test_report_shows_a_loop_without_pipelining(tmp_path):
@@ -66,7 +70,11 @@ def test_occupancy_arithmetic():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # imports only; main() is not run
     # 128 registers x 8 warps = 32768 of 65536; 96 KiB (+1 KiB reserved) twice fits 228 KiB
-    assert mod.occupancy(128, 96 * 1024, 8, 90) == dict(programs_per_sm=2, warps_per_sm=16, limit="registers")
+    assert mod.occupancy(128, 96 * 1024, 8, 90) == dict(programs_per_sm=2, warps_per_sm=16,
+                                                         limit="registers and shared memory")
+    assert mod.occupancy(128, 64 * 1024, 8, 90)["limit"] == "registers"
+    # both bind at one program: both are named
+    assert mod.occupancy(187, 128 * 1024, 8, 90)["limit"] == "registers and shared memory"
     # 130 registers round up to 136 per thread: one program of 8 warps
     assert mod.occupancy(130, 96 * 1024, 8, 90)["programs_per_sm"] == 1
     # shared memory binds: 160 KiB per program

@@ -206,20 +206,46 @@ def test_triton_full_blocks(dtype):
 
 
 @needs_triton
-def test_packed_lists_carry_slot_and_length():
-    """With ragged blocks the kernels read slot and valid rows from one int32 per list entry."""
+def test_packed_lists_carry_slot_and_length_full_slots_first():
+    """With ragged blocks the kernels read slot and valid rows from one int32 per list entry, and each
+    row's full slots come first (they run without masks), then its short ones; padding stays last."""
     P = _kernels
     index = torch.tensor([[[[0, 2, 5], [1, 3, -1]]]], dtype=torch.int32)  # (1, 1, 2, 3); -1: padding past count
+    count = torch.tensor([[[3, 2]]], dtype=torch.int32)
     block_len = torch.tensor([[64, 64, 17, 64, 64, 3]], dtype=torch.int32)  # (1, NS=6)
-    packed = P._pack(index, block_len, 64)
-    assert packed.dtype == torch.int32 and packed.shape == index.shape
-    assert (packed[0, 0, 0] >> P._LEN_BITS).tolist() == [0, 2, 5]
-    assert (packed[0, 0, 0] & ((1 << P._LEN_BITS) - 1)).tolist() == [64, 17, 3]
-    assert (packed[0, 0, 1, :2] >> P._LEN_BITS).tolist() == [1, 3]
+    lists, nfull = P._pack(index, count, block_len, 64)
+    assert lists.dtype == torch.int32 and lists.shape == index.shape and nfull.tolist() == [[[1, 2]]]
+    slot, rows = lists >> P._LEN_BITS, lists & ((1 << P._LEN_BITS) - 1)
+    assert slot[0, 0, 0].tolist() == [0, 2, 5] and rows[0, 0, 0].tolist() == [64, 17, 3]  # 2 and 5 are short
+    assert slot[0, 0, 1, :2].tolist() == [1, 3] and rows[0, 0, 1, :2].tolist() == [64, 64]
+    index2 = torch.tensor([[[[2, 3, 4]]]], dtype=torch.int32)
+    lists2, nfull2 = P._pack(index2, torch.tensor([[[3]]], dtype=torch.int32), block_len, 64)
+    assert (lists2 >> P._LEN_BITS)[0, 0, 0].tolist() == [3, 4, 2] and nfull2.item() == 2  # stable within kinds
     # lengths above the block are capped, as the kernels did when they read block_len themselves
-    assert int(P._pack(index, torch.full((1, 6), 99, dtype=torch.int32), 64)[0, 0, 0, 0] & 511) == 64
-    with pytest.raises(ValueError, match="block < 512"):
-        P._pack(index, block_len, 512)
+    big = torch.full((1, 6), 99, dtype=torch.int32)
+    assert int(P._pack(index, count, big, 64)[0][0, 0, 0, 0] & ((1 << P._LEN_BITS) - 1)) == 64
+    with pytest.raises(ValueError, match="block < 2048"):
+        P._pack(index, count, block_len, 2048)
+    empty, nf = P._pack(index[..., :0], count * 0, block_len, 64)  # no list entries at all
+    assert empty.shape == (1, 1, 2, 0) and nf.tolist() == [[[0, 0]]]
+
+
+@needs_triton
+@pytest.mark.parametrize("ragged", [False, True])
+def test_triton_lists_with_no_entries(ragged):
+    """A list dimension of size 0 (nothing selected anywhere): zeros, lse -inf, zero gradients, and no
+    read of the (empty) lists."""
+    B, H, Tq, D, NS, BLK = 1, 2, 20, 16, 3, 16
+    q = torch.randn(B, H, Tq, D, requires_grad=True)
+    k = torch.randn(B, NS, H, BLK, D, requires_grad=True)
+    v = torch.randn(B, NS, H, BLK, D, requires_grad=True)
+    index = torch.empty(B, 1, 2, 0, dtype=torch.int32)
+    count = torch.zeros(B, 1, 2, dtype=torch.int32)
+    block_len = torch.tensor([[16, 16, 4]], dtype=torch.int32) if ragged else None
+    out, lse = pbsa_attention_with_lse(q, k, v, index, count, block_len, impl="triton")
+    assert out.abs().max() == 0 and bool(torch.isneginf(lse).all())
+    out.sum().backward()
+    assert q.grad.abs().max() == 0 and k.grad.abs().max() == 0 and v.grad.abs().max() == 0
 
 
 @needs_triton
