@@ -254,6 +254,15 @@ def test_run_refuses_an_accelerator_this_machine_lacks(tmp_path, capsys, experim
     assert run_dirs(out_root) == [] and experiment.calls == []
     code, _, err = call(capsys, "validate", file, "--set", "train.accelerator=foo")
     assert code == 2 and "train.accelerator" in err and "'cpu'" in err  # the choices
+    # Lightning's 'gpu' is also Apple's MPS
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert call(capsys, "run", file, "--out", tmp_path / "mac")[0] == 0
+    # a resumed run on a machine without the device: refused before its config.yaml is touched
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    saved = (tmp_path / "mac" / "config.yaml").read_text()
+    code, _, err = call(capsys, "run", "--resume", tmp_path / "mac", "--set", "train.max_steps=5")
+    assert code == 2 and "resume it on a machine that has one" in err
+    assert (tmp_path / "mac" / "config.yaml").read_text() == saved
 
 
 def test_unused_top_level_plugin_is_a_warning(tmp_path, capsys, experiment):

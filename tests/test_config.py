@@ -191,14 +191,14 @@ def test_a_stage_without_a_trainer_uses_the_top_level_one_and_unused_plugins_are
     cfg = config.validate(raw)
     a, b = resolve_stages(cfg)
     assert a.trainer == {"type": "toy_trainer", "exit_steps": 3} and b.trainer["type"] == "diffusion_forcing"
-    assert cfg.unused_plugins() == []  # stage a uses the top-level trainer
+    assert cfg.warnings() == []  # stage a uses the top-level trainer
     raw["stages"][0]["trainer"] = {"type": "toy_trainer"}
-    unused = config.validate(raw).unused_plugins()
+    unused = config.validate(raw).warnings()
     assert len(unused) == 1 and unused[0].startswith("trainer: unused, every stage sets its own trainer")
     raw.pop("trainer")  # not given: nothing to say, though a default fills it in
-    assert config.validate(raw).unused_plugins() == []
+    assert config.validate(raw).warnings() == []
     found = issues({**MINIMAL, "stages": [{"name": "../up"}]})
-    assert "pattern" in found["stages[0].name"][1]
+    assert "must name a folder" in found["stages[0].name"][1]
 
 
 def test_stage_errors_name_the_stage():
@@ -386,3 +386,37 @@ def test_a_validators_message_reads_as_written():
     with pytest.raises(ConfigError) as err:
         config.validate({**MINIMAL, "model": {"width": 130, "heads": 4}}, "x.yaml")
     assert err.value.lines() == ["x.yaml: model.heads: must divide model.width=130 (got 4)"]
+
+
+def test_resolved_yaml_reads_back_the_same_config():
+    """A string that YAML 1.2 would read as a number is quoted; a top-level plugin that every stage
+    replaces is left out, so the saved file raises no warning when loaded again."""
+    raw = {**MINIMAL, "trainer": {"type": "toy_trainer"},
+           "stages": [{"name": "1e3", "trainer": {"type": "toy_trainer"}}, {"name": "self forcing",
+                                                                            "trainer": {"type": "toy_trainer"}}]}
+    cfg = config.validate(copy.deepcopy(raw))
+    assert len(cfg.warnings()) == 1  # the trainer written at the top is replaced by every stage
+    text = config.to_yaml(cfg)
+    assert "'1e3'" in text and "\ntrainer:" not in text
+    again = config.validate(config.parse_yaml(text, "saved"))
+    assert again.model_dump(exclude={"trainer"}) == cfg.model_dump(exclude={"trainer"}) and again.warnings() == []
+    from worldkit.stages import resolve_stages
+
+    assert resolve_stages(again) == resolve_stages(cfg)  # what runs is the same
+    for bad in ("a/b", "..", "a\\b", ""):
+        assert "stages[0].name" in issues({**MINIMAL, "stages": [{"name": bad}]})
+
+
+def test_more_eval_episodes_than_held_out_is_a_warning():
+    cfg = config.validate({**MINIMAL, "data": {"test_episodes": 4}, "eval": {"episodes": 8}})
+    assert cfg.warnings() == ["eval.episodes: 8, but data.test_episodes=4: evaluation uses the 4 held-out "
+                              "episodes there are"]
+
+
+def test_a_variant_is_blamed_only_for_its_own_train_settings():
+    stage = {"name": "a", "trainer": {"type": "toy_trainer"}, "train": {"clip_frames": 9}}
+    found = issues({**MINIMAL, "stages": [stage], "compare": [{"name": "v", "trainer": {"type": "toy_trainer"}}]})
+    assert "stages[0].train.clip_frames" in found and "compare[0].train.clip_frames" not in found
+    found = issues({**MINIMAL, "compare": [{"name": "v", "train": {"clip_frames": 7}}],
+                    "stages": [{"name": "a", "trainer": {"type": "toy_trainer"}}]})
+    assert found["compare[0].train.clip_frames"][0] == 7

@@ -72,7 +72,7 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
 
 def warn_unused(cfg: ExperimentConfig, source) -> None:
     """Settings that would have no effect: said on stderr, the run goes on."""
-    for message in cfg.unused_plugins():
+    for message in cfg.warnings():
         print(f"warning: {source}: {message}", file=sys.stderr)
 
 
@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise WorldkitError("--resume uses the run folder's own config.yaml: give no config file or --out")
         run_dir = Path(args.resume)
         cfg = config.load(run_dir / "config.yaml", args.overrides)
+        check_accelerator(cfg, resume=True)
         if args.overrides:  # a new budget (--set train.max_steps=N): the folder records what ran
             if cfg.grid:
                 raise WorldkitError("--resume of a grid takes no --set: each cell keeps the config it started with")
@@ -90,7 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             check_resume_budget(config.load(run_dir / "config.yaml"), cfg, run_dir)
             config.save(cfg, run_dir / "config.yaml")
-        check_accelerator(cfg)
         if cfg.grid:
             return run_grid(run_dir / "config.yaml", [], run_dir, cfg)
         experiment = import_module("worldkit.experiment")

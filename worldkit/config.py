@@ -44,12 +44,17 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes the strings ``_StrictLoader`` would read as numbers (such as '1e3')."""
+
+
 # YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+for _cls in (_StrictLoader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -66,8 +71,17 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def to_yaml(cfg: BaseModel) -> str:
-    """The resolved config as YAML (every default filled in); ``load`` of it gives the same config."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+    """The resolved config as YAML (every default filled in, but no top-level plugin that every stage
+    replaces); ``load`` of it gives the same config."""
+    data = cfg.model_dump(mode="json")
+    for kind in getattr(cfg, "replaced_plugins", lambda: [])():
+        data.pop(kind, None)
+    return dump_yaml(data)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that ``parse_yaml`` reads back as the same data."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=100)
 
 
 def save(cfg: BaseModel, path: Union[str, Path]) -> Path:
@@ -317,7 +331,7 @@ def _issue(error: dict, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Is
         keys = keys_at(raw, loc[:-1]) or []
         allowed = ", ".join(map(str, keys)) or "none"
         return Issue(path, error["input"], f"unknown key{_hint(loc[-1], keys)}; allowed: {allowed}", source)
-    message = re.sub(r"^(Value|Assertion) error, ", "", error["msg"])  # pydantic's prefix for a validator's message
+    message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])  # pydantic's prefix for a validator's message
     return Issue(path, error["input"], message, source)
 
 

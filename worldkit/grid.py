@@ -36,7 +36,6 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-import yaml
 
 from worldkit import config, report
 from worldkit.errors import MISSING, ConfigError, Issue
@@ -261,7 +260,7 @@ def expand(raw: dict, source: str) -> list[Cell]:
     The experiment without its grid must itself be valid (it is the base every cell starts from); a
     cell's problems are reported as ``<file> cell <name>: <field>: <message>``."""
     base_raw = {k: v for k, v in raw.items() if k not in ("grid", "exclude")}
-    config.validate(copy.deepcopy(base_raw), source)  # the base's own problems, reported once
+    config.validate(copy.deepcopy(raw), source)  # the base's own problems, reported once (plugin checks: per cell)
     grid, exclude = raw.get("grid") or {}, raw.get("exclude") or []
     issues = check(grid, exclude)
     if issues:
@@ -302,7 +301,7 @@ def load(path: Union[str, Path], overrides: Sequence[str] = ()) -> Grid:
 def save_config(grid: Grid, grid_dir: Path) -> Path:
     """The grid as given (``--set`` applied) to ``grid_dir/config.yaml``, atomically."""
     head = "# A grid experiment; each cell's resolved config is cells/<name>/config.yaml\n"
-    text = head + yaml.safe_dump(grid.raw, sort_keys=False, default_flow_style=None, width=100)
+    text = head + config.dump_yaml(grid.raw)
     return report.atomic_write(Path(grid_dir) / "config.yaml", text)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -206,11 +207,17 @@ class EvalConfig(Section):
     probe_steps: int = Field(1500, ge=0)  # training steps of the state probe (0: no state error)
 
 
+def _folder_name(name: str) -> str:
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError("must name a folder: not empty, '.' or '..', no '/' or '\\'")
+    return name
+
+
 class StageConfig(Section):
     """One stage of a multi-stage run: plugin overrides (the top-level plugin where absent) and train
     overrides (merged onto the top-level train section)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also its folder's name: stages/<i>-<name>
+    name: Annotated[str, AfterValidator(_folder_name)]  # also its folder's name: stages/<i>-<name>
     trainer: Optional[PluginSpec["trainer"]] = None
     memory: Optional[PluginSpec["memory"]] = None
     selector: Optional[PluginSpec["selector"]] = None
@@ -263,13 +270,11 @@ class ExperimentConfig(Section):
         if e.context_frames % m.chunk_frames:
             problems.append(_problem(("eval", "context_frames"), e.context_frames,
                                      f"must be a multiple of model.chunk_frames={m.chunk_frames}"))
-        if e.episodes > self.data.test_episodes:
-            problems.append(_problem(("eval", "episodes"), e.episodes,
-                                     f"must be at most data.test_episodes={self.data.test_episodes} (the held-out episodes)"))
         if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
             problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
         seen: set[str] = set()
-        if not self.stages:
+        plugins = not self.grid  # a grid's cells are checked one by one: a cell may set what the base lacks
+        if not self.stages and plugins:
             problems += self._check_plugins(self, {})
         for i, stage in enumerate(self.stages):
             if stage.name in seen:
@@ -281,7 +286,8 @@ class ExperimentConfig(Section):
                 problems += [_relocate(e, ("stages", i, "train")) for e in err.errors()]
                 continue
             problems += self._check_train(train, ("stages", i, "train"))
-            problems += self._check_plugins(self.stage_config(stage), stage, ("stages", i))
+            if plugins:
+                problems += self._check_plugins(self.stage_config(stage), stage, ("stages", i))
         for i, variant in enumerate(self.compare):
             try:
                 merged = self.stage_config(variant, base=self.stages[-1] if self.stages else None)
@@ -289,8 +295,10 @@ class ExperimentConfig(Section):
                 problems += [_relocate(e, ("compare", i, "train")) for e in err.errors()
                              if e["loc"] and e["loc"][0] in variant.train]
                 continue
-            problems += self._check_train(merged.train, ("compare", i, "train"))
-            problems += self._check_plugins(merged, variant, ("compare", i))
+            if variant.train:  # what it inherits from the last stage is reported there
+                problems += self._check_train(merged.train, ("compare", i, "train"))
+            if plugins:
+                problems += self._check_plugins(merged, variant, ("compare", i))
         unique = {(tuple(p["loc"]), str(p["type"])): p for p in problems}  # a shared plugin is reported once
         _raise(list(unique.values()), type(self).__name__)
         return self
@@ -321,15 +329,23 @@ class ExperimentConfig(Section):
             ))
         return problems
 
-    def unused_plugins(self) -> list[str]:
-        """Top-level plugin fields given explicitly that no stage or variant uses (each sets its own)."""
+    def replaced_plugins(self) -> list[str]:
+        """Top-level plugin fields that no stage or variant uses (each sets its own)."""
         entries = [*self.stages, *self.compare]
         if not self.stages:
             return []
-        return [f"{kind}: unused, every stage{' and variant' if self.compare else ''} sets its own {kind} "
-                f"(a stage's {kind} replaces the top-level one); set it per stage, e.g. stages[0].{kind}"
-                for kind in ("trainer", "memory", "selector", "attention")
-                if kind in self.model_fields_set and all(getattr(e, kind) is not None for e in entries)]
+        return [kind for kind in ("trainer", "memory", "selector", "attention")
+                if all(getattr(e, kind) is not None for e in entries)]
+
+    def warnings(self) -> list[str]:
+        """Settings given that have no effect, or less than asked: said, not refused."""
+        out = [f"{kind}: unused, every stage{' and variant' if self.compare else ''} sets its own {kind} "
+               f"(a stage's {kind} replaces the top-level one); set it per stage, e.g. stages[0].{kind}"
+               for kind in self.replaced_plugins() if kind in self.model_fields_set]
+        if self.eval.episodes > self.data.test_episodes:
+            out.append(f"eval.episodes: {self.eval.episodes}, but data.test_episodes={self.data.test_episodes}: "
+                       f"evaluation uses the {self.data.test_episodes} held-out episodes there are")
+        return out
 
     def stage_config(self, stage: StageConfig, base: Optional[StageConfig] = None) -> "ExperimentConfig":
         """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train

@@ -44,18 +44,21 @@ def resolve_stages(cfg) -> list[Stage]:
     return out
 
 
-def check_accelerator(cfg) -> None:
-    """Every stage's train.accelerator is present on this machine (checked before a run folder is made)."""
+def check_accelerator(cfg, resume: bool = False) -> None:
+    """Every stage's train.accelerator is present on this machine (checked before a run folder is made,
+    or changed). Lightning's 'gpu' is CUDA or Apple's MPS."""
     import torch
 
-    present = {"gpu": torch.cuda.is_available(), "cuda": torch.cuda.is_available(),
-               "mps": torch.backends.mps.is_available()}
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    present = {"gpu": cuda or mps, "cuda": cuda, "mps": mps}
     for stage in resolve_stages(cfg):
         acc = stage.train.accelerator
         if not present.get(acc, True):
             where = f"stage {stage.name}: " if cfg.stages or cfg.compare else ""
+            advice = ("resume it on a machine that has one" if resume
+                      else "run with --set train.accelerator=auto (or cpu)")
             raise WorldkitError(f"{where}train.accelerator={acc!r}, but this machine has no {acc.upper()} device "
-                                "that torch can use; run with --set train.accelerator=auto (or cpu)")
+                                f"that torch can use; {advice}")
 
 
 def stage_finished(stage_dir: Path) -> bool:
