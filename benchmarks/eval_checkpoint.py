@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = wk_config.load(args.experiment, args.set)
+        if cfg.grid:
+            raise WorldkitError(f"{args.experiment}: a grid experiment; give one cell's config.yaml (in its cell folder)")
         rows = evaluate_checkpoint(cfg, args.checkpoint)
     except WorldkitError as err:  # bad input: one line per problem, no traceback
         for line in err.lines():

@@ -415,8 +415,9 @@ def test_more_eval_episodes_than_held_out_is_a_warning():
 
 def test_a_variant_is_blamed_only_for_its_own_train_settings():
     stage = {"name": "a", "trainer": {"type": "toy_trainer"}, "train": {"clip_frames": 9}}
-    found = issues({**MINIMAL, "stages": [stage], "compare": [{"name": "v", "trainer": {"type": "toy_trainer"}}]})
-    assert "stages[0].train.clip_frames" in found and "compare[0].train.clip_frames" not in found
+    for variant in ({"name": "v"}, {"name": "v", "train": {"lr": 0.001}}):
+        found = issues({**MINIMAL, "stages": [stage], "compare": [variant]})
+        assert "stages[0].train.clip_frames" in found and "compare[0].train.clip_frames" not in found
     found = issues({**MINIMAL, "compare": [{"name": "v", "train": {"clip_frames": 7}}],
                     "stages": [{"name": "a", "trainer": {"type": "toy_trainer"}}]})
     assert found["compare[0].train.clip_frames"][0] == 7

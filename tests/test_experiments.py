@@ -95,6 +95,10 @@ def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_pat
     spec.loader.exec_module(mod)
     assert mod.main([str(path), "base/nope"]) == 2  # bad input: one line, no traceback
     assert "base/nope" in capsys.readouterr().err
+    grid_path = tmp_path / "grid.yaml"
+    grid_path.write_text(yaml.safe_dump({**raw, "grid": {"seed": [0, 1]}}))
+    assert mod.main([str(grid_path), str(tmp_path / "m.pt")]) == 2
+    assert "a grid experiment" in capsys.readouterr().err
     assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.episodes=5"]) == 0
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
@@ -161,3 +165,22 @@ def test_a_grid_may_fix_in_every_cell_what_its_base_lacks(tmp_path):
     with pytest.raises(ConfigError) as err:
         grid.load(path)
     assert any(i.path == "trainer.type" and "cell" in (i.source or "") for i in err.value.issues)
+
+
+def test_grid_warnings_are_each_cells_and_a_grid_cannot_set_itself(tmp_path, capsys):
+    import yaml
+
+    from worldkit import cli
+
+    raw = {"name": "g", "env": {"type": "pendulum"}, "data": {"test_episodes": 8},
+           "grid": {"eval.episodes": [4, 50]}}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["validate", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "eval.episodes: 50, but data.test_episodes=8" in err and "cell" in err
+    assert "eval.episodes: 16" not in err  # the base's default, which no cell uses
+    raw["grid"] = {"grid": [{"seed": [0]}]}
+    path.write_text(yaml.safe_dump(raw))
+    assert cli.main(["validate", str(path)]) == 2
+    assert "a grid axis cannot set the grid itself" in capsys.readouterr().err

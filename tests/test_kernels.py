@@ -57,7 +57,9 @@ def make_case(B, H, Hi, Tq, D, NS, BLK, n_persistent, density, p_empty, ragged, 
                 count[b, h, r] = len(row)
     block_len = None
     if ragged:
-        block_len = torch.randint(0, BLK + 1, (B, NS), generator=g, dtype=torch.int32)  # (B, NS)
+        short = torch.randint(0, BLK + 1, (B, NS), generator=g, dtype=torch.int32)
+        full = torch.rand(B, NS, generator=g) < 0.5  # rows mix full slots (the unmasked loop) and short ones
+        block_len = torch.where(full, BLK, short).to(torch.int32)  # (B, NS)
     cast = [t.to(dtype) for t in (q, k, v)]
     return cast, index, count, block_len
 

@@ -57,6 +57,7 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
     grid = import_module("worldkit.grid")
     g = grid.load(path, overrides)
     if grid_dir is None:
+        warn_cells(g.cells, path)
         grid_dir = new_run_dir(cfg, out)
         grid.save_config(g, grid_dir)
         print(f"grid folder: {grid_dir} ({len(g.cells)} cells)", file=sys.stderr)
@@ -71,9 +72,18 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
 
 
 def warn_unused(cfg: ExperimentConfig, source) -> None:
-    """Settings that would have no effect: said on stderr, the run goes on."""
+    """Settings that would have no effect (or less than asked): said on stderr, the run goes on. A grid's
+    are its cells' (each cell is the experiment that runs)."""
+    if cfg.grid:
+        return
     for message in cfg.warnings():
         print(f"warning: {source}: {message}", file=sys.stderr)
+
+
+def warn_cells(cells, source) -> None:
+    for cell in cells:
+        for message in cell.config.warnings():
+            print(f"warning: {source} cell {cell.name}: {message}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,6 +137,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, args.overrides)
     warn_unused(cfg, args.config)
     cells = import_module("worldkit.grid").load(args.config, args.overrides).cells if cfg.grid else []
+    warn_cells(cells, args.config)
     sys.stdout.write(config.to_yaml(cfg))
     if cells:
         sys.stdout.write(f"# {len(cells)} cells, each valid:\n" + "".join(f"#   {c.name}\n" for c in cells))

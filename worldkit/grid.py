@@ -148,6 +148,9 @@ def check(grid: dict[str, list], exclude: Sequence[dict[str, Any]] = ()) -> list
         if path in axes:
             issues.append(Issue(f"grid.{key}", MISSING, f"the same path as another axis ({path})"))
             continue
+        if _parts(key)[0] in ("grid", "exclude"):
+            issues.append(Issue(f"grid.{key}", MISSING, "a grid axis cannot set the grid itself"))
+            continue
         repeated = [v for i, v in enumerate(values) if any(_equal(v, w) for w in values[:i])]
         if repeated:
             issues.append(Issue(f"grid.{key}", repeated[0], "value listed twice; each value makes one cell"))

@@ -295,7 +295,7 @@ class ExperimentConfig(Section):
                 problems += [_relocate(e, ("compare", i, "train")) for e in err.errors()
                              if e["loc"] and e["loc"][0] in variant.train]
                 continue
-            if variant.train:  # what it inherits from the last stage is reported there
+            if "clip_frames" in variant.train:  # the key _check_train reads; what it inherits is reported at the stage
                 problems += self._check_train(merged.train, ("compare", i, "train"))
             if plugins:
                 problems += self._check_plugins(merged, variant, ("compare", i))
