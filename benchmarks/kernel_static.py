@@ -2,7 +2,7 @@
 
     python benchmarks/kernel_static.py [--arch 90] [--frames 21] [--blocks 128 64] [--density 0.25]
                                        [--kernels fwd dq dkdv] [--defaults] [--num-stages N] [--full-blocks]
-                                       [--json FILE]
+                                       [--dtype bf16|fp16|fp32] [--head-dim 128] [--json FILE]
 
 Every launch candidate of the forward, dQ and dK/dV kernels (``FWD_CONFIGS``, ``DQ_CONFIGS``,
 ``DKDV_CONFIGS``) is compiled for ``sm_<arch>`` from the very arguments a launch at the kernel
@@ -55,6 +55,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from worldkit_kernels import pbsa_triton as P  # noqa: E402
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 KERNELS = {  # name: (module attribute of the kernel, module attribute of its candidates)
     "fwd": ("_fwd_kernel", "FWD_CONFIGS"),
     "dq": ("_bwd_dq_kernel", "DQ_CONFIGS"),
@@ -82,12 +83,12 @@ class Recorder:
 
 
 def record_launches(BLK: int, frames: int, density: float, configs: dict[str, dict],
-                    full_blocks: bool = False) -> dict[str, tuple]:
+                    full_blocks: bool = False, dtype: torch.dtype = torch.bfloat16) -> dict[str, tuple]:
     """The arguments each kernel is launched with at the benchmark's shapes, with the given configuration
     per kernel: {kernel: (args, kwargs)}. Runs the PBSA forward and backward ops on CPU tensors with the
     kernels replaced by recorders (nothing is computed). full_blocks: no block lengths (every slot full,
     the unmasked key path)."""
-    p = kernel_bench.make_problem(frames, BLK, torch.bfloat16, "cpu")
+    p = kernel_bench.make_problem(frames, BLK, dtype, "cpu")
     if full_blocks:
         p["block_len"] = None
     index, count, _ = kernel_bench.make_lists(1, kernel_bench.HEADS, p["NSc"], p["NQB"], density, "cpu")
@@ -238,12 +239,15 @@ def main() -> int:
     ap.add_argument("--defaults", action="store_true", help="only each kernel's default (first) candidate")
     ap.add_argument("--num-stages", type=int, help="compile every candidate with this many pipeline stages instead")
     ap.add_argument("--full-blocks", action="store_true", help="no block lengths: every slot full (unmasked keys)")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    ap.add_argument("--head-dim", type=int, default=kernel_bench.HEAD_DIM)
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
+    kernel_bench.HEAD_DIM = args.head_dim
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("error: TRITON_INTERPRET=1: the kernels are interpreted, not compiled; unset it", file=sys.stderr)
         return 2
-    print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; bf16, {kernel_bench.HEADS} heads x "
+    print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; {args.dtype}, {kernel_bench.HEADS} heads x "
           f"{kernel_bench.HEAD_DIM}, chunk of {kernel_bench.CHUNK_FRAMES} x {kernel_bench.TOKENS_PER_FRAME} tokens, "
           f"{args.frames} frames of keys{' (every slot full)' if args.full_blocks else ''}, density {args.density}; "
           "the first candidate of each kernel is its default\n")
@@ -265,7 +269,7 @@ def main() -> int:
                     continue
                 seen.append(cfg)
                 launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg},
-                                                             args.full_blocks)[name]
+                                                             args.full_blocks, DTYPES[args.dtype])[name]
                 row = dict(block=BLK, kernel=name, index=i, config=cfg)
                 try:
                     row.update(compile_facts(getattr(P, KERNELS[name][0]), launch_args, launch_kwargs, args.arch))

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
 from .blocks import build_transposed
@@ -364,6 +365,7 @@ DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
 ]
 _tuned: dict[tuple, dict] = {}
+_fits: dict[tuple, int] = {}  # untuned: the first candidate that fits the device, per problem class
 
 
 def _tuning() -> bool:
@@ -383,16 +385,26 @@ def _time_ms(launch: Callable[[], None], reps: int = 5) -> float:
 
 def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict], None],
             timer: Callable[[Callable[[], None]], float] = None) -> dict:
-    """Run ``launch`` with the configuration chosen for ``key``: the first one, or when tuning the
-    fastest of ``configs`` (capped by the tile, duplicates dropped), timed on the first call and kept.
+    """Run ``launch`` with the configuration chosen for ``key``: the first one that fits the device
+    (out of shared memory: the next), or when tuning the fastest of ``configs`` (capped by the tile,
+    duplicates dropped), timed on the first call and kept.
     The launches must be idempotent: every candidate overwrites the whole output."""
     capped = []
     for cfg in configs:
         c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
         if c not in capped:
             capped.append(c)
-    if not _tuning() or len(capped) == 1:
-        best = capped[0]
+    if not _tuning() or len(capped) == 1:  # the first that fits this device (a big head dim or fp32 may not)
+        start = _fits.get(key, 0)
+        for i, c in enumerate(capped[start:], start):
+            try:
+                launch(c)
+            except OutOfResources:
+                if i == len(capped) - 1:
+                    raise
+                continue
+            _fits[key] = i
+            return c
     elif key in _tuned:
         best = _tuned[key]
     else:

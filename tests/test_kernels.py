@@ -285,6 +285,31 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     assert mod._launch(("k", 1), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 2
 
 
+def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch):
+    """Tuning off (or one candidate): a configuration out of shared memory on this device (fp32 or a big
+    head dim) gives way to the next; the one that fits is remembered per problem class."""
+    from triton.runtime.errors import OutOfResources
+
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    monkeypatch.setattr(mod, "_fits", {})
+    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    configs = [dict(BLOCK_N=64, num_stages=3), dict(BLOCK_N=64, num_stages=2), dict(BLOCK_N=32, num_stages=2)]
+    tried = []
+
+    def launch(c):
+        tried.append(c)
+        if c["num_stages"] == 3:
+            raise OutOfResources(262144, 232448, "shared memory")
+
+    assert mod._launch(("big", 1), configs, 64, launch) == configs[1] and tried == configs[:2]
+    tried.clear()
+    assert mod._launch(("big", 1), configs, 64, launch) == configs[1] and tried == [configs[1]]  # remembered
+    with pytest.raises(OutOfResources):  # nothing fits: the error of the last one
+        mod._launch(("big", 2), configs[:1], 64, launch)
+    with pytest.raises(RuntimeError, match="other"):  # any other failure is not hidden
+        mod._launch(("big", 3), configs, 64, lambda c: (_ for _ in ()).throw(RuntimeError("other")))
+
+
 def row_kinds_case(dtype):
     """Rows of every kind in one batch: persistent only, local only, both, empty (per-head lists)."""
     B, H, BLK, D, NS = 1, 2, 16, 32, 6
