@@ -271,6 +271,15 @@ def test_unused_top_level_plugin_is_a_warning(tmp_path, capsys, experiment):
     assert code == 0 and "warning:" in err and "trainer: unused, every stage sets its own trainer" in err
 
 
+def test_a_bad_set_does_not_hide_the_files_own_errors(tmp_path, capsys):
+    file = write(tmp_path, {**BASE, "model": {"widht": 256}})
+    code, _, err = call(capsys, "validate", file, "--set", "train.lrr=1", "--set", "train.lr=0.5")
+    assert code == 2
+    assert "error: --set: train.lrr: no key 'lrr'" in err and f"error: {file}: model.widht: unknown key" in err
+    code, _, err = call(capsys, "validate", write(tmp_path, BASE, "ok.yaml"), "--set", "train.lrr=1")
+    assert code == 2 and err.count("error:") == 1  # a valid file: only the bad --set
+
+
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
     experiment.raises = KeyboardInterrupt()
     code, _, err = call(capsys, "run", write(tmp_path, BASE), "--out", tmp_path / "r")

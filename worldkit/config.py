@@ -311,7 +311,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...
             continue
         applied[tuple(parts)] = text
     if issues:
-        raise ConfigError(issues, "--set")
+        err = ConfigError(issues, "--set")
+        err.applied = applied  # the good ones are applied: the file can still be checked under them
+        raise err
     return applied
 
 
@@ -380,5 +382,16 @@ def load(path: Union[str, Path], overrides: Iterable[str] = ()) -> ExperimentCon
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([Issue("", raw, "expected a mapping of experiment fields at the top level")], str(path))
-    overridden = apply_overrides(raw, overrides)
-    return validate(raw, str(path), overridden)
+    try:
+        overridden, bad = apply_overrides(raw, overrides), []
+    except ConfigError as err:  # report the file's own problems too, not only the bad --set
+        overridden, bad = err.applied, [i._replace(source=i.source or err.source) for i in err.issues]
+    try:
+        cfg = validate(raw, str(path), overridden)
+    except ConfigError as err:
+        if not bad:
+            raise
+        raise ConfigError(bad + [i._replace(source=i.source or err.source) for i in err.issues], str(path)) from None
+    if bad:
+        raise ConfigError(bad, "--set")
+    return cfg
