@@ -462,7 +462,7 @@ def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Te
     slot = index.long().clamp(0, NS - 1)  # (B, Hi, NQB, MAXK)
     rows = block_len.long().gather(1, slot.reshape(B, -1)).view(index.shape).clamp(0, BLK)
     valid = torch.arange(index.shape[-1], device=index.device) < count[..., None]
-    kind = torch.where(valid, (rows < BLK).to(torch.int8), 2)  # 0 full, 1 short, 2 padding
+    kind = torch.where(valid, (rows < BLK).long(), 2)  # 0 full, 1 short, 2 padding
     order = kind.argsort(dim=-1, stable=True)
     lists = ((slot << _LEN_BITS) | rows).gather(-1, order).to(torch.int32)
     return lists, (kind == 0).sum(-1, dtype=torch.int32)
