@@ -97,8 +97,10 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
     saved = {name: getattr(P, cfgs) for name, (_, cfgs) in KERNELS.items()}
     tuning = os.environ.get("WORLDKIT_PBSA_TUNE")
+    pack = P._pack
     try:
         os.environ["WORLDKIT_PBSA_TUNE"] = "0"  # one launch per kernel: the first (only) configuration
+        P._pack = P._pack_torch  # the lists as the packing kernel builds them, without launching it
         for name, (attr, cfgs) in KERNELS.items():
             setattr(P, attr, recorders[name])
             setattr(P, cfgs, [configs[name]])
@@ -107,6 +109,7 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
             P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
                        index, count, p["block_len"], q.shape[-1] ** -0.5)
     finally:
+        P._pack = pack
         for name, (attr, cfgs) in KERNELS.items():
             setattr(P, attr, recorders[name].fn)
             setattr(P, cfgs, saved[name])

@@ -447,18 +447,71 @@ def _problem(q: Tensor, k: Tensor, index: Tensor) -> tuple:
             triton.next_power_of_2(index.shape[3]), triton.next_power_of_2(NS), triton.next_power_of_2(B * H))
 
 
+@triton.jit
+def _pack_kernel(
+    IDX, CNT, BLEN, OUT, NF,
+    s_ib, s_ih, s_ir, s_ik, s_cb, s_ch, s_cr, s_lb, s_ls,
+    Hi, NQB, NS, MAXK,
+    BLK: tl.constexpr, KP: tl.constexpr,
+):
+    """One row's list packed (slot << LEN_BITS | valid rows) and partitioned: full slots first, then
+    short ones, each in list order (a stable partition by prefix sums); the full count to NF."""
+    row = tl.program_id(0)
+    r = row % NQB
+    b = (row // NQB) // Hi
+    h = (row // NQB) % Hi
+    offs = tl.arange(0, KP)
+    n = tl.minimum(tl.load(CNT + b * s_cb + h * s_ch + r * s_cr), MAXK)
+    valid = offs < n
+    slot = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + offs * s_ik, mask=valid, other=0)
+    slot = tl.minimum(tl.maximum(slot, 0), NS - 1)
+    rows = tl.load(BLEN + b * s_lb + slot.to(tl.int64) * s_ls, mask=valid, other=0)
+    rows = tl.minimum(tl.maximum(rows, 0), BLK)
+    full = (valid & (rows == BLK)).to(tl.int32)
+    short = (valid & (rows < BLK)).to(tl.int32)
+    n_full = tl.sum(full, 0)
+    pos = tl.where(full == 1, tl.cumsum(full, 0) - 1, n_full + tl.cumsum(short, 0) - 1)
+    tl.store(OUT + row.to(tl.int64) * MAXK + pos, (slot << LEN_BITS) | rows, mask=valid)
+    tl.store(NF + row, n_full)
+
+
 def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Tensor, Tensor]:
-    """The lists as the kernels read them when blocks are ragged, built on the device: each entry packs
-    the slot and its valid rows (slot << LEN_BITS | rows, one scalar load per step), and each row lists
-    its full slots first (ascending), then its short ones, so full slots run without masks.
+    """The lists as the kernels read them when blocks are ragged, built on the device in one launch:
+    each entry packs the slot and its valid rows (slot << LEN_BITS | rows, one scalar load per step),
+    and each row lists its full slots first, then its short ones (each in list order), so full slots
+    run without masks. ``_pack_torch`` is the reference.
     index: (B, Hi, NQB, MAXK), entries past a row's count unread; count: (B, Hi, NQB); block_len: (B, NS).
-    Returns lists (B, Hi, NQB, MAXK) int32 and the full slots per row (B, Hi, NQB) int32."""
+    Returns lists (B, Hi, NQB, MAXK) int32 (entries past the count unset) and the full slots per row
+    (B, Hi, NQB) int32, both contiguous."""
     B, NS = block_len.shape
     if NS == 0 or index.numel() == 0:  # nothing to read: every row is empty
-        return index.to(torch.int32), torch.zeros_like(count, dtype=torch.int32)
+        return index.to(torch.int32), torch.zeros(count.shape, dtype=torch.int32, device=count.device)
+    _check_pack(BLK, NS)
+    Bi, Hi, NQB, MAXK = index.shape
+    lists = torch.empty(index.shape, dtype=torch.int32, device=index.device)
+    nfull = torch.empty(count.shape, dtype=torch.int32, device=count.device)
+    count = count.expand(Bi, Hi, NQB)
+    _pack_kernel[(Bi * Hi * NQB,)](
+        index, count, block_len, lists, nfull,
+        *index.stride(), *count.stride(), *block_len.stride(),
+        Hi, NQB, NS, MAXK,
+        BLK=BLK, KP=triton.next_power_of_2(MAXK),
+    )
+    return lists, nfull
+
+
+def _check_pack(BLK: int, NS: int) -> None:
     if BLK >= 1 << _LEN_BITS or NS > (1 << (31 - _LEN_BITS)):
         raise ValueError(f"Triton PBSA packs slot and length in int32: needs block < {1 << _LEN_BITS} and at most "
                          f"{1 << (31 - _LEN_BITS)} slots; got block {BLK}, {NS} slots")
+
+
+def _pack_torch(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Tensor, Tensor]:
+    """``_pack`` in plain PyTorch (a sort): the reference of its kernel."""
+    B, NS = block_len.shape
+    if NS == 0 or index.numel() == 0:
+        return index.to(torch.int32), torch.zeros(count.shape, dtype=torch.int32, device=count.device)
+    _check_pack(BLK, NS)
     slot = index.long().clamp(0, NS - 1)  # (B, Hi, NQB, MAXK)
     rows = block_len.long().gather(1, slot.reshape(B, -1)).view(index.shape).clamp(0, BLK)
     valid = torch.arange(index.shape[-1], device=index.device) < count[..., None]

@@ -3,6 +3,7 @@
 The Triton kernels run on the CPU under TRITON_INTERPRET=1, set here before Triton is imported.
 """
 import importlib
+import itertools
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -215,7 +216,7 @@ def test_packed_lists_carry_slot_and_length_full_slots_first():
     index = torch.tensor([[[[0, 2, 5], [1, 3, -1]]]], dtype=torch.int32)  # (1, 1, 2, 3); -1: padding past count
     count = torch.tensor([[[3, 2]]], dtype=torch.int32)
     block_len = torch.tensor([[64, 64, 17, 64, 64, 3]], dtype=torch.int32)  # (1, NS=6)
-    lists, nfull = P._pack(index, count, block_len, 64)
+    lists, nfull = P._pack_torch(index, count, block_len, 64)
     assert lists.dtype == torch.int32 and lists.shape == index.shape and nfull.tolist() == [[[1, 2]]]
     slot, rows = lists >> P._LEN_BITS, lists & ((1 << P._LEN_BITS) - 1)
     assert slot[0, 0, 0].tolist() == [0, 2, 5] and rows[0, 0, 0].tolist() == [64, 17, 3]  # 2 and 5 are short
@@ -230,6 +231,29 @@ def test_packed_lists_carry_slot_and_length_full_slots_first():
         P._pack(index, count, block_len, 2048)
     empty, nf = P._pack(index[..., :0], count * 0, block_len, 64)  # no list entries at all
     assert empty.shape == (1, 1, 2, 0) and nf.tolist() == [[[0, 0]]]
+
+
+@needs_triton
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), Hi=st.integers(1, 3), NQB=st.integers(1, 4), NS=st.integers(1, 12),
+       MAXK=st.integers(1, 12), BLK=st.sampled_from([1, 8, 16, 64]), seed=st.integers(0, 10_000))
+def test_pack_kernel_matches_its_torch_reference(B, Hi, NQB, NS, MAXK, BLK, seed):
+    """The one-launch packing kernel gives the sort-based reference's entries (to each row's count)
+    and full counts, with padding, duplicate-free rows, lengths 0..BLK and lengths past BLK."""
+    P = _kernels
+    g = torch.Generator().manual_seed(seed)
+    index = torch.stack([torch.randperm(NS, generator=g)[:MAXK] for _ in range(B * Hi * NQB)]) if MAXK <= NS else \
+        torch.randint(0, NS, (B * Hi * NQB, MAXK), generator=g)
+    index = index.view(B, Hi, NQB, -1).to(torch.int32)
+    count = torch.randint(0, index.shape[-1] + 1, (B, Hi, NQB), generator=g, dtype=torch.int32)
+    block_len = torch.randint(-1, BLK + 3, (B, NS), generator=g, dtype=torch.int32)
+    block_len[torch.rand(B, NS, generator=g) < 0.4] = BLK
+    got, got_nf = P._pack(index, count, block_len, BLK)
+    ref, ref_nf = P._pack_torch(index, count, block_len, BLK)
+    assert torch.equal(got_nf, ref_nf)
+    for b, h, r in itertools.product(range(B), range(Hi), range(NQB)):
+        n = int(count[b, h, r])
+        assert torch.equal(got[b, h, r, :n], ref[b, h, r, :n])
 
 
 @needs_triton
