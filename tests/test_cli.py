@@ -280,6 +280,17 @@ def test_a_bad_set_does_not_hide_the_files_own_errors(tmp_path, capsys):
     assert code == 2 and err.count("error:") == 1  # a valid file: only the bad --set
 
 
+def test_problems_a_set_causes_in_the_stages_are_blamed_on_it(tmp_path, capsys):
+    """A stage inherits train.clip_frames from the top level: the --set that broke it is named there too;
+    a stage's own value is the file's."""
+    file = write(tmp_path, {**BASE, "stages": [STAGE, {**STAGE, "name": "b", "train": {"clip_frames": 9}}]})
+    code, _, err = call(capsys, "validate", file, "--set", "train.clip_frames=15")
+    lines = err.strip().splitlines()
+    assert code == 2 and "error: --set train.clip_frames=15: stages[0].train.clip_frames:" in err
+    assert f"error: {file}: stages[1].train.clip_frames:" in err  # b sets its own 9
+    assert all(ln.startswith("error: --set") for ln in lines if "stages[1]" not in ln)
+
+
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
     experiment.raises = KeyboardInterrupt()
     code, _, err = call(capsys, "run", write(tmp_path, BASE), "--out", tmp_path / "r")

@@ -324,7 +324,7 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...
 def _issue(error: dict, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Issue:
     loc, node = _trim(error["loc"], raw)
     path = format_path(loc)
-    source = next((f"--set {t}" for p, t in overridden.items() if loc[: len(p)] == p), None)
+    source = _blamed(loc, raw, overridden)
     kind = error["type"]
     if kind == "missing":
         choices = f"; {node[1]} choices: {', '.join(registry.names(node[1]))}" if node[0] == "plugin" else ""
@@ -335,6 +335,22 @@ def _issue(error: dict, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Is
         return Issue(path, error["input"], f"unknown key{_hint(loc[-1], keys)}; allowed: {allowed}", source)
     message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])  # pydantic's prefix for a validator's message
     return Issue(path, error["input"], message, source)
+
+
+def _blamed(loc: tuple, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Optional[str]:
+    """The ``--set`` that caused a problem at ``loc``, if one did: one that set ``loc`` or a field above
+    it; the top-level train field a stage inherits (``stages[i].train.X`` from ``train.X``); or the
+    ``type`` of the plugin the field belongs to (its new plugin needs the field)."""
+    candidates = [loc]
+    if len(loc) >= 4 and loc[0] in ("stages", "compare") and loc[2] == "train":
+        stage = raw.get(loc[0], [])[loc[1]] if isinstance(raw.get(loc[0]), list) and loc[1] < len(raw[loc[0]]) else {}
+        if not (isinstance(stage, dict) and isinstance(stage.get("train"), dict) and loc[3] in stage["train"]):
+            candidates.append(("train", *loc[3:]))
+    for where in candidates:
+        for path, text in overridden.items():
+            if where[: len(path)] == path or (path[-1:] == ("type",) and where[: len(path) - 1] == path[:-1]):
+                return f"--set {text}"
+    return None
 
 
 def _merge(issues: list[Issue]) -> list[Issue]:
