@@ -365,7 +365,7 @@ DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
 ]
 _tuned: dict[tuple, dict] = {}
-_fits: dict[tuple, int] = {}  # untuned: the first candidate that fits the device, per problem class
+_fits: dict[tuple, dict] = {}  # untuned: the first candidate that fits the device, per problem class
 
 
 def _tuning() -> bool:
@@ -395,7 +395,7 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
         if c not in capped:
             capped.append(c)
     if not _tuning() or len(capped) == 1:  # the first that fits this device (a big head dim or fp32 may not)
-        start = _fits.get(key, 0)
+        start = capped.index(_fits[key]) if _fits.get(key) in capped else 0
         for i, c in enumerate(capped[start:], start):
             try:
                 launch(c)
@@ -403,7 +403,7 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
                 if i == len(capped) - 1:
                     raise
                 continue
-            _fits[key] = i
+            _fits[key] = c
             return c
     elif key in _tuned:
         best = _tuned[key]
@@ -489,7 +489,7 @@ def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Te
     _check_pack(BLK, NS)
     Bi, Hi, NQB, MAXK = index.shape
     lists = torch.empty(index.shape, dtype=torch.int32, device=index.device)
-    nfull = torch.empty(count.shape, dtype=torch.int32, device=count.device)
+    nfull = torch.empty(Bi, Hi, NQB, dtype=torch.int32, device=count.device)
     count = count.expand(Bi, Hi, NQB)
     _pack_kernel[(Bi * Hi * NQB,)](
         index, count, block_len, lists, nfull,

@@ -291,6 +291,17 @@ def test_problems_a_set_causes_in_the_stages_are_blamed_on_it(tmp_path, capsys):
     assert all(ln.startswith("error: --set") for ln in lines if "stages[1]" not in ln)
 
 
+def test_a_rejected_set_leaves_the_file_as_it_was_and_blame_goes_to_the_exact_set(tmp_path, capsys):
+    file = write(tmp_path, BASE)
+    code, _, err = call(capsys, "validate", file, "--set", "env.size.x=1")
+    assert code == 2 and err.count("error:") == 1 and "error: --set: env.size.x:" in err  # no half-made env.size
+    code, _, err = call(capsys, "validate", file, "--set", "memory.type=toy_window", "--set", "memory.window_frames=-2")
+    assert code == 2 and "error: --set memory.window_frames=-2: memory.window_frames:" in err
+    bogus = write(tmp_path, {**BASE, "memory": {"type": "toy_window", "bogus": 1}}, "bogus.yaml")
+    code, _, err = call(capsys, "validate", bogus, "--set", "memory.type=toy_window")  # the type did not change
+    assert code == 2 and f"error: {bogus}: memory.bogus:" in err
+
+
 def test_ctrl_c_exits_130(tmp_path, capsys, experiment):
     experiment.raises = KeyboardInterrupt()
     code, _, err = call(capsys, "run", write(tmp_path, BASE), "--out", tmp_path / "r")

@@ -330,6 +330,7 @@ def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch
     assert mod._launch(("big", 1), configs, 64, launch) == configs[1] and tried == [configs[1]]  # remembered
     with pytest.raises(OutOfResources):  # nothing fits: the error of the last one
         mod._launch(("big", 2), configs[:1], 64, launch)
+    assert mod._launch(("big", 1), configs[1:2], 64, launch) == configs[1]  # a shorter list: no stale index
     with pytest.raises(RuntimeError, match="other"):  # any other failure is not hidden
         mod._launch(("big", 3), configs, 64, lambda c: (_ for _ in ()).throw(RuntimeError("other")))
 

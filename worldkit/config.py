@@ -282,6 +282,24 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
         node, data = child, nxt
 
 
+class Overrides(dict):
+    """Overridden paths -> the ``--set`` text, and which of them changed a plugin's ``type``."""
+
+    def __init__(self):
+        super().__init__()
+        self.type_changed: set[tuple[Part, ...]] = set()
+
+
+def _value_at(raw: Any, parts: Sequence[Part]) -> Any:
+    node = raw
+    for part in parts:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return MISSING
+    return node
+
+
 def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...], str]:
     """Apply ``a.b.c=VALUE`` overrides (VALUE parsed as YAML) to ``raw`` in order.
 
@@ -289,7 +307,7 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...
     be blamed on ``--set`` rather than the file. Every bad override is reported at once.
     """
     issues: list[Issue] = []
-    applied: dict[tuple[Part, ...], str] = {}
+    applied = Overrides()
     for text in overrides:
         key, sep, value_text = text.partition("=")
         try:
@@ -304,11 +322,16 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...
         except ConfigError as err:
             issues += [Issue(key, value_text, i.message) for i in err.issues]
             continue
+        trial = copy.deepcopy(raw)  # a failing path leaves raw as it was (no half-made sections)
         try:
-            set_path(raw, parts, value)
+            set_path(trial, parts, value)
         except ValueError as err:
             issues.append(Issue(format_path(parts), MISSING, str(err)))
             continue
+        if parts[-1:] == ["type"] and _value_at(raw, parts) != value:
+            applied.type_changed.add(tuple(parts))
+        raw.clear()
+        raw.update(trial)
         applied[tuple(parts)] = text
     if issues:
         err = ConfigError(issues, "--set")
@@ -339,17 +362,19 @@ def _issue(error: dict, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Is
 
 def _blamed(loc: tuple, raw: Any, overridden: dict[tuple[Part, ...], str]) -> Optional[str]:
     """The ``--set`` that caused a problem at ``loc``, if one did: one that set ``loc`` or a field above
-    it; the top-level train field a stage inherits (``stages[i].train.X`` from ``train.X``); or the
-    ``type`` of the plugin the field belongs to (its new plugin needs the field)."""
-    candidates = [loc]
+    it (for a field a stage inherits, ``stages[i].train.X`` from ``train.X``, the top-level one); else one
+    that changed the ``type`` of the plugin the field belongs to (its new plugin needs the field)."""
+    where = loc
     if len(loc) >= 4 and loc[0] in ("stages", "compare") and loc[2] == "train":
         stage = raw.get(loc[0], [])[loc[1]] if isinstance(raw.get(loc[0]), list) and loc[1] < len(raw[loc[0]]) else {}
         if not (isinstance(stage, dict) and isinstance(stage.get("train"), dict) and loc[3] in stage["train"]):
-            candidates.append(("train", *loc[3:]))
-    for where in candidates:
-        for path, text in overridden.items():
-            if where[: len(path)] == path or (path[-1:] == ("type",) and where[: len(path) - 1] == path[:-1]):
-                return f"--set {text}"
+            where = ("train", *loc[3:])  # inherited: its value is the top level's
+    for path, text in overridden.items():
+        if where[: len(path)] == path:
+            return f"--set {text}"
+    for path in getattr(overridden, "type_changed", ()):
+        if loc[: len(path) - 1] == path[:-1]:
+            return f"--set {overridden[path]}"
     return None
 
 
