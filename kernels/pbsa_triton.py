@@ -30,6 +30,14 @@ LEN_MASK: tl.constexpr = tl.constexpr((1 << _LEN_BITS) - 1)
 
 
 @triton.jit
+def _entry(code, PACKED: tl.constexpr, BLK: tl.constexpr):
+    """A list entry's slot (int64) and valid rows: packed (slot << LEN_BITS | rows) or a bare slot."""
+    if PACKED:
+        return (code >> LEN_BITS).to(tl.int64), code & LEN_MASK
+    return code.to(tl.int64), code * 0 + BLK
+
+
+@triton.jit
 def _fwd_steps(
     q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd, offs_n0, offs_d,
     m_i, l_i, acc, start, stop, qk_scale,
@@ -44,12 +52,7 @@ def _fwd_steps(
         code = code_next
         nxt = (it + 1) // NSUB
         code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
-        if PACKED:  # slot << LEN_BITS | valid rows of the slot
-            s = (code >> LEN_BITS).to(tl.int64)
-            kl = code & LEN_MASK
-        else:
-            s = code.to(tl.int64)
-            kl = BLK
+        s, kl = _entry(code, PACKED, BLK)
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         k_ptr = K + k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
         v_ptr = V + v_base + s * s_vs + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
@@ -188,12 +191,7 @@ def _dq_steps(
         code = code_next
         nxt = (it + 1) // NSUB
         code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
-        if PACKED:
-            s = (code >> LEN_BITS).to(tl.int64)
-            kl = code & LEN_MASK
-        else:
-            s = code.to(tl.int64)
-            kl = BLK
+        s, kl = _entry(code, PACKED, BLK)
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
         kt, vt = _load_slot(  # (BLOCK_N, D) each; masked columns read as zeros
