@@ -30,6 +30,26 @@ LEN_MASK: tl.constexpr = tl.constexpr((1 << _LEN_BITS) - 1)
 
 
 @triton.jit
+def _list_entry(row_ptr, stride, pos, stop):
+    """Entry ``pos`` of a list, 0 at or past ``stop``: the loops load the next step's entry a step ahead
+    and carry it, so the tiles whose addresses depend on it are prefetched num_stages - 1 steps ahead
+    (the index load spends no pipeline stage), and nothing past the list is read."""
+    return tl.load(row_ptr + pos * stride, mask=pos < stop, other=0)
+
+
+@triton.jit
+def _full_end(NFULL, nf_off, lo, hi, HAS_BLEN: tl.constexpr, EVEN_K: tl.constexpr, TILE: tl.constexpr,
+              BLK: tl.constexpr):
+    """Where the unmasked steps over [lo, hi) end: every slot is full (no lengths), the row's full slots
+    come first (with lengths, the packed lists hold them first), or the tile reaches past every slot."""
+    if EVEN_K:
+        return hi
+    if HAS_BLEN and TILE == BLK:
+        return tl.minimum(tl.maximum(tl.load(NFULL + nf_off), lo), hi)
+    return lo
+
+
+@triton.jit
 def _entry(code, PACKED: tl.constexpr, BLK: tl.constexpr):
     """A list entry's slot (int64) and valid rows: packed (slot << LEN_BITS | rows) or a bare slot."""
     if PACKED:
@@ -45,13 +65,11 @@ def _fwd_steps(
     MASKED: tl.constexpr, PREC: tl.constexpr,
 ):
     """Online softmax over list entries [start, stop): unmasked (every slot full, TILE == BLK) or masked
-    past each slot's length. Each step loads the next step's entry and carries it, so the K/V tiles,
-    whose addresses depend on it, are prefetched num_stages - 1 steps ahead."""
-    code_next = tl.load(idx_row + start * s_ik, mask=start < stop, other=0)
+    past each slot's length."""
+    code_next = _list_entry(idx_row, s_ik, start, stop)
     for it in range(start * NSUB, stop * NSUB):
         code = code_next
-        nxt = (it + 1) // NSUB
-        code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
+        code_next = _list_entry(idx_row, s_ik, (it + 1) // NSUB, stop)
         s, kl = _entry(code, PACKED, BLK)
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         k_ptr = K + k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
@@ -119,13 +137,7 @@ def _fwd_kernel(
     idx_row = IDX + b * s_ib + h * s_ih + r * s_ir
     k_base = b * s_kb + h * s_kh
     v_base = b * s_vb + h * s_vh
-    # full slots first, without masks; then the short ones (with lengths, the lists hold them last)
-    if EVEN_K:
-        mid = hi
-    elif HAS_BLEN and TILE == BLK:
-        mid = tl.minimum(tl.maximum(tl.load(NFULL + b * s_cb + h * s_ch + r * s_cr), lo), hi)
-    else:  # the tile reaches past every slot
-        mid = lo
+    mid = _full_end(NFULL, b * s_cb + h * s_ch + r * s_cr, lo, hi, HAS_BLEN, EVEN_K, TILE, BLK)  # full slots, unmasked
     if TILE == BLK:
         m_i, l_i, acc = _fwd_steps(q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
                                    offs_n0, offs_d, m_i, l_i, acc, lo, mid, qk_scale,
@@ -184,13 +196,11 @@ def _dq_steps(
     BLK: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr, PACKED: tl.constexpr, MASKED: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """dQ over list entries [start, stop), unmasked or masked past each slot's length; the next entry is
-    loaded a step ahead, as in the forward."""
-    code_next = tl.load(idx_row + start * s_ik, mask=start < stop, other=0)
+    """dQ over list entries [start, stop), unmasked or masked past each slot's length."""
+    code_next = _list_entry(idx_row, s_ik, start, stop)
     for it in range(start * NSUB, stop * NSUB):
         code = code_next
-        nxt = (it + 1) // NSUB
-        code_next = tl.load(idx_row + nxt * s_ik, mask=nxt < stop, other=0)
+        code_next = _list_entry(idx_row, s_ik, (it + 1) // NSUB, stop)
         s, kl = _entry(code, PACKED, BLK)
         offs_n = (it % NSUB) * BLOCK_N + offs_n0
         col_ok = offs_n < kl
@@ -242,12 +252,7 @@ def _bwd_dq_kernel(
     idx_row = IDX + b * s_ib + h * s_ih + r * s_ir
     k_base = b * s_kb + h * s_kh
     v_base = b * s_vb + h * s_vh
-    if EVEN_K:  # full slots first, without masks, as in the forward
-        mid = n
-    elif HAS_BLEN and TILE == BLK:
-        mid = tl.minimum(tl.load(NFULL + b * s_cb + h * s_ch + r * s_cr), n)
-    else:
-        mid = 0
+    mid = _full_end(NFULL, b * s_cb + h * s_ch + r * s_cr, 0, n, HAS_BLEN, EVEN_K, TILE, BLK)  # full slots, unmasked
     if TILE == BLK:
         dq = _dq_steps(q, do, lse2, delta, dq, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd,
                        offs_n0, offs_d, 0, mid, qk_scale, BLK, BLOCK_N, NSUB, HAS_BLEN, False, PREC)
@@ -299,12 +304,11 @@ def _bwd_dkdv_kernel(
     n = tl.load(TCNT + b * s_cb + h * s_ch + s * s_cs)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
-    tidx_row = TIDX + b * s_ib + h * s_ih + s * s_is  # the next entry is loaded a step ahead, as in the forward
-    last = tl.maximum(n - 1, 0)
-    r_next = tl.load(tidx_row)  # entry 0: allocated even when no row reads the slot (then unused)
+    tidx_row = TIDX + b * s_ib + h * s_ih + s * s_is
+    r_next = _list_entry(tidx_row, s_ir, 0, n)
     for it in range(0, n * NSUB_Q):
         r = r_next
-        r_next = tl.load(tidx_row + tl.minimum((it + 1) // NSUB_Q, last) * s_ir)
+        r_next = _list_entry(tidx_row, s_ir, (it + 1) // NSUB_Q, n)
         offs_m = (it % NSUB_Q) * BLOCK_M + offs_m0
         rows = r * BLK + offs_m
         row_ok = (offs_m < BLK) & (rows < Tq)
@@ -498,6 +502,17 @@ def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Te
     return lists, nfull
 
 
+def _lists(index: Tensor, count: Tensor, block_len: Optional[Tensor], BLK: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What the forward and dQ kernels read: the lists (packed when blocks are ragged), the counts
+    (contiguous) and the full-slot counts, which share the counts' strides (the counts themselves when
+    there are no lengths: every slot is full)."""
+    count = count.contiguous()
+    if block_len is None:
+        return index, count, count
+    lists, nfull = _pack(index, count, block_len, BLK)
+    return lists, count, nfull
+
+
 def _check_pack(BLK: int, NS: int) -> None:
     if BLK >= 1 << _LEN_BITS or NS > (1 << (31 - _LEN_BITS)):
         raise ValueError(f"Triton PBSA packs slot and length in int32: needs block < {1 << _LEN_BITS} and at most "
@@ -537,8 +552,7 @@ def pbsa_fwd(
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)  # (B, H, Tq)
     if out.numel() == 0:
         return out, lse
-    count = count.contiguous()  # the full-slot counts share its strides
-    lists, nfull = (index, count) if block_len is None else _pack(index, count, block_len, BLK)
+    lists, count, nfull = _lists(index, count, block_len, BLK)
     tile = _tile(BLK)
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
 
@@ -600,8 +614,7 @@ def pbsa_bwd(
     common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even)
     problem = (*_problem(q, k, index), *even.values())
 
-    count = count.contiguous()  # the full-slot counts share its strides
-    lists, nfull = (index, count) if block_len is None else _pack(index, count, block_len, BLK)
+    lists, count, nfull = _lists(index, count, block_len, BLK)
 
     def launch_dq(c: dict) -> None:
         _bwd_dq_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
