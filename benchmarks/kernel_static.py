@@ -17,7 +17,7 @@ constants, 16-divisible ints and pointers get ``tt.divisibility``). For each com
   and V in the forward and dQ kernels, Q and dO in dK/dV); 0 means every tile load stalls its loop;
 - the instructions and block-wide barriers (``BAR.SYNC``) of each of its loops in the SASS, per warp and
   step (with ragged blocks the forward and dQ kernels run full slots in an unmasked loop, then short
-  ones in a masked loop): at these tile sizes a step's non-matmul instructions take about as long to
+  ones in a masked loop): at these tile sizes (by arithmetic from the peak rates) a step's non-matmul instructions take about as long to
   issue as its matmuls;
 - resident programs and warps per SM those resources allow, and what limits them.
 
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default Triton applies; set, so it does not warn
 
@@ -95,28 +96,16 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     q = p["q"]
     lse = torch.zeros(q.shape[:3])
     recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
-    saved = {name: getattr(P, cfgs) for name, (_, cfgs) in KERNELS.items()}
-    tuning = os.environ.get("WORLDKIT_PBSA_TUNE")
-    pack = P._pack
-    try:
-        os.environ["WORLDKIT_PBSA_TUNE"] = "0"  # one launch per kernel: the first (only) configuration
-        P._pack = P._pack_torch  # the lists as the packing kernel builds them, without launching it
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        stack.enter_context(kernel_bench.untuned())  # one launch per kernel: the first (only) configuration
+        # the lists as the packing kernel builds them, without launching it
+        stack.enter_context(mock.patch.object(P, "_pack", P._pack_torch))
         for name, (attr, cfgs) in KERNELS.items():
-            setattr(P, attr, recorders[name])
-            setattr(P, cfgs, [configs[name]])
-        with torch.no_grad():
-            P.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
-            P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
-                       index, count, p["block_len"], q.shape[-1] ** -0.5)
-    finally:
-        P._pack = pack
-        for name, (attr, cfgs) in KERNELS.items():
-            setattr(P, attr, recorders[name].fn)
-            setattr(P, cfgs, saved[name])
-        if tuning is None:
-            os.environ.pop("WORLDKIT_PBSA_TUNE", None)
-        else:
-            os.environ["WORLDKIT_PBSA_TUNE"] = tuning
+            stack.enter_context(mock.patch.object(P, attr, recorders[name]))
+            stack.enter_context(mock.patch.object(P, cfgs, [configs[name]]))
+        P.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
+        P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
+                   index, count, p["block_len"], q.shape[-1] ** -0.5)
     return {name: r.calls[0] for name, r in recorders.items()}
 
 

@@ -249,8 +249,9 @@ def _drop_unknown_keys(kind: str, section: dict, name: Any) -> None:
         del section[key]
 
 
-def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
-    """Set ``raw[parts...] = value``, creating missing sections; raises ValueError for a bad path."""
+def set_path(raw: dict, parts: Sequence[Part], value: Any) -> bool:
+    """Set ``raw[parts...] = value``, creating missing sections; raises ValueError for a bad path.
+    Returns whether it changed a plugin's ``type``."""
     node: Node = ("model", ROOT)
     data: Any = raw
     for i, part in enumerate(parts):
@@ -265,10 +266,11 @@ def set_path(raw: dict, parts: Sequence[Part], value: Any) -> None:
             available = ", ".join(map(str, keys)) or "none"
             raise ValueError(f"no key {part!r} in {here}{_hint(part, keys)}; keys available there: {available}")
         if i == len(parts) - 1:
-            if node[0] == "plugin" and part == "type" and isinstance(data, dict) and data.get("type") != value:
+            retyped = node[0] == "plugin" and part == "type" and isinstance(data, dict) and data.get("type") != value
+            if retyped:
                 _drop_unknown_keys(node[1], data, value)
             data[part] = value
-            return
+            return retyped
         child = _child(node, part, data)
         nxt = _step(data, part)
         if nxt is MISSING or nxt is None:
@@ -288,16 +290,6 @@ class Overrides(dict):
     def __init__(self):
         super().__init__()
         self.type_changed: set[tuple[Part, ...]] = set()
-
-
-def _value_at(raw: Any, parts: Sequence[Part]) -> Any:
-    node = raw
-    for part in parts:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return MISSING
-    return node
 
 
 def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...], str]:
@@ -324,11 +316,11 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict[tuple[Part, ...
             continue
         trial = copy.deepcopy(raw)  # a failing path leaves raw as it was (no half-made sections)
         try:
-            set_path(trial, parts, value)
+            retyped = set_path(trial, parts, value)
         except ValueError as err:
             issues.append(Issue(format_path(parts), MISSING, str(err)))
             continue
-        if parts[-1:] == ["type"] and _value_at(raw, parts) != value:
+        if retyped:
             applied.type_changed.add(tuple(parts))
         raw.clear()
         raw.update(trial)

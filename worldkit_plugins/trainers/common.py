@@ -8,7 +8,7 @@ from torch import Tensor
 from worldkit import diffusion
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import CacheSpec, PluginConfig
-from worldkit.model import ParallelContext
+from worldkit.model import Geometry, ParallelContext
 
 
 class NoiseConfig(PluginConfig):
@@ -46,8 +46,8 @@ def check_parallel_mask(trainer: str, experiment) -> list[tuple]:
     probed so is left to the check when training starts."""
     m = experiment.model
     size = getattr(experiment.env.config, "size", None)
-    side = size // m.patch // m.block_patches if isinstance(size, int) and size % m.patch == 0 else 1
-    spec = CacheSpec(layers=1, batch=1, heads=1, head_dim=1, block_tokens=1, blocks_per_frame=max(1, side) ** 2,
+    blocks = Geometry(size, m.patch, m.block_patches).blocks_per_frame if isinstance(size, int) else 1
+    spec = CacheSpec(layers=1, batch=1, heads=1, head_dim=1, block_tokens=1, blocks_per_frame=max(1, blocks),
                      chunk_frames=m.chunk_frames, train_frames=experiment.train.clip_frames,
                      dtype=torch.float32, device=torch.device("cpu"))
     try:
