@@ -17,8 +17,8 @@ constants, 16-divisible ints and pointers get ``tt.divisibility``). For each com
   and V in the forward and dQ kernels, Q and dO in dK/dV); 0 means every tile load stalls its loop;
 - the instructions and block-wide barriers (``BAR.SYNC``) of each of its loops in the SASS, per warp and
   step (with ragged blocks the forward and dQ kernels run full slots in an unmasked loop, then short
-  ones in a masked loop): at these tile sizes (by arithmetic from the peak rates) a step's non-matmul instructions take about as long to
-  issue as its matmuls;
+  ones in a masked loop): at these tile sizes, by arithmetic from the peak rates, a step's non-matmul
+  instructions take about as long to issue as its matmuls;
 - resident programs and warps per SM those resources allow, and what limits them.
 
 These facts explain timings; they are not timings (``kernel_bench.py`` measures those, on a GPU).
