@@ -23,7 +23,7 @@ PHASE=${PHASE:-all}
 
 # 1. kernels: correctness against the reference, then timings (side by side, one process)
 if [ "$PHASE" != main ]; then
-  timeout 300 python3 benchmarks/kernel_bench.py --quick --write 2>&1 | tee "$OUT/kernel_bench.log"
+  timeout ${BENCH_S:-400} python3 benchmarks/kernel_bench.py --quick --write --profile 2>&1 | tee "$OUT/kernel_bench.log"
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md" 2>/dev/null
 fi
 [ "$PHASE" = kernels ] && exit 0

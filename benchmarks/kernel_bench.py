@@ -1,6 +1,6 @@
 """PBSA kernel benchmark at Wan2.1-1.3B shapes: correctness first, then timings against dense and sparse baselines.
 
-    python benchmarks/kernel_bench.py [--quick] [--write] [--frames 21 63] [--blocks 64 128]
+    python benchmarks/kernel_bench.py [--quick] [--write] [--profile] [--frames 21 63] [--blocks 64 128]
 
 1. Correctness (exits non-zero on failure): Triton forward and backward against the fp64 dense reference
    and the PyTorch path, bf16 and fp16, per-head and shared lists, ragged tails, BLK 64 and 128.
@@ -13,6 +13,8 @@
    Densities: every row reads a persistent segment (the oldest cached blocks, half the budget) plus random
    local blocks with its own block kept, per head. TFLOP/s count only computed blocks for the sparse methods
    (PBSA, Flex) and all keys for the dense ones; forward+backward counts 3.5x the forward (FA convention).
+3. The launch tuner's choice per problem class and every candidate's time; with --profile, PBSA forward +
+   backward kernel by kernel (torch.profiler).
 Each baseline runs in try/except, so one failure prints "n/a (reason)" and the table goes on.
 """
 from __future__ import annotations
@@ -365,6 +367,43 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     return "\n".join(lines)
 
 
+def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
+    """Where PBSA's forward + backward spends its time, kernel by kernel (torch.profiler, after one warm-up
+    step that also runs the tuner): a markdown table of each kernel's total time per step, slowest first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    p = make_problem(frames, BLK, DTYPE, DEVICE)
+    q, kp, vp = p["q"].requires_grad_(), p["kp"].requires_grad_(), p["vp"].requires_grad_()
+    index, count, _ = make_lists(1, HEADS, p["NSc"], p["NQB"], density, DEVICE)
+    dout = torch.randn_like(q)
+
+    def step():
+        for t in (q, kp, vp):
+            t.grad = None
+        pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl).backward(dout)
+
+    step()
+    cuda = DEVICE == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if (e.device_time_total if cuda else e.self_cpu_time_total) > 0]
+    key = (lambda e: e.device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    if cuda:  # kernels only: the CPU-side operators that launched them would count their time twice
+        events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=key, reverse=True)
+    total = sum(key(e) for e in events)
+    lines = [f"| kernel ({'GPU' if cuda else 'CPU self'} time) | ms per step | share |", "|---|---|---|"]
+    for e in events[:15]:
+        lines.append(f"| {e.key[:70]} | {key(e) / 1e3 / steps:.3f} | {key(e) / max(total, 1e-9):.0%} |")
+    lines.append(f"| all | {total / 1e3 / steps:.3f} | 100% |")
+    return "\n".join(lines)
+
+
 def fmt(result, pairs, flash, i):
     """'ms TFLOP/s speedup' for pass i (0 forward, 1 forward+backward)."""
     ms = result if isinstance(result, str) else result[i]
@@ -391,6 +430,12 @@ def table(rows):
     return "\n".join(lines)
 
 
+def _cfg(c: dict) -> str:
+    """A launch configuration in a few characters: M128 N64 w8 s3 (x2 for a split list)."""
+    short = f"M{c['BLOCK_M']} N{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
+    return short + (f" x{c['SPLIT']}" if c.get("SPLIT", 1) > 1 else "")
+
+
 def print_rows(rows, flash):
     for frames, lk, blk, dens, name, res, pairs in rows:
         print(f"  F={frames:2d} KV={lk:6d} BLK={blk:3d} d={dens:.3f} {name:12s} fwd {fmt(res, pairs, flash, 0):32s} fwd+bwd {fmt(res, pairs, flash, 1)}")
@@ -402,6 +447,8 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     ap.add_argument("--frames", type=int, nargs="+", help="key-sequence lengths in frames (overrides the preset)")
     ap.add_argument("--blocks", type=int, nargs="+", help="block sizes (overrides the preset)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile PBSA forward + backward at 21 frames, 25 %% density, kernel by kernel")
     args = ap.parse_args()
     start = time.perf_counter()
     if not torch.cuda.is_available():
@@ -445,6 +492,21 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
     tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"
                        for key, cfg in sorted(pbsa_triton._tuned.items(), key=str))
     md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (tuned or "- none (tuning off)")
+    times = "\n".join(
+        f"- {key[0]} BLK={key[1]} NQB<={key[5]} K<={key[6]}: "
+        + "; ".join(f"{_cfg(c)} {ms:.3f}" for c, ms in sorted(runs, key=lambda r: r[1]))
+        for key, runs in sorted(pbsa_triton._timings.items(), key=str))
+    if times:
+        md += "\n\nEvery candidate the tuner timed, fastest first (ms, 5 launches after a warm-up):\n\n" + times
+    if getattr(args, "profile", False) and not stopped:
+        print("== profile: PBSA forward + backward, 21 frames, block 128, 25 % density")
+        try:
+            md += ("\n\nPBSA forward + backward kernel by kernel (torch.profiler, 21 frames, block 128, 25 % density):"
+                   "\n\n" + profile())
+        except Stopped:
+            md += "\n\n(The profile was stopped before it finished.)"
+        except Exception as e:  # the timings above are worth more than the profile
+            md += f"\n\n(The profile failed: {type(e).__name__}: {str(e).strip()[:200]})"
     print(md)
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.write:

@@ -349,6 +349,7 @@ FWD_CONFIGS = [
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
 ]
 DQ_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3),
@@ -356,6 +357,8 @@ DQ_CONFIGS = [
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
 ]
 DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=2),
@@ -364,10 +367,12 @@ DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=1),
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=3),
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=2),
+    dict(BLOCK_N=128, BLOCK_M=32, num_warps=8, num_stages=3),
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
 ]
 _tuned: dict[tuple, dict] = {}
 _fits: dict[tuple, dict] = {}  # untuned: the first candidate that fits the device, per problem class
+_timings: dict[tuple, list[tuple[dict, float]]] = {}  # tuned: every candidate's ms, per problem class
 
 
 def _tuning() -> bool:
@@ -419,6 +424,7 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
                 times.append(float("inf"))
         best = capped[min(range(len(capped)), key=times.__getitem__)]
         _tuned[key] = best
+        _timings[key] = list(zip(capped, times))
     launch(best)
     return best
 

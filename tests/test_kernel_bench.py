@@ -111,3 +111,36 @@ def test_a_stopped_benchmark_keeps_its_rows(bench, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is before
     monkeypatch.setattr(bench, "run_timings", lambda f, b, d, rows: rows.append("row"))
     assert bench.timings_until_stopped([21], [128], [1.0]) == (["row"], False)
+
+
+def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
+    """The report shows the tuner's choice per problem class and every candidate it timed, fastest first
+    (the figures a next tuning round starts from)."""
+    import argparse
+
+    from worldkit_kernels import pbsa_triton
+
+    rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 0.25, "pbsa-triton", (0.5, 3.0), 250)]
+    monkeypatch.setattr(bench, "timings_until_stopped", lambda f, b, d: (rows, False))
+    monkeypatch.setattr(bench, "selection_timings", lambda f, b, r: "| selection |")
+    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
+    fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    monkeypatch.setattr(pbsa_triton, "_tuned", {key: fast})
+    monkeypatch.setattr(pbsa_triton, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
+    args = argparse.Namespace(write=False)
+    assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
+    out = capsys.readouterr().out
+    assert "- fwd BLK=128 NQB<=32 K<=64: M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf" in out
+    assert "| selection |" in out and "0.500 ms" in out
+
+
+def test_profile_lists_the_operators_of_one_step(bench, monkeypatch):
+    """The kernel-by-kernel profile of PBSA forward + backward (here the PyTorch path on the CPU):
+    a table whose rows carry positive times and whose shares are of the step's total."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    md = bench.profile(frames=6, BLK=16, density=0.5, impl="torch", steps=2)
+    lines = md.splitlines()
+    assert lines[0].startswith("| kernel (CPU self time)") and lines[-1].startswith("| all |")
+    rows = [line.split("|")[1:4] for line in lines[2:-1]]
+    assert rows and all(float(ms) > 0 for _, ms, _ in rows)
+    assert float(lines[-1].split("|")[2]) >= max(float(ms) for _, ms, _ in rows)

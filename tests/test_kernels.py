@@ -280,6 +280,7 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     fastest; a candidate that fails to launch is skipped; the default runs when tuning is off."""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
     monkeypatch.setattr(mod, "_tuned", {})
+    monkeypatch.setattr(mod, "_timings", {})
     monkeypatch.setattr(mod, "_tuning", lambda: True)
     configs = [dict(BLOCK_N=64, num_warps=8), dict(BLOCK_N=128, num_warps=4), dict(BLOCK_N=32, num_warps=4),
                dict(BLOCK_N=256, num_warps=4)]
@@ -298,10 +299,13 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     best = mod._launch(("k", 1), configs, 64, launch, timer)
     assert best == dict(BLOCK_N=32, num_warps=4)  # 128 and 256 capped to the 64-wide tile, then fastest
     assert ran[-1] == best and mod._tuned[("k", 1)] == best
+    assert mod._timings[("k", 1)] == [(dict(BLOCK_N=64, num_warps=8), 9.0), (dict(BLOCK_N=64, num_warps=4), 3.0),
+                                      (dict(BLOCK_N=32, num_warps=4), 1.0)]  # every candidate's time, for the report
     ran.clear()
     assert mod._launch(("k", 1), configs, 64, launch, timer) == best and ran == [best]  # cached, no timing
     best16 = mod._launch(("k", 2), configs, 16, launch, timer)  # all capped to 16: the failing one skipped
     assert best16 == dict(BLOCK_N=16, num_warps=4)
+    assert mod._timings[("k", 2)][0] == (dict(BLOCK_N=16, num_warps=8), float("inf"))
     monkeypatch.setattr(mod, "_tuning", lambda: False)
     ran.clear()
     assert mod._launch(("k", 3), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 1
