@@ -497,7 +497,7 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         + "; ".join(f"{_cfg(c)} {ms:.3f}" for c, ms in sorted(runs, key=lambda r: r[1]))
         for key, runs in sorted(pbsa_triton._timings.items(), key=str))
     if times:
-        md += "\n\nEvery candidate the tuner timed, fastest first (ms, 5 launches after a warm-up):\n\n" + times
+        md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
     if getattr(args, "profile", False) and not stopped:
         print("== profile: PBSA forward + backward, 21 frames, block 128, 25 % density")
         try:
