@@ -225,6 +225,23 @@ def grad_check(pbsa, flex, q, k, v, kp, vp, dout, Lk, tol=None):
     return "grads vs Flex rel err " + " ".join(f"{n} {e:.1e}" for n, e in zip("qkv", errs)) + (" MISMATCH" if bad else "")
 
 
+def flex_options(BLK):
+    """FlexAttention kernel_options to try, in order: its defaults suit blocks of 128; a smaller block
+    needs tiles that divide it, forward and backward, with warps and stages to match."""
+    if BLK >= 128:
+        return [None]
+    m = min(BLK, 64)
+    small = dict(BLOCK_M=m, BLOCK_N=m, num_warps=4, num_stages=3)
+    return [
+        {**{f"fwd_{k}": v for k, v in small.items()},
+         **{f"bwd_{k}": v for k, v in dict(BLOCK_M1=m // 2, BLOCK_N1=m, BLOCK_M2=m, BLOCK_N2=m // 2,
+                                             num_warps=4, num_stages=3).items()}},
+        small,
+        {"fwd_BLOCK_M": m, "fwd_BLOCK_N": m},
+        None,
+    ]
+
+
 def timed(fn, inputs, dout):
     """(forward ms, forward+backward ms) of fn; either may be "n/a (reason)"."""
     with torch.no_grad():
@@ -320,11 +337,19 @@ def run_timings(frames_list, blocks, densities, rows=None):
                         torch.zeros_like(count), torch.zeros_like(kv_index), count, kv_index,
                         BLOCK_SIZE=BLK, seq_lengths=(p["Tq"], p["Lk"]),
                     )  # every listed block as a full block: no mask_mod evaluated
-                    opts = {"fwd_BLOCK_M": min(BLK, 128), "fwd_BLOCK_N": 64} if BLK < 128 else None
+                    fx = None
+                    for opts in flex_options(BLK):  # the first set of tile sizes Flex compiles, forward and backward
+                        def fx(opts=opts):
+                            return flex(q, k, v, block_mask=mask, kernel_options=opts)
 
-                    def fx():
-                        return flex(q, k, v, block_mask=mask, kernel_options=opts)
-
+                        try:
+                            fx().backward(dout)
+                            break
+                        except Exception as e:
+                            print(f"  Flex with kernel_options={opts} fails: {type(e).__name__}: {' '.join(str(e).split())[:400]}")
+                            fx = None
+                    if fx is None:
+                        raise RuntimeError("no kernel_options tried compiles")
                     with torch.no_grad():
                         err = (fx().float() - out_pbsa.float()).abs().max().item()
                     print(f"  check F={frames} BLK={BLK} d={eff:.3f}: Flex vs PBSA max abs err {err:.2e}, "

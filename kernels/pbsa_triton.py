@@ -333,43 +333,43 @@ def _bwd_dkdv_kernel(
     tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=out_ok)
 
 
-# Launch configurations per kernel, the first one the default. On a CUDA device each kernel times its
-# candidates once per problem class (``_tuned``) and keeps the fastest; under the interpreter, or with
-# WORLDKIT_PBSA_TUNE=0, the default runs. Tile sizes are capped by the block's tile. The defaults are
-# small enough that K/V stages fit shared memory at BLK = 128, D = 128. BLOCK_M below the tile splits a
-# query block over several programs (more programs per wave, fewer registers each); SPLIT > 1 splits
-# each slot list into shares whose partial results are merged by log-sum-exp (more programs, and the
-# last wave less empty, for a small extra pass). ``benchmarks/kernel_static.py`` compiles every candidate
-# for a CUDA target on any machine and reports its registers, spills, shared memory and pipelining; the
-# 4-warp 128-row tiles it showed spilling hundreds of bytes on sm_90 are not candidates.
+# Launch configurations per kernel. The default is the first one whose tiles fit the block's tile
+# uncapped (so a block of 64 rows gets a configuration made for it, not a 128-row one cut down). On a
+# CUDA device each kernel times its candidates once per problem class (``_tuned``) and keeps the
+# fastest; under the interpreter, or with WORLDKIT_PBSA_TUNE=0, the default runs, and where it is out of
+# shared memory (a smaller GPU, a big head dim, fp32) the next one that fits. Tile sizes are capped by
+# the block's tile. BLOCK_M below the tile splits a query block over several programs (more programs per
+# wave, fewer registers each); SPLIT > 1 splits each slot list into shares whose partial results are
+# merged by log-sum-exp (more programs, and the last wave less empty, for a small extra pass). The order
+# follows the tuner's timings on an H200 at the benchmark's shapes (benchmarks/RESULTS.md): the winners
+# at blocks of 128 and 64 rows first. ``benchmarks/kernel_static.py`` compiles every candidate for a
+# CUDA target on any machine and reports its registers, spills, shared memory and pipelining.
 FWD_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
     dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
 ]
 DQ_CONFIGS = [
-    dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3),
-    dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=2),
-    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
     dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=32, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
 ]
 DKDV_CONFIGS = [  # BLOCK_N: keys per program; BLOCK_M: query rows per step
-    dict(BLOCK_N=64, BLOCK_M=32, num_warps=8, num_stages=2),
-    dict(BLOCK_N=128, BLOCK_M=32, num_warps=8, num_stages=2),
-    dict(BLOCK_N=64, BLOCK_M=64, num_warps=8, num_stages=2),
-    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=1),
     dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=3),
+    dict(BLOCK_N=64, BLOCK_M=32, num_warps=4, num_stages=4),
+    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
     dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=2),
     dict(BLOCK_N=128, BLOCK_M=32, num_warps=8, num_stages=3),
-    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=3),  # FlexAttention's sm_90 backward tile at head dim 128
+    dict(BLOCK_N=128, BLOCK_M=64, num_warps=8, num_stages=1),
+    dict(BLOCK_N=64, BLOCK_M=64, num_warps=8, num_stages=2),
 ]
 _tuned: dict[tuple, dict] = {}
 _fits: dict[tuple, dict] = {}  # untuned: the first candidate that fits the device, per problem class
@@ -402,10 +402,14 @@ def _time_ms(launch: Callable[[], None], reps: int = 10) -> float:
 
 def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict], None],
             timer: Callable[[Callable[[], None]], float] = None) -> dict:
-    """Run ``launch`` with the configuration chosen for ``key``: the first one that fits the device
-    (out of shared memory: the next), or when tuning the fastest of ``configs`` (capped by the tile,
-    duplicates dropped), timed on the first call and kept.
+    """Run ``launch`` with the configuration chosen for ``key``: the default (the first of ``configs``
+    whose tiles need no capping to ``tile``) or, out of shared memory, the next that fits the device; or
+    when tuning the fastest of ``configs`` (capped by the tile, duplicates dropped), timed on the first
+    call and kept.
     The launches must be idempotent: every candidate overwrites the whole output."""
+    fits = [i for i, cfg in enumerate(configs) if all(v <= tile for k, v in cfg.items() if k.startswith("BLOCK_"))]
+    if fits:  # the default: the first configuration made for this tile
+        configs = [configs[fits[0]]] + configs[:fits[0]] + configs[fits[0] + 1:]
     capped = []
     for cfg in configs:
         c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}

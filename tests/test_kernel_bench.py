@@ -144,3 +144,14 @@ def test_profile_lists_the_operators_of_one_step(bench, monkeypatch):
     rows = [line.split("|")[1:4] for line in lines[2:-1]]
     assert rows and all(float(ms) > 0 for _, ms, _ in rows)
     assert float(lines[-1].split("|")[2]) >= max(float(ms) for _, ms, _ in rows)
+
+
+def test_flex_options_divide_the_block(bench):
+    """Flex runs its own tiles at blocks of 128; at smaller blocks every option set tried first names
+    tiles that divide the block, so the BlockMask's blocks map onto whole tiles."""
+    assert bench.flex_options(128) == [None]
+    sets = bench.flex_options(64)
+    assert sets[-1] is None and len(sets) > 2
+    for opts in sets[:-1]:
+        tiles = [v for k, v in opts.items() if "BLOCK" in k]
+        assert tiles and all(64 % t == 0 for t in tiles)

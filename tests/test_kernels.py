@@ -313,6 +313,24 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     assert mod._launch(("k", 1), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 2
 
 
+def test_the_default_configuration_is_the_first_made_for_the_tile(monkeypatch):
+    """Untuned, a block of 64 rows runs the first configuration whose tiles fit 64 uncapped, not the
+    128-row default cut down; where none fits uncapped, the first one capped."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    monkeypatch.setattr(mod, "_fits", {})
+    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    configs = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4),
+               dict(BLOCK_M=64, BLOCK_N=32, num_warps=4)]
+    ran = []
+    assert mod._launch(("t", 128), configs, 128, ran.append) == configs[0]
+    assert mod._launch(("t", 64), configs, 64, ran.append) == configs[1]
+    assert mod._launch(("t", 16), configs, 16, ran.append) == dict(BLOCK_M=16, BLOCK_N=16, num_warps=8)
+    assert ran == [configs[0], configs[1], dict(BLOCK_M=16, BLOCK_N=16, num_warps=8)]
+    for configs_, tile in ((mod.FWD_CONFIGS, 128), (mod.FWD_CONFIGS, 64), (mod.DQ_CONFIGS, 64), (mod.DKDV_CONFIGS, 64)):
+        chosen = mod._launch(("lists", len(ran), tile), configs_, tile, ran.append)
+        assert chosen in configs_ and all(v <= tile for k, v in chosen.items() if k.startswith("BLOCK_"))
+
+
 def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch):
     """Tuning off (or one candidate): a configuration out of shared memory on this device (fp32 or a big
     head dim) gives way to the next; the one that fits is remembered per problem class."""
