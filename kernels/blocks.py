@@ -5,7 +5,6 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -15,10 +14,11 @@ def pool_blocks(x: Tensor, block: int) -> Tensor:
     x: (B, H, T, D) -> (B, H, ceil(T / block), D), in x.dtype (accumulated in fp32 or better).
     """
     B, H, T, D = x.shape
-    nb = -(-T // block)
+    nb, full = -(-T // block), T // block
     acc = torch.promote_types(x.dtype, torch.float32)
-    xp = F.pad(x.to(acc), (0, 0, 0, nb * block - T))  # (B, H, nb * block, D)
-    sums = xp.view(B, H, nb, block, D).sum(3)  # (B, H, nb, D)
+    sums = x[:, :, : full * block].reshape(B, H, full, block, D).sum(3, dtype=acc)  # (B, H, full, D), no copy of x
+    if full < nb:  # the short last block
+        sums = torch.cat([sums, x[:, :, full * block:].sum(2, keepdim=True, dtype=acc)], 2)  # (B, H, nb, D)
     n = torch.full((nb,), block, dtype=acc, device=x.device)
     n[-1] = T - (nb - 1) * block
     return (sums / n[:, None]).to(x.dtype)  # (B, H, nb, D)

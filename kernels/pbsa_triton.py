@@ -400,6 +400,33 @@ def _time_ms(launch: Callable[[], None], reps: int = 10) -> float:
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
+_capped_memo: dict[tuple, tuple[list[dict], list[dict]]] = {}
+
+
+def _capped(configs: list[dict], tile: int) -> list[dict]:
+    """``configs`` for a tile: the default (the first whose tiles need no capping) first, every tile size
+    capped to ``tile``, duplicates dropped. Remembered per list and tile (each launch asks), and made
+    again when the list has changed since."""
+    memo = _capped_memo.get((id(configs), tile))
+    if memo is not None and memo[0] == configs:
+        return memo[1]
+    fits = [i for i, cfg in enumerate(configs) if all(v <= tile for k, v in cfg.items() if k.startswith("BLOCK_"))]
+    ordered = [configs[fits[0]]] + configs[:fits[0]] + configs[fits[0] + 1:] if fits else configs
+    capped = []
+    for cfg in ordered:
+        c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
+        if c not in capped:
+            capped.append(c)
+    _capped_memo[(id(configs), tile)] = ([dict(c) for c in configs], capped)
+    return capped
+
+
+def _pow2(n: int) -> int:
+    """``triton.next_power_of_2`` in plain Python (that one is a constexpr function, slower to call on
+    the host): the smallest power of two >= n, 0 for 0."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict], None],
             timer: Callable[[Callable[[], None]], float] = None) -> dict:
     """Run ``launch`` with the configuration chosen for ``key``: the default (the first of ``configs``
@@ -407,14 +434,7 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
     when tuning the fastest of ``configs`` (capped by the tile, duplicates dropped), timed on the first
     call and kept.
     The launches must be idempotent: every candidate overwrites the whole output."""
-    fits = [i for i, cfg in enumerate(configs) if all(v <= tile for k, v in cfg.items() if k.startswith("BLOCK_"))]
-    if fits:  # the default: the first configuration made for this tile
-        configs = [configs[fits[0]]] + configs[:fits[0]] + configs[fits[0] + 1:]
-    capped = []
-    for cfg in configs:
-        c = {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
-        if c not in capped:
-            capped.append(c)
+    capped = _capped(configs, tile)
     if not _tuning() or len(capped) == 1:  # the first that fits this device (a big head dim or fp32 may not)
         start = capped.index(_fits[key]) if _fits.get(key) in capped else 0
         for i, c in enumerate(capped[start:], start):
@@ -445,7 +465,7 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
 
 def _tile(BLK: int) -> int:
     """Rows of one block padded to a power of two >= 16 (the minimum tl.dot size)."""
-    return max(16, triton.next_power_of_2(BLK))
+    return max(16, _pow2(BLK))
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -465,8 +485,7 @@ def _problem(q: Tensor, k: Tensor, index: Tensor) -> tuple:
     and the work per (batch x head) rounded to powers of two."""
     B, H, Tq, D = q.shape
     NS, BLK = k.shape[1], k.shape[3]
-    return (BLK, D, q.dtype, index.shape[1] > 1, triton.next_power_of_2(-(-Tq // BLK)),
-            triton.next_power_of_2(index.shape[3]), triton.next_power_of_2(NS), triton.next_power_of_2(B * H))
+    return (BLK, D, q.dtype, index.shape[1] > 1, _pow2(-(-Tq // BLK)), _pow2(index.shape[3]), _pow2(NS), _pow2(B * H))
 
 
 @triton.jit
@@ -517,7 +536,7 @@ def _pack(index: Tensor, count: Tensor, block_len: Tensor, BLK: int) -> tuple[Te
         index, count, block_len, lists, nfull,
         *index.stride(), *count.stride(), *block_len.stride(),
         Hi, NQB, NS, MAXK,
-        BLK=BLK, KP=triton.next_power_of_2(MAXK),
+        BLK=BLK, KP=_pow2(MAXK),
     )
     return lists, nfull
 

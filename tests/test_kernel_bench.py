@@ -155,3 +155,10 @@ def test_flex_options_divide_the_block(bench):
     for opts in sets[:-1]:
         tiles = [v for k, v in opts.items() if "BLOCK" in k]
         assert tiles and all(64 % t == 0 for t in tiles)
+
+
+def test_short_error_is_one_line(bench):
+    e = ValueError("Q and KV block size\n  must be divisible   by BLOCK_M")
+    assert bench.short_error(e) == "ValueError: Q and KV block size must be divisible by BLOCK_M"
+    assert bench.short_error(e, 10) == "ValueError: Q and KV b"
+    assert bench.short_error(RuntimeError()) == "RuntimeError: "

@@ -331,6 +331,22 @@ def test_the_default_configuration_is_the_first_made_for_the_tile(monkeypatch):
         assert chosen in configs_ and all(v <= tile for k, v in chosen.items() if k.startswith("BLOCK_"))
 
 
+@needs_triton
+def test_capped_configurations_follow_a_changed_list():
+    """The capped list is remembered per list and tile, and made again when the list was edited in place;
+    the host-side power of two matches Triton's."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    configs = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8), dict(BLOCK_M=64, BLOCK_N=32, num_warps=4)]
+    assert mod._capped(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=32, num_warps=4), dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
+    assert mod._capped(configs, 64) is mod._capped(configs, 64)  # remembered
+    configs[1]["num_warps"] = 2
+    assert mod._capped(configs, 64)[0] == dict(BLOCK_M=64, BLOCK_N=32, num_warps=2)
+    configs[:] = configs[:1]
+    assert mod._capped(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
+    next_power_of_2 = importlib.import_module("triton").next_power_of_2
+    assert [mod._pow2(n) for n in range(0, 2000)] == [next_power_of_2(n) for n in range(0, 2000)]
+
+
 def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch):
     """Tuning off (or one candidate): a configuration out of shared memory on this device (fp32 or a big
     head dim) gives way to the next; the one that fits is remembered per problem class."""
