@@ -14,7 +14,7 @@
    local blocks with its own block kept, per head. TFLOP/s count only computed blocks for the sparse methods
    (PBSA, Flex) and all keys for the dense ones; forward+backward counts 3.5x the forward (FA convention).
 3. The launch tuner's choice per problem class and every candidate's time; with --profile, PBSA forward +
-   backward kernel by kernel (torch.profiler).
+   backward kernel by kernel (torch.profiler) and the CPU time to issue a call against its full time.
 Each baseline runs in try/except, so one failure prints "n/a (reason)" and the table goes on.
 """
 from __future__ import annotations
@@ -434,6 +434,40 @@ def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
     return "\n".join(lines)
 
 
+def launch_cost(frames=21, BLK=128, density=0.0625, impl="triton", n=50):
+    """CPU time to issue one PBSA call against its time with the GPU waited for, forward (no grad) and
+    forward + backward: where the first is the larger, the step is bound by the CPU that launches the
+    kernels, not by the kernels. A markdown table (ms per call, mean of ``n`` calls after a warm-up; 50
+    calls do not fill the GPU's launch queue)."""
+    p = make_problem(frames, BLK, DTYPE, DEVICE)
+    q, kp, vp = p["q"].requires_grad_(), p["kp"].requires_grad_(), p["vp"].requires_grad_()
+    index, count, _ = make_lists(1, HEADS, p["NSc"], p["NQB"], density, DEVICE)
+    dout = torch.randn_like(q)
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    def forward():
+        with torch.no_grad():
+            pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl)
+
+    def forward_backward():
+        for t in (q, kp, vp):
+            t.grad = None
+        pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl).backward(dout)
+
+    lines = [f"| {frames} frames, block {BLK}, {density:.2%} | CPU ms to issue | ms with the GPU waited for |", "|---|---|---|"]
+    for name, fn in (("forward", forward), ("forward + backward", forward_backward)):
+        fn()
+        sync()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        issued = time.perf_counter()
+        sync()
+        done = time.perf_counter()
+        lines.append(f"| {name} | {(issued - start) / n * 1e3:.3f} | {(done - start) / n * 1e3:.3f} |")
+    return "\n".join(lines)
+
+
 def fmt(result, pairs, flash, i):
     """'ms TFLOP/s speedup' for pass i (0 forward, 1 forward+backward)."""
     ms = result if isinstance(result, str) else result[i]
@@ -478,7 +512,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, nargs="+", help="key-sequence lengths in frames (overrides the preset)")
     ap.add_argument("--blocks", type=int, nargs="+", help="block sizes (overrides the preset)")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile PBSA forward + backward at 21 frames, 25 %% density, kernel by kernel")
+                    help="also profile PBSA forward + backward at 21 frames, 25 %% density, kernel by kernel, "
+                         "and the CPU cost of issuing a call")
     args = ap.parse_args()
     start = time.perf_counter()
     if not torch.cuda.is_available():
@@ -533,6 +568,7 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         try:
             md += ("\n\nPBSA forward + backward kernel by kernel (torch.profiler, 21 frames, block 128, 25 % density):"
                    "\n\n" + profile())
+            md += "\n\nThe CPU cost of issuing PBSA calls:\n\n" + launch_cost() + "\n\n" + launch_cost(density=0.25)
         except Stopped:
             md += "\n\n(The profile was stopped before it finished.)"
         except Exception as e:  # the timings above are worth more than the profile

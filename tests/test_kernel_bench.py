@@ -162,3 +162,15 @@ def test_short_error_is_one_line(bench):
     assert bench.short_error(e) == "ValueError: Q and KV block size must be divisible by BLOCK_M"
     assert bench.short_error(e, 10) == "ValueError: Q and KV b"
     assert bench.short_error(RuntimeError()) == "RuntimeError: "
+
+
+def test_launch_cost_times_issue_and_completion(bench, monkeypatch):
+    """The CPU-cost table: per pass, the time to issue a call and the time with the device waited for
+    (on the CPU they are one and the same work, so the second is never the smaller)."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    md = bench.launch_cost(frames=6, BLK=16, density=0.5, impl="torch", n=3)
+    rows = [line.split("|")[1:4] for line in md.splitlines()[2:]]
+    assert [r[0].strip() for r in rows] == ["forward", "forward + backward"]
+    for _, issued, done in rows:
+        assert 0 < float(issued) <= float(done)
+    assert float(rows[1][1]) > float(rows[0][1])  # the backward adds work
