@@ -373,8 +373,10 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     """Block selection in PyTorch (pool the chunk's queries and all keys, pooled scores, row-wise top-K
     with the own block forced) and the backward's transposed lists, against PBSA's forward at the same
     density: whether a Triton version would pay. Markdown lines."""
-    lines = ["| frames | block | candidates | K | pool + score + top-K ms | transposed lists ms | PBSA fwd ms |",
-             "|---|---|---|---|---|---|---|"]
+    from worldkit_kernels.topk_triton import topk_blocks_triton
+
+    lines = ["| frames | block | candidates | K | pool + score + top-K ms | the same, top-K in Triton ms | "
+             "transposed lists ms | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|"]
     fwd = {(f, b): r[5][0] for r in rows for f, b in [(r[0], r[2])]
            if r[4] == "pbsa-triton" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
     for frames in frames_list:
@@ -388,12 +390,21 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
                 pq, pk = pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK)  # (1, H, NQB, D), (1, H, NS, D)
                 return topk_blocks(pq, pk, K, forced=own)
 
+            def select_triton():
+                pq, pk = pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK)
+                return topk_blocks_triton(pq, pk, K, forced=own)
+
             index, count = select()
             t_sel = bench(select)
+            try:  # the fused kernel must pick the same lists (ties aside) before it is timed
+                same = (select_triton()[0] == index).all(-1).float().mean().item()
+                t_fused = bench(select_triton) if same >= 0.99 else f"n/a (differs in {1 - same:.1%} of the rows)"
+            except Exception as e:
+                t_fused = f"n/a ({short_error(e)})"
             t_tr = bench(lambda: build_transposed(index, count, NS))
             f = fwd.get((frames, BLK), "-")
-            cells = [x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_tr, f)]
-            lines.append(f"| {frames} | {BLK} | {NS} | {K} | {cells[0]} | {cells[1]} | {cells[2]} |")
+            cells = [x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_fused, t_tr, f)]
+            lines.append(f"| {frames} | {BLK} | {NS} | {K} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -547,7 +558,8 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         print("== block selection (PyTorch) at 25 % density")
         try:
             selection = selection_timings(frames, blocks, rows)
-            md += "\n\nBlock selection in PyTorch at 25 % density, beside PBSA's forward (median ms):\n\n" + selection
+            md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
+                   "PBSA's forward (median ms):\n\n" + selection)
         except Stopped:
             stopped = True
     if stopped:

@@ -190,6 +190,19 @@ def test_local_window_properties():
             LocalWindow.Config(top_k=bad)
     with pytest.raises(ValidationError):
         LocalWindow.Config(top_k=0.25, window=3)
+    with pytest.raises(ValidationError, match="'torch' or 'triton'"):
+        LocalWindow.Config(impl="cuda")
+
+
+def test_local_window_fused_selection_picks_the_same_blocks():
+    """``impl: triton`` (the fused kernel, here under the interpreter) selects what the PyTorch ops select."""
+    g = torch.Generator().manual_seed(1)
+    pq, pk = torch.randn(1, 2, 3, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
+    own = torch.arange(3) + 6
+    for shared in (False, True):
+        want = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared)).select(pq, pk, own)
+        got = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="triton")).select(pq, pk, own)
+        assert torch.equal(got.local, want.local) and torch.equal(got.count, want.count)
 
 
 def test_plugins_registered_and_configurable():

@@ -1,7 +1,10 @@
 """The GPU kernel benchmark's own arithmetic, on the CPU at small sizes: its problems, block lists,
 FLOP counts and gradient check (the timings themselves need a CUDA GPU)."""
 import importlib.util
+import os
 from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"  # the Triton paths run on the CPU, through the interpreter
 
 import pytest
 import torch
@@ -174,3 +177,17 @@ def test_launch_cost_times_issue_and_completion(bench, monkeypatch):
     for _, issued, done in rows:
         assert 0 < float(issued) <= float(done)
     assert float(rows[1][1]) > float(rows[0][1])  # the backward adds work
+
+
+def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
+    """The selection table times the PyTorch selection and the fused Triton top-K (after checking it picks
+    the same lists), beside PBSA's forward from the timing rows."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    timed = []
+    monkeypatch.setattr(bench, "bench", lambda fn: (fn(), timed.append(fn), 0.5)[-1])
+    rows = [(6, 0, 16, 0.25, "pbsa-triton", (0.25, 1.0), 10)]
+    md = bench.selection_timings([6], [16], rows)
+    cells = [c.strip() for c in md.splitlines()[2].split("|")[1:-1]]
+    assert cells[:2] == ["6", "16"] and int(cells[3]) == max(1, round(0.25 * int(cells[2])))
+    assert cells[4:] == ["0.500", "0.500", "0.500", "0.250"], cells  # torch, Triton, transposed lists, forward
+    assert len(timed) == 3

@@ -489,22 +489,33 @@ def test_pool_blocks(T, block, dtype):
         assert torch.allclose(pooled[:, :, i].float(), want, atol=1e-3 if dtype == torch.float16 else 1e-6)
 
 
-@settings(max_examples=40, deadline=None)
+def _topk(impl):
+    if impl == "torch":
+        return topk_blocks
+    return importlib.import_module("worldkit_kernels.topk_triton").topk_blocks_triton
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+@settings(max_examples=30, deadline=None)
 @given(
     B=st.integers(1, 2), H=st.integers(1, 3), NQB=st.integers(1, 5), NL=st.integers(0, 8),
     k=st.integers(0, 12), forced=st.booleans(), shared=st.booleans(), seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
 )
-def test_topk_blocks(B, H, NQB, NL, k, forced, shared, seed):
+def test_topk_blocks(impl, B, H, NQB, NL, k, forced, shared, seed, dtype):
+    """Row-wise top-K by pooled score (the PyTorch path, and the fused Triton kernel under the
+    interpreter): sorted distinct lists of K candidates, the own block kept, and every freely chosen
+    block scoring at least as high as every one left out (fp64 scores of the same inputs)."""
     g = torch.Generator().manual_seed(seed)
     NC = NL + NQB
-    pq = torch.randn(B, H, NQB, 8, generator=g)  # (B, H, NQB, D)
-    pk = torch.randn(B, H, NC, 8, generator=g)  # (B, H, NC, D)
+    pq = torch.randn(B, H, NQB, 16, generator=g).to(dtype)  # (B, H, NQB, D)
+    pk = torch.randn(B, H, NC, 16, generator=g).to(dtype)  # (B, H, NC, D)
     own = torch.arange(NQB) + NL
-    index, count = topk_blocks(pq, pk, k, forced=own if forced else None, shared_heads=shared)
+    index, count = _topk(impl)(pq, pk, k, forced=own if forced else None, shared_heads=shared)
     K = min(max(k, int(forced)), NC)
     assert index.shape == (B, 1 if shared else H, NQB, K) and index.dtype == torch.long
-    assert (count == K).all()
-    score = (torch.einsum("bhqd,bhcd->bhqc", pq, pk) / 8**0.5).softmax(-1)
+    assert count.shape == index.shape[:3] and count.dtype == torch.long and (count == K).all()
+    score = (torch.einsum("bhqd,bhcd->bhqc", pq.double(), pk.double()) / 16**0.5).softmax(-1)
     if shared:
         score = score.sum(1, keepdim=True)
     for b in range(index.shape[0]):
@@ -517,7 +528,28 @@ def test_topk_blocks(B, H, NQB, NL, k, forced, shared, seed):
                 free = [c for c in row if not (forced and c == int(own[r]))]
                 rest = [c for c in range(NC) if c not in row]
                 if free and rest:  # every freely chosen block scores at least as high as any left out
-                    assert score[b, h, r, free].min() >= score[b, h, r, rest].max()
+                    assert score[b, h, r, free].min() >= score[b, h, r, rest].max() - 1e-6
+
+
+@needs_triton
+def test_triton_topk_matches_torch_and_refuses_what_it_cannot_hold():
+    """The fused kernel picks the same lists as the PyTorch path on random scores (no ties), also with
+    candidates past one power of two and a strided pooled-key view; it names the limits it refuses."""
+    from worldkit_kernels.topk_triton import MAX_CANDIDATES, topk_blocks_triton
+
+    g = torch.Generator().manual_seed(3)
+    pq = torch.randn(1, 3, 3, 32, generator=g)
+    pk = torch.randn(1, 40, 3, 32, generator=g).transpose(1, 2)  # (B, H, NC, D), not contiguous
+    own = torch.arange(3) + 37
+    for shared in (False, True):
+        for k in (1, 7, 40):
+            want = topk_blocks(pq, pk, k, forced=own, shared_heads=shared)
+            got = topk_blocks_triton(pq, pk, k, forced=own, shared_heads=shared)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="head dim that is a power of two"):
+        topk_blocks_triton(pq[..., :24], pk[..., :24], 3)
+    with pytest.raises(ValueError, match=f"at most {MAX_CANDIDATES} candidates"):
+        topk_blocks_triton(pq[..., :16], torch.zeros(1, 1, 1, 16).expand(1, 3, MAX_CANDIDATES + 1, 16), 3)
 
 
 def test_resolve_top_k():

@@ -1,7 +1,7 @@
 """Sparse Forcing's local-window selector: per query block, the top-K local blocks by pooled score."""
 from __future__ import annotations
 
-from typing import Union
+from typing import Literal, Union
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
@@ -18,6 +18,10 @@ class LocalWindow(BlockSelector):
             0.25, description="a fraction of the candidates (a float in (0, 1]: 1.0 = all) or a count (an int >= 1: 1 = one block)")
         shared_heads: bool = False  # scores summed over heads: one list per query block
         keep_own: bool = True  # each query block always reads its own block (counted inside K)
+        impl: Literal["torch", "triton"] = Field(
+            "torch", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K; "
+                                 "head dim a power of two >= 16, at most 4096 candidates; "
+                                 "benchmarks/kernel_bench.py times both)")
 
         @field_validator("top_k")
         @classmethod
@@ -31,5 +35,11 @@ class LocalWindow(BlockSelector):
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
-        index, count = topk_blocks(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
+        if self.config.impl == "triton":
+            from worldkit_kernels.topk_triton import topk_blocks_triton  # Triton is imported on first use
+
+            select = topk_blocks_triton
+        else:
+            select = topk_blocks
+        index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)

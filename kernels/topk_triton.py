@@ -1,0 +1,95 @@
+"""Block selection in one Triton kernel: pooled scores, softmax, optional sum over heads, the forced own
+block and the row-wise top-K, written as sorted index lists (the fused form of ``blocks.topk_blocks``).
+
+One program per (batch x list head, query block). It computes the row's logits against every candidate
+(chunks of the head dim, fp32), their softmax, and sorts (score, candidate) pairs packed into int64 keys:
+a softmax score is >= 0, so its float32 bits order as integers; the low 32 bits hold the candidate
+reversed, so among equal scores the lower candidate wins. The first K keys are the kept candidates; a
+second sort puts them in ascending order. Candidates per row are held in registers: up to
+``MAX_CANDIDATES``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+MAX_CANDIDATES = 4096
+
+
+@triton.jit
+def _topk_kernel(
+    PQ, PK, FORCED, OUT,
+    s_qb, s_qh, s_qr, s_qd,
+    s_kb, s_kh, s_kc, s_kd,
+    s_ob, s_oh, s_or, s_ok,
+    H, NQB, NC, K, Hs, scale,
+    D: tl.constexpr, DC: tl.constexpr, NCP: tl.constexpr, HAS_FORCED: tl.constexpr,
+):
+    bh = tl.program_id(0)  # batch x list head
+    r = tl.program_id(1)  # query block
+    b = bh // Hs
+    hs = bh % Hs
+    cand = tl.arange(0, NCP)
+    valid = cand < NC
+    total = tl.zeros([NCP], dtype=tl.float32)
+    n_heads = H // Hs  # heads summed into this list: all of them (shared) or its own one
+    for i in range(0, n_heads):
+        h = hs + i
+        logits = tl.zeros([NCP], dtype=tl.float32)
+        for d0 in range(0, D, DC):
+            dd = d0 + tl.arange(0, DC)
+            q = tl.load(PQ + b * s_qb + h * s_qh + r * s_qr + dd * s_qd).to(tl.float32)  # (DC,)
+            k = tl.load(PK + b * s_kb + h * s_kh + cand[:, None] * s_kc + dd[None, :] * s_kd,
+                        mask=valid[:, None], other=0.0).to(tl.float32)  # (NCP, DC)
+            logits += tl.sum(k * q[None, :], 1)
+        logits = tl.where(valid, logits * scale, float("-inf"))
+        p = tl.exp(logits - tl.max(logits, 0))
+        total += p / tl.sum(p, 0)
+    if HAS_FORCED:
+        own = tl.load(FORCED + r)
+        total = tl.where(cand == own, float("inf"), total)
+    bits = tl.where(valid, total.to(tl.int32, bitcast=True), -1)  # scores >= 0: their bits order as ints
+    key = (bits.to(tl.int64) << 32) | (NCP - 1 - cand).to(tl.int64)
+    key = tl.sort(key, 0, descending=True)
+    pos = tl.arange(0, NCP)
+    chosen = NCP - 1 - key.to(tl.int32)  # the low 32 bits: the candidate
+    chosen = tl.sort(tl.where(pos < K, chosen, NCP), 0)  # the kept candidates, ascending
+    tl.store(OUT + b * s_ob + hs * s_oh + r * s_or + pos * s_ok, chosen.to(tl.int64), mask=pos < K)
+
+
+def topk_blocks_triton(
+    pooled_q: Tensor,
+    pooled_k: Tensor,
+    k: int,
+    forced: Optional[Tensor] = None,
+    shared_heads: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``blocks.topk_blocks`` in one kernel launch, with the same arguments and results: index
+    (B, Hs, NQB, K) long, rows ascending, and count (B, Hs, NQB) long, all K. Ties between equal scores go
+    to the lower candidate (``torch.topk`` leaves them unspecified)."""
+    B, H, NQB, D = pooled_q.shape
+    NC = pooled_k.shape[2]
+    k = min(max(k, 1 if forced is not None else 0), NC)
+    Hs = 1 if shared_heads else H
+    index = torch.empty(B, Hs, NQB, k, dtype=torch.long, device=pooled_q.device)
+    count = torch.full((B, Hs, NQB), k, dtype=torch.long, device=pooled_q.device)
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"Triton block selection needs a head dim that is a power of two >= 16; got {D}")
+    if NC > MAX_CANDIDATES:
+        raise ValueError(f"Triton block selection holds at most {MAX_CANDIDATES} candidates per row; got {NC}")
+    if index.numel() == 0:
+        return index, count
+    forced_ = forced.to(device=pooled_q.device, dtype=torch.int32).contiguous() if forced is not None else index
+    NCP = max(16, triton.next_power_of_2(NC))
+    _topk_kernel[(B * Hs, NQB)](
+        pooled_q, pooled_k, forced_, index,
+        *pooled_q.stride(), *pooled_k.stride(), *index.stride(),
+        H, NQB, NC, k, Hs, 1.0 / math.sqrt(D),
+        D=D, DC=min(D, 16), NCP=NCP, HAS_FORCED=forced is not None,
+    )
+    return index, count
