@@ -35,14 +35,17 @@ pytestmark = [
 
 def test_default_configurations_pipeline_their_tile_loads_without_spilling(tmp_path):
     """At the benchmark's shapes (bf16, head dim 128, block 128, ragged chunk tail), each kernel's
-    default configuration keeps its tile loads in flight (asynchronous copies) and spills nothing."""
+    default configuration keeps its tile loads in flight (asynchronous copies) and spills at most a few
+    words: the forward's default, the fastest on an H200, spills 8 bytes with Triton 3.6 and 24 with 3.9;
+    the candidates dropped for spilling spilled hundreds."""
     rows, text = run_report(tmp_path)
     assert [r["kernel"] for r in rows] == ["fwd", "dq", "dkdv"]
     for r in rows:
         assert r["async_tiles"] >= 2, r  # K and V (forward, dQ) or Q and dO (dK/dV)
-        assert r["spill"] == 0, r
+        assert r["spill"] <= 32, r
         assert 0 < r["regs"] <= 255 and r["programs_per_sm"] >= 1, r
-    assert "| 128 | fwd | 0 | M128 N64 w8 s3 |" in text  # the markdown table names what it compiled
+    assert [r["spill"] for r in rows[1:]] == [0, 0]  # dQ and dK/dV spill nothing
+    assert "| 128 | fwd | 0 | M128 N128 w8 s3 |" in text  # the markdown table names what it compiled
 
 
 def test_ragged_blocks_run_full_slots_in_the_same_loop_as_full_blocks(tmp_path):
