@@ -246,6 +246,27 @@ def flex_options(BLK):
     ]
 
 
+def pick_flex_options(run, dout, BLK):
+    """The first of ``flex_options(BLK)`` whose forward and backward both compile (``run(opts)`` returns
+    Flex's output), else the first whose forward does: ``(opts,)``, or None when no forward compiles.
+    Each failure is printed once, with its reason."""
+    forward_only = None
+    for opts in flex_options(BLK):
+        try:
+            with torch.no_grad():
+                run(opts)
+        except Exception as e:
+            print(f"  Flex with kernel_options={opts}: the forward fails: {short_error(e, 400)}")
+            continue
+        forward_only = forward_only or (opts,)
+        try:
+            run(opts).backward(dout)
+            return (opts,)
+        except Exception as e:
+            print(f"  Flex with kernel_options={opts}: the backward fails: {short_error(e, 400)}")
+    return forward_only
+
+
 def timed(fn, inputs, dout):
     """(forward ms, forward+backward ms) of fn; either may be "n/a (reason)"."""
     with torch.no_grad():
@@ -298,6 +319,7 @@ def run_timings(frames_list, blocks, densities, rows=None):
         flex, flex_err = None, f"n/a ({type(e).__name__}: {e})"
 
     rows = [] if rows is None else rows  # filled in place, so a caller keeps the rows of a stopped run
+    flex_choice = {}  # block size -> (kernel_options,) Flex runs with, or None
     dev, dtype = DEVICE, DTYPE
     for frames in frames_list:
         for BLK in blocks:
@@ -341,20 +363,17 @@ def run_timings(frames_list, blocks, densities, rows=None):
                         torch.zeros_like(count), torch.zeros_like(kv_index), count, kv_index,
                         BLOCK_SIZE=BLK, seq_lengths=(p["Tq"], p["Lk"]),
                     )  # every listed block as a full block: no mask_mod evaluated
-                    fx = None
-                    for opts in flex_options(BLK):  # the first set of tile sizes whose forward Flex compiles
-                        def fx(opts=opts):
-                            return flex(q, k, v, block_mask=mask, kernel_options=opts)
+                    if BLK not in flex_choice:  # per block size (the shapes recompile; the options do not change)
+                        flex_choice[BLK] = pick_flex_options(
+                            lambda opts: flex(q, k, v, block_mask=mask, kernel_options=opts), dout, BLK)
+                    if flex_choice[BLK] is None:
+                        raise RuntimeError("no kernel_options tried compiles Flex's forward")
 
-                        try:
-                            with torch.no_grad():
-                                err = (fx().float() - out_pbsa.float()).abs().max().item()
-                            break
-                        except Exception as e:
-                            print(f"  Flex with kernel_options={opts} fails: {short_error(e, 400)}")
-                            fx = None
-                    if fx is None:
-                        raise RuntimeError("no kernel_options tried compiles")
+                    def fx(opts=flex_choice[BLK][0]):
+                        return flex(q, k, v, block_mask=mask, kernel_options=opts)
+
+                    with torch.no_grad():
+                        err = (fx().float() - out_pbsa.float()).abs().max().item()
                     try:  # a backward Flex cannot compile leaves its forward timed (fwd+bwd: n/a)
                         grads = grad_check(pbsa, fx, q, k, v, kp, vp, dout, p["Lk"])
                     except Exception as e:
@@ -505,6 +524,14 @@ def table(rows):
     return "\n".join(lines)
 
 
+def problem_label(key: tuple) -> str:
+    """A tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded up to
+    powers of two (query blocks, list length, slots, batch x heads), ragged when blocks have lengths."""
+    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
+    return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
+            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_k else " ragged"))
+
+
 def _cfg(c: dict) -> str:
     """A launch configuration in a few characters: M128 N64 w8 s3 (x2 for a split list)."""
     short = f"M{c['BLOCK_M']} N{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
@@ -555,23 +582,25 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
     rows, stopped = timings_until_stopped(frames, blocks, densities)
     md = table(rows)
     if not stopped:
-        print("== block selection (PyTorch) at 25 % density")
+        print("== block selection at 25 % density")
         try:
             selection = selection_timings(frames, blocks, rows)
-            md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
-                   "PBSA's forward (median ms):\n\n" + selection)
         except Stopped:
             stopped = True
+        except Exception as e:  # the timings above are worth more than the selection's
+            md += f"\n\n(Block selection timings failed: {short_error(e, 200)})"
+        else:
+            md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
+                   "PBSA's forward (median ms):\n\n" + selection)
     if stopped:
         md += "\n\n(Partial: the run was stopped before every row was measured.)"
     from worldkit_kernels import pbsa_triton
 
-    tuned = "\n".join(f"- {key[0]} BLK={key[1]} D={key[2]} {str(key[3]).removeprefix('torch.')}: {cfg}"
-                       for key, cfg in sorted(pbsa_triton._tuned.items(), key=str))
+    tuned = "\n".join(dict.fromkeys(f"- {problem_label(key)}: {_cfg(cfg)}" for key, cfg in sorted(
+        pbsa_triton._tuned.items(), key=str)))
     md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (tuned or "- none (tuning off)")
     times = "\n".join(
-        f"- {key[0]} BLK={key[1]} NQB<={key[5]} K<={key[6]}: "
-        + "; ".join(f"{_cfg(c)} {ms:.3f}" for c, ms in sorted(runs, key=lambda r: r[1]))
+        f"- {problem_label(key)}: " + "; ".join(f"{_cfg(c)} {ms:.3f}" for c, ms in sorted(runs, key=lambda r: r[1]))
         for key, runs in sorted(pbsa_triton._timings.items(), key=str))
     if times:
         md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
@@ -584,7 +613,7 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         except Stopped:
             md += "\n\n(The profile was stopped before it finished.)"
         except Exception as e:  # the timings above are worth more than the profile
-            md += f"\n\n(The profile failed: {type(e).__name__}: {str(e).strip()[:200]})"
+            md += f"\n\n(The profile failed: {short_error(e, 200)})"
     print(md)
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.write:

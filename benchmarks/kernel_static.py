@@ -217,10 +217,6 @@ def config_text(cfg: dict) -> str:
     return " ".join(f"{short.get(k, k)}{v}" for k, v in cfg.items())
 
 
-def capped(cfg: dict, tile: int) -> dict:
-    return {k: (min(v, tile) if k.startswith("BLOCK_") else v) for k, v in cfg.items()}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
@@ -242,19 +238,20 @@ def main() -> int:
     print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; {args.dtype}, {kernel_bench.HEADS} heads x "
           f"{kernel_bench.HEAD_DIM}, chunk of {kernel_bench.CHUNK_FRAMES} x {kernel_bench.TOKENS_PER_FRAME} tokens, "
           f"{args.frames} frames of keys{' (every slot full)' if args.full_blocks else ''}, density {args.density}; "
-          "the first candidate of each kernel is its default\n")
+          "the first candidate of each kernel at each block is its default\n")
     print("| block | kernel | # | configuration | registers | spilled B | shared KiB | pipelined tile copies "
           "| programs/SM | warps/SM | limited by | loop instructions | loop barriers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0
     for BLK in args.blocks:
         tile = P._tile(BLK)
-        defaults = {n: capped(getattr(P, c)[0], tile) for n, (_, c) in KERNELS.items()}
+        # as a launch orders them: the default (the first made for this tile) first, capped, no duplicates
+        defaults = {n: P._capped(getattr(P, c), tile)[0] for n, (_, c) in KERNELS.items()}
         for name in args.kernels:
             seen = []
-            candidates = getattr(P, KERNELS[name][1])
+            candidates = P._capped(getattr(P, KERNELS[name][1]), tile)
             for i, cfg in enumerate(candidates[:1] if args.defaults else candidates):
-                cfg = capped(cfg, tile)
+                cfg = dict(cfg)
                 if args.num_stages is not None:
                     cfg["num_stages"] = args.num_stages
                 if cfg in seen:

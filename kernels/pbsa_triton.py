@@ -380,19 +380,14 @@ def _tuning() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") != "1" and os.environ.get("WORLDKIT_PBSA_TUNE", "1") != "0"
 
 
-_flush: list[Tensor] = []  # a buffer larger than the L2 cache, zeroed before each timed launch
-
-
-def _time_ms(launch: Callable[[], None], reps: int = 10) -> float:
-    """Median ms of single launches, each after the L2 cache is flushed (as ``triton.testing.do_bench``
-    times, and as attention runs inside a model, between other layers): back-to-back launches on a warm
-    cache rank configurations differently when the lists touch few blocks."""
-    if not _flush:
-        _flush.append(torch.empty(64 * 2**20, dtype=torch.int32, device="cuda"))  # 256 MiB
+def _time_ms(launch: Callable[[], None], flush: Tensor, reps: int = 10) -> float:
+    """Median ms of single launches, each after ``flush`` (a buffer larger than the L2 cache) is zeroed,
+    as ``triton.testing.do_bench`` times and as attention runs inside a model, between other layers:
+    back-to-back launches on a warm cache rank configurations differently when the lists touch few blocks."""
     launch()  # compile and warm up
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
     for start, end in events:
-        _flush[0].zero_()
+        flush.zero_()
         start.record()
         launch()
         end.record()
@@ -449,7 +444,9 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
     elif key in _tuned:
         best = _tuned[key]
     else:
-        timer = timer or _time_ms
+        if timer is None:  # the flush buffer (256 MiB on the current device) lives while this class is tuned
+            flush = torch.empty(64 * 2**20, dtype=torch.int32, device="cuda")
+            timer = lambda fn: _time_ms(fn, flush)  # noqa: E731
         times = []
         for c in capped:
             try:

@@ -5,12 +5,13 @@ One program per (batch x list head, query block). It computes the row's logits a
 (chunks of the head dim, fp32), their softmax, and sorts (score, candidate) pairs packed into int64 keys:
 a softmax score is >= 0, so its float32 bits order as integers; the low 32 bits hold the candidate
 reversed, so among equal scores the lower candidate wins. The first K keys are the kept candidates; a
-second sort puts them in ascending order. Candidates per row are held in registers: up to
-``MAX_CANDIDATES``.
+second sort puts them in ascending order. A row's candidates are held in registers (more warps for
+longer rows): up to ``MAX_CANDIDATES``, where compiled for sm_90 the kernel still spills nothing.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-MAX_CANDIDATES = 4096
+MAX_CANDIDATES = 2048
 
 
 @triton.jit
@@ -69,19 +70,27 @@ def topk_blocks_triton(
     forced: Optional[Tensor] = None,
     shared_heads: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """``blocks.topk_blocks`` in one kernel launch, with the same arguments and results: index
-    (B, Hs, NQB, K) long, rows ascending, and count (B, Hs, NQB) long, all K. Ties between equal scores go
-    to the lower candidate (``torch.topk`` leaves them unspecified)."""
+    """``blocks.topk_blocks`` in one kernel launch, with the same arguments and results up to rounding
+    and ties: index (B, Hs, NQB, K) long, rows ascending, and count (B, Hs, NQB) long, all K. The scores
+    are exact fp32 sums (the PyTorch path's matmul may run in TF32) with a hardware exp, so blocks whose
+    scores differ by rounding may be picked differently; equal scores go to the lower candidate
+    (``torch.topk`` leaves ties unspecified)."""
     B, H, NQB, D = pooled_q.shape
     NC = pooled_k.shape[2]
-    k = min(max(k, 1 if forced is not None else 0), NC)
-    Hs = 1 if shared_heads else H
-    index = torch.empty(B, Hs, NQB, k, dtype=torch.long, device=pooled_q.device)
-    count = torch.full((B, Hs, NQB), k, dtype=torch.long, device=pooled_q.device)
+    if pooled_k.dim() != 4 or pooled_k.shape[:2] != (B, H) or pooled_k.shape[3] != D:
+        raise ValueError(f"pooled_k must be (B, H, NC, D) with B={B}, H={H}, D={D}; got {tuple(pooled_k.shape)}")
+    if forced is not None and tuple(forced.shape) != (NQB,):
+        raise ValueError(f"forced must be ({NQB},), one candidate per query block; got {tuple(forced.shape)}")
     if D & (D - 1) or D < 16:
         raise ValueError(f"Triton block selection needs a head dim that is a power of two >= 16; got {D}")
     if NC > MAX_CANDIDATES:
         raise ValueError(f"Triton block selection holds at most {MAX_CANDIDATES} candidates per row; got {NC}")
+    if not pooled_q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError("Triton block selection needs CUDA tensors (or TRITON_INTERPRET=1 to run on the CPU)")
+    k = min(max(k, 1 if forced is not None else 0), NC)
+    Hs = 1 if shared_heads else H
+    index = torch.empty(B, Hs, NQB, k, dtype=torch.long, device=pooled_q.device)
+    count = torch.full((B, Hs, NQB), k, dtype=torch.long, device=pooled_q.device)
     if index.numel() == 0:
         return index, count
     forced_ = forced.to(device=pooled_q.device, dtype=torch.int32).contiguous() if forced is not None else index
@@ -91,5 +100,6 @@ def topk_blocks_triton(
         *pooled_q.stride(), *pooled_k.stride(), *index.stride(),
         H, NQB, NC, k, Hs, 1.0 / math.sqrt(D),
         D=D, DC=min(D, 16), NCP=NCP, HAS_FORCED=forced is not None,
+        num_warps=max(4, min(8, NCP // 256)),  # 2048 candidates: 8 warps, no spills on sm_90
     )
     return index, count

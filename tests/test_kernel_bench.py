@@ -133,7 +133,9 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     args = argparse.Namespace(write=False)
     assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
     out = capsys.readouterr().out
-    assert "- fwd BLK=128 NQB<=32 K<=64: M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf" in out
+    assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16: "
+            "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
+    assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16: M128 N64 w8 s3 x2\n" in out
     assert "| selection |" in out and "0.500 ms" in out
 
 
@@ -191,3 +193,34 @@ def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     assert cells[:2] == ["6", "16"] and int(cells[3]) == max(1, round(0.25 * int(cells[2])))
     assert cells[4:] == ["0.500", "0.500", "0.500", "0.250"], cells  # torch, Triton, transposed lists, forward
     assert len(timed) == 3
+
+
+def test_flex_options_prefer_a_set_whose_backward_compiles(bench, capsys):
+    """Flex's options: the first set that compiles forward and backward; failing that, the first whose
+    forward compiles (its forward is still timed); None when no forward compiles. Each failure is said."""
+    sets = bench.flex_options(64)
+    x, dout = torch.ones(2, requires_grad=True), torch.ones(2)
+
+    class NoBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("no backward")
+
+    def flex(fails_fwd, fails_bwd):
+        def run(opts):
+            i = sets.index(opts)
+            if i in fails_fwd:
+                raise ValueError(f"no forward for set {i}")
+            return NoBackward.apply(x) if i in fails_bwd else x * 2
+        return run
+
+    assert bench.pick_flex_options(flex({0}, {1}), dout, 64) == (sets[2],)  # 0: no forward, 1: no backward
+    assert bench.pick_flex_options(flex(set(), set(range(len(sets)))), dout, 64) == (sets[0],)
+    assert bench.pick_flex_options(flex(set(range(len(sets))), set()), dout, 64) is None
+    out = capsys.readouterr().out
+    assert "the forward fails: ValueError: no forward for set 0" in out
+    assert "the backward fails: RuntimeError: no backward" in out

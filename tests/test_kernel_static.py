@@ -48,6 +48,14 @@ def test_default_configurations_pipeline_their_tile_loads_without_spilling(tmp_p
     assert "| 128 | fwd | 0 | M128 N128 w8 s3 |" in text  # the markdown table names what it compiled
 
 
+def test_defaults_at_a_64_row_block_are_those_a_launch_runs(tmp_path):
+    """The report compiles, as each kernel's default at block 64, the configuration a launch there runs
+    (the first made for a 64-row tile), not the 128-row default capped."""
+    rows, _ = run_report(tmp_path, "--blocks", "64")
+    assert [r["config"]["num_warps"] for r in rows] == [4, 4, 4]  # the H200's winners at block 64
+    assert all(v <= 64 for r in rows for k, v in r["config"].items() if k.startswith("BLOCK_"))
+
+
 def test_ragged_blocks_run_full_slots_in_the_same_loop_as_full_blocks(tmp_path):
     """With ragged blocks the forward runs its full slots first in a loop as lean as the one for lists
     without lengths (no masks, no extra barrier, the same prefetch), then the short slots in a masked

@@ -546,10 +546,28 @@ def test_triton_topk_matches_torch_and_refuses_what_it_cannot_hold():
             want = topk_blocks(pq, pk, k, forced=own, shared_heads=shared)
             got = topk_blocks_triton(pq, pk, k, forced=own, shared_heads=shared)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    long_q, long_k = torch.randn(1, 1, 2, 16, generator=g), torch.randn(1, 1, 300, 16, generator=g)  # 512 slots
+    for k in (5, 150):
+        assert torch.equal(topk_blocks_triton(long_q, long_k, k)[0], topk_blocks(long_q, long_k, k)[0])
+    tied = torch.ones(1, 1, 9, 16)  # every candidate scores the same: the lowest ones are kept
+    assert topk_blocks_triton(pq[:1, :1, :1, :16], tied, 3)[0].tolist() == [[[[0, 1, 2]]]]
     with pytest.raises(ValueError, match="head dim that is a power of two"):
         topk_blocks_triton(pq[..., :24], pk[..., :24], 3)
     with pytest.raises(ValueError, match=f"at most {MAX_CANDIDATES} candidates"):
         topk_blocks_triton(pq[..., :16], torch.zeros(1, 1, 1, 16).expand(1, 3, MAX_CANDIDATES + 1, 16), 3)
+    with pytest.raises(ValueError, match="pooled_k must be"):
+        topk_blocks_triton(pq, pk[:, :2], 3)
+    with pytest.raises(ValueError, match="forced must be"):
+        topk_blocks_triton(pq, pk, 3, forced=own[:2])
+
+
+@needs_triton
+def test_triton_topk_on_the_cpu_needs_the_interpreter(monkeypatch):
+    from worldkit_kernels.topk_triton import topk_blocks_triton
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        topk_blocks_triton(torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 4, 16), 2)
 
 
 def test_resolve_top_k():
