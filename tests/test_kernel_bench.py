@@ -184,6 +184,7 @@ def test_launch_cost_times_issue_and_completion(bench, monkeypatch):
 def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     """The selection table times the PyTorch selection and the fused Triton top-K (after checking it picks
     the same lists), beside PBSA's forward from the timing rows."""
+    pytest.importorskip("triton")
     monkeypatch.setattr(bench, "DEVICE", "cpu")
     timed = []
     monkeypatch.setattr(bench, "bench", lambda fn: (fn(), timed.append(fn), 0.5)[-1])
