@@ -392,10 +392,11 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     """Block selection in PyTorch (pool the chunk's queries and all keys, pooled scores, row-wise top-K
     with the own block forced) and the backward's transposed lists, against PBSA's forward at the same
     density: whether a Triton version would pay. Markdown lines."""
+    from worldkit_kernels.pbsa_triton import _transposed
     from worldkit_kernels.topk_triton import topk_blocks_triton
 
     lines = ["| frames | block | candidates | K | pool + score + top-K ms | the same, top-K in Triton ms | "
-             "transposed lists ms | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|"]
+             "transposed lists ms: PyTorch / Triton | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|"]
     fwd = {(f, b): r[5][0] for r in rows for f, b in [(r[0], r[2])]
            if r[4] == "pbsa-triton" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
     for frames in frames_list:
@@ -421,9 +422,11 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
             except Exception as e:
                 t_fused = f"n/a ({short_error(e)})"
             t_tr = bench(lambda: build_transposed(index, count, NS))
+            t_tr_triton = bench(lambda: _transposed(index, count, NS))  # what the backward runs
             f = fwd.get((frames, BLK), "-")
-            cells = [x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_fused, t_tr, f)]
-            lines.append(f"| {frames} | {BLK} | {NS} | {K} | " + " | ".join(cells) + " |")
+            t_sel, t_fused, t_tr, t_tr_triton, f = (
+                x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_fused, t_tr, t_tr_triton, f))
+            lines.append(f"| {frames} | {BLK} | {NS} | {K} | {t_sel} | {t_fused} | {t_tr} / {t_tr_triton} | {f} |")
     return "\n".join(lines)
 
 

@@ -2,12 +2,13 @@
 
 One program per (query rows, batch x head) walks that query block's slot list with an online softmax
 (exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV
-walk the transposed lists (``build_transposed``), busiest slot first, so every gradient is written by
-one program: deterministic, no atomics. A query block is a tile of max(16, BLK) rows (masked, so small
-blocks work too), taken whole or split over programs; keys and backward query rows are walked in
-sub-tiles so K/V stages fit shared memory. With ragged blocks each list entry carries its slot's valid
-rows (``_pack``): one scalar load per step, so the K/V prefetch is one indirection deep.
-Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through ``worldkit::pbsa_bwd``.
+walk the transposed lists (``_transposed``: ``blocks.build_transposed`` in one launch), busiest slot
+first, so every gradient is written by one program: deterministic, no atomics. A query block is a tile
+of max(16, BLK) rows (masked, so small blocks work too), taken whole or split over programs; keys and
+backward query rows are walked in sub-tiles so K/V stages fit shared memory. With ragged blocks each
+list entry carries its slot's valid rows (``_pack``): one scalar load per step, so the K/V prefetch is
+one indirection deep. Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through
+``worldkit::pbsa_bwd``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 from torch import Tensor
 
-from .blocks import build_transposed
 
 LOG2E = 1.4426950408889634
 # With ragged blocks, list entries carry the slot and its valid rows in one int32: slot << LEN_BITS | rows.
@@ -549,6 +549,99 @@ def _lists(index: Tensor, count: Tensor, block_len: Optional[Tensor], BLK: int) 
     return lists, count, nfull
 
 
+@triton.jit
+def _transpose_kernel(
+    IDX, CNT, TIDX, TCNT,
+    s_ib, s_ih, s_ir, s_ik, s_cb, s_ch, s_cr,
+    Hi, NQB, NS, MAXK,
+    BLOCK_S: tl.constexpr, NQBP: tl.constexpr, KC: tl.constexpr,
+):
+    """The rows reading each of BLOCK_S slots, ascending, then -1 (``blocks.build_transposed``): every
+    list entry is compared with the slots (KC entries of every row per step, one coalesced load), and
+    each slot's readers and non-readers are placed by prefix sums, so every position of its row is
+    written once."""
+    bh = tl.program_id(0)
+    b = bh // Hi
+    h = bh % Hi
+    slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
+    rows = tl.arange(0, NQBP)  # (NQBP,)
+    row_ok = rows < NQB
+    n = tl.load(CNT + b * s_cb + h * s_ch + rows * s_cr, mask=row_ok, other=0)  # (NQBP,)
+    member = tl.zeros([BLOCK_S, NQBP], dtype=tl.int32)
+    for j0 in range(0, MAXK, KC):
+        j = j0 + tl.arange(0, KC)  # (KC,)
+        slot = tl.load(IDX + b * s_ib + h * s_ih + rows[:, None] * s_ir + j[None, :] * s_ik,
+                       mask=row_ok[:, None] & (j[None, :] < n[:, None]), other=-1)  # (NQBP, KC)
+        hit = (slot[None, :, :] == slots[:, None, None]).to(tl.int32)  # (BLOCK_S, NQBP, KC)
+        member = member | tl.max(hit, 2)
+    other = (row_ok[None, :] & (member == 0)).to(tl.int32)
+    count = tl.sum(member, 1)  # (BLOCK_S,)
+    pos = tl.where(member == 1, tl.cumsum(member, 1) - 1, count[:, None] + tl.cumsum(other, 1) - 1)
+    out = tl.where(member == 1, rows[None, :], -1)
+    slot_ok = slots < NS
+    row_of = (bh * NS + slots).to(tl.int64)  # (BLOCK_S,): the slot's row of TIDX (B, Hi, NS, NQB)
+    tl.store(TIDX + row_of[:, None] * NQB + pos, out, mask=slot_ok[:, None] & row_ok[None, :])
+    tl.store(TCNT + bh * NS + slots, count, mask=slot_ok)
+
+
+def _transposed(index: Tensor, count: Tensor, NS: int) -> tuple[Tensor, Tensor]:
+    """``blocks.build_transposed`` in one launch: tindex (B, Hi, NS, NQB) int32 and tcount (B, Hi, NS) int32."""
+    B, Hi, NQB, MAXK = index.shape
+    tindex = torch.empty(B, Hi, NS, NQB, dtype=torch.int32, device=index.device)
+    tcount = torch.empty(B, Hi, NS, dtype=torch.int32, device=index.device)
+    if tindex.numel() == 0 or tcount.numel() == 0:
+        return tindex, tcount.zero_()
+    count = count.expand(B, Hi, NQB)
+    NQBP, KC = max(16, _pow2(NQB)), 8
+    BLOCK_S = max(2, min(16, 4096 // (NQBP * KC)))  # at most 4096 comparisons per step
+    _transpose_kernel[(B * Hi, triton.cdiv(NS, BLOCK_S))](
+        index, count, tindex, tcount,
+        *index.stride(), *count.stride(),
+        Hi, NQB, NS, MAXK,
+        BLOCK_S=BLOCK_S, NQBP=NQBP, KC=KC,
+    )
+    return tindex, tcount
+
+
+@triton.jit
+def _delta_kernel(
+    DO, OUT, DLSE, DELTA,
+    s_db, s_dh, s_dt, s_ob, s_oh, s_ot, s_lb, s_lh, s_lt,
+    H, Tq,
+    D: tl.constexpr, BLOCK_T: tl.constexpr, HAS_DLSE: tl.constexpr,
+):
+    """delta = rowsum(dout * out) - dlse in fp32, (B, H, Tq) contiguous: what the backward kernels read."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = t < Tq
+    d = tl.arange(0, D)
+    do = tl.load(DO + b * s_db + h * s_dh + t[:, None] * s_dt + d[None, :], mask=ok[:, None], other=0.0)
+    o = tl.load(OUT + b * s_ob + h * s_oh + t[:, None] * s_ot + d[None, :], mask=ok[:, None], other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + b * s_lb + h * s_lh + t * s_lt, mask=ok, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * Tq + t, delta, mask=ok)
+
+
+def _delta(do: Tensor, out: Tensor, dlse: Optional[Tensor]) -> Tensor:
+    """rowsum(do * out) - dlse, fp32 (B, H, Tq), in one launch (the last dims of do and out contiguous)."""
+    B, H, Tq, D = do.shape
+    delta = torch.empty(B, H, Tq, dtype=torch.float32, device=do.device)
+    if delta.numel() == 0:
+        return delta
+    do, out = (x if x.stride(-1) == 1 else x.contiguous() for x in (do, out))
+    BLOCK_T = max(16, min(128, 8192 // D))
+    _delta_kernel[(B * H, triton.cdiv(Tq, BLOCK_T))](
+        do, out, dlse if dlse is not None else delta, delta,
+        *do.stride()[:3], *out.stride()[:3], *(dlse.stride() if dlse is not None else (0, 0, 0)),
+        H, Tq,
+        D=D, BLOCK_T=BLOCK_T, HAS_DLSE=dlse is not None,
+    )
+    return delta
+
+
 def _check_pack(BLK: int, NS: int) -> None:
     if BLK >= 1 << _LEN_BITS or NS > (1 << (31 - _LEN_BITS)):
         raise ValueError(f"Triton PBSA packs slot and length in int32: needs block < {1 << _LEN_BITS} and at most "
@@ -628,16 +721,17 @@ def _(q, k, v, index, count, block_len, scale):
 
 @torch.library.custom_op("worldkit::pbsa_bwd", mutates_args=())
 def pbsa_bwd(
-    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Tensor,
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
     index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Triton PBSA backward: dq (B, H, Tq, D), dk and dv (B, NS, H, BLK, D), from dout and dlse."""
+    """Triton PBSA backward: dq (B, H, Tq, D), dk and dv (B, NS, H, BLK, D), from dout and dlse (None:
+    the log-sum-exp output was not used)."""
     B, H, Tq, D = q.shape
     NS, BLK = k.shape[1], k.shape[3]
     Hi, NQB = index.shape[1], index.shape[2]
     do = do.contiguous()
     lse = lse.contiguous()  # (B, H, Tq)
-    delta = ((do.float() * out.float()).sum(-1) - dlse.float()).contiguous()  # (B, H, Tq); dlse enters as -delta
+    delta = _delta(do, out, dlse)  # (B, H, Tq) fp32; dlse enters as -delta
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, Tq, D)
     dk = torch.empty(B, NS, H, BLK, D, dtype=k.dtype, device=k.device)  # (B, NS, H, BLK, D)
     dv = torch.empty_like(dk)
@@ -665,7 +759,7 @@ def pbsa_bwd(
         )
 
     _launch(("dq", *problem), DQ_CONFIGS, tile, launch_dq)
-    tindex, tcount = build_transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
+    tindex, tcount = _transposed(index, count, NS)  # (B, Hi, NS, NQB), (B, Hi, NS)
     order = tcount.argsort(dim=-1, descending=True, stable=True).to(torch.int32)  # (B, Hi, NS), busiest first
 
     def launch_dkdv(c: dict) -> None:
@@ -699,8 +793,6 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
-    if dlse is None:
-        dlse = torch.zeros_like(lse)
     dq, dk, dv = pbsa_bwd(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
     return dq, dk, dv, None, None, None, None
 

@@ -192,8 +192,8 @@ def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     md = bench.selection_timings([6], [16], rows)
     cells = [c.strip() for c in md.splitlines()[2].split("|")[1:-1]]
     assert cells[:2] == ["6", "16"] and int(cells[3]) == max(1, round(0.25 * int(cells[2])))
-    assert cells[4:] == ["0.500", "0.500", "0.500", "0.250"], cells  # torch, Triton, transposed lists, forward
-    assert len(timed) == 3
+    assert cells[4:] == ["0.500", "0.500", "0.500 / 0.500", "0.250"], cells  # selection twice, lists twice, forward
+    assert len(timed) == 4
 
 
 def test_flex_options_prefer_a_set_whose_backward_compiles(bench, capsys):

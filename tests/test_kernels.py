@@ -453,12 +453,22 @@ def test_torch_path_chunks_rows(monkeypatch):
 # block helpers
 
 
+def _transpose_fn(impl):
+    if impl == "torch":
+        return build_transposed
+    return importlib.import_module("worldkit_kernels.pbsa_triton")._transposed
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
 @settings(max_examples=30, deadline=None)
 @given(
-    B=st.integers(1, 2), Hi=st.integers(1, 3), NQB=st.integers(1, 6), NS=st.integers(1, 10),
+    B=st.integers(1, 2), Hi=st.integers(1, 3), NQB=st.integers(1, 12), NS=st.integers(1, 36),
     seed=st.integers(0, 2**16),
 )
-def test_build_transposed(B, Hi, NQB, NS, seed):
+def test_build_transposed(impl, B, Hi, NQB, NS, seed):
+    """Per-slot reader lists (the PyTorch helper, and the one-launch Triton kernel the backward runs,
+    which spans several 16-slot programs here): readers ascending, then -1; counts exact."""
+    build_transposed = _transpose_fn(impl)
     g = torch.Generator().manual_seed(seed)
     MAXK = NS
     index = torch.full((B, Hi, NQB, MAXK), -1, dtype=torch.int32)
@@ -472,10 +482,30 @@ def test_build_transposed(B, Hi, NQB, NS, seed):
     assert tindex.shape == (B, Hi, NS, NQB) and tindex.dtype == torch.int32
     for b in range(B):
         for h in range(Hi):
+            lists = [set(index[b, h, r, : int(count[b, h, r])].tolist()) for r in range(NQB)]
             for s in range(NS):
-                readers = [r for r in range(NQB) if s in index[b, h, r, : int(count[b, h, r])].tolist()]
+                readers = [r for r in range(NQB) if s in lists[r]]
                 assert int(tcount[b, h, s]) == len(readers)
                 assert tindex[b, h, s].tolist() == readers + [-1] * (NQB - len(readers))
+
+
+@needs_triton
+@settings(max_examples=15, deadline=None)
+@given(
+    B=st.integers(1, 2), H=st.integers(1, 3), Tq=st.integers(1, 40), D=st.sampled_from([16, 32]),
+    dtype=st.sampled_from([torch.float32, torch.float16]), with_dlse=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_backward_delta(B, H, Tq, D, dtype, with_dlse, seed):
+    """delta = rowsum(dout * out) - dlse in fp32, one launch, from strided inputs."""
+    delta_fn = importlib.import_module("worldkit_kernels.pbsa_triton")._delta
+    g = torch.Generator().manual_seed(seed)
+    do = torch.randn(B, Tq, H, D, generator=g).to(dtype).transpose(1, 2)  # (B, H, Tq, D), strided
+    out = torch.randn(B, H, Tq, D, generator=g).to(dtype)
+    dlse = torch.randn(B, H, Tq, generator=g) if with_dlse else None
+    want = (do.double() * out.double()).sum(-1) - (dlse.double() if with_dlse else 0)
+    got = delta_fn(do, out, dlse)
+    assert got.dtype == torch.float32 and got.shape == (B, H, Tq) and got.is_contiguous()
+    assert torch.allclose(got.double(), want, atol=1e-4 * D)
 
 
 @settings(max_examples=30, deadline=None)
