@@ -606,3 +606,22 @@ def test_resolve_top_k():
     assert resolve_top_k(1.0, 7) == 7
     assert resolve_top_k(5, 3) == 3
     assert resolve_top_k(2, 10) == 2
+
+
+@needs_triton
+def test_custom_op_passes_opcheck():
+    """``worldkit::pbsa_fwd`` (and its backward op through autograd) as torch.compile and AOT dispatch
+    see it: schema, autograd registration, fake tensors, dynamic-shape AOT dispatch."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    g = torch.Generator().manual_seed(0)
+    B, H, Tq, D, BLK, NS = 1, 2, 20, 16, 16, 4
+    q = torch.randn(B, H, Tq, D, generator=g, requires_grad=True)
+    k = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
+    v = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
+    index = torch.tensor([[0, 2], [1, 3]], dtype=torch.int32).expand(B, H, 2, 2).contiguous()
+    count = torch.full((B, H, 2), 2, dtype=torch.int32)
+    block_len = torch.full((B, NS), BLK, dtype=torch.int32)
+    block_len[0, -1] = 5
+    assert mod.pbsa_fwd is not None
+    result = torch.library.opcheck(torch.ops.worldkit.pbsa_fwd.default, (q, k, v, index, count, block_len, 0.25))
+    assert set(result.values()) == {"SUCCESS"}, result
