@@ -54,6 +54,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from worldkit_kernels import build_transposed  # noqa: E402
 from worldkit_kernels import pbsa_triton as P  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -98,8 +99,11 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
     with contextlib.ExitStack() as stack, torch.no_grad():
         stack.enter_context(kernel_bench.untuned())  # one launch per kernel: the first (only) configuration
-        # the lists as the packing kernel builds them, without launching it
+        # the lists, transposed lists and delta as the small kernels build them, without launching those
         stack.enter_context(mock.patch.object(P, "_pack", P._pack_torch))
+        stack.enter_context(mock.patch.object(P, "_transposed", build_transposed))
+        stack.enter_context(mock.patch.object(P, "_delta", lambda do, out, dlse: (
+            (do.float() * out.float()).sum(-1) - (0 if dlse is None else dlse.float())).contiguous()))
         for name, (attr, cfgs) in KERNELS.items():
             stack.enter_context(mock.patch.object(P, attr, recorders[name]))
             stack.enter_context(mock.patch.object(P, cfgs, [configs[name]]))
