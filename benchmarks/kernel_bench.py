@@ -364,10 +364,11 @@ def run_timings(frames_list, blocks, densities, rows=None):
                         BLOCK_SIZE=BLK, seq_lengths=(p["Tq"], p["Lk"]),
                     )  # every listed block as a full block: no mask_mod evaluated
                     if BLK not in flex_choice:  # per block size (the shapes recompile; the options do not change)
-                        flex_choice[BLK] = pick_flex_options(
+                        choice = pick_flex_options(
                             lambda opts: flex(q, k, v, block_mask=mask, kernel_options=opts), dout, BLK)
-                    if flex_choice[BLK] is None:
-                        raise RuntimeError("no kernel_options tried compiles Flex's forward")
+                        if choice is None:  # not kept: the next problem tries again
+                            raise RuntimeError("no kernel_options tried compiles Flex's forward")
+                        flex_choice[BLK] = choice
 
                     def fx(opts=flex_choice[BLK][0]):
                         return flex(q, k, v, block_mask=mask, kernel_options=opts)
@@ -529,10 +530,11 @@ def table(rows):
 
 def problem_label(key: tuple) -> str:
     """A tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded up to
-    powers of two (query blocks, list length, slots, batch x heads), ragged when blocks have lengths."""
+    powers of two (query blocks, list length, slots, batch x heads); query-tail when the queries end in a
+    short block, ragged when key blocks have lengths."""
     name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
     return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
-            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_k else " ragged"))
+            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged"))
 
 
 def _cfg(c: dict) -> str:

@@ -444,8 +444,11 @@ def _launch(key: tuple, configs: list[dict], tile: int, launch: Callable[[dict],
     elif key in _tuned:
         best = _tuned[key]
     else:
-        if timer is None:  # the flush buffer (256 MiB on the current device) lives while this class is tuned
-            flush = torch.empty(64 * 2**20, dtype=torch.int32, device="cuda")
+        if timer is None:  # a flush buffer (256 MiB on the current device) lives while this class is tuned
+            try:
+                flush = torch.empty(64 * 2**20, dtype=torch.int32, device="cuda")
+            except torch.OutOfMemoryError:  # no room: time on whatever the cache holds
+                flush = torch.empty(0, dtype=torch.int32, device="cuda")
             timer = lambda fn: _time_ms(fn, flush)  # noqa: E731
         times = []
         for c in capped:
@@ -550,55 +553,73 @@ def _lists(index: Tensor, count: Tensor, block_len: Optional[Tensor], BLK: int) 
 
 
 @triton.jit
-def _transpose_kernel(
-    IDX, CNT, TIDX, TCNT,
+def _mark_kernel(
+    IDX, CNT, MEM,
     s_ib, s_ih, s_ir, s_ik, s_cb, s_ch, s_cr,
     Hi, NQB, NS, MAXK,
-    BLOCK_S: tl.constexpr, NQBP: tl.constexpr, KC: tl.constexpr,
+    NQBP: tl.constexpr, KC: tl.constexpr,
 ):
-    """The rows reading each of BLOCK_S slots, ascending, then -1 (``blocks.build_transposed``): every
-    list entry is compared with the slots (KC entries of every row per step, one coalesced load), and
-    each slot's readers and non-readers are placed by prefix sums, so every position of its row is
-    written once."""
-    bh = tl.program_id(0)
-    b = bh // Hi
-    h = bh % Hi
+    """Membership of one row's list: MEM[bh, slot, row] = 1 for each of its first count entries (MEM is
+    (B * Hi, NS, NQBP) uint8, zeroed)."""
+    pid = tl.program_id(0)
+    r = pid % NQB
+    bh = pid // NQB
+    b = (bh // Hi).to(tl.int64)
+    h = (bh % Hi).to(tl.int64)
+    n = tl.minimum(tl.load(CNT + b * s_cb + h * s_ch + r * s_cr), MAXK)
+    for j0 in range(0, MAXK, KC):
+        j = j0 + tl.arange(0, KC)
+        slot = tl.load(IDX + b * s_ib + h * s_ih + r * s_ir + j * s_ik, mask=j < n, other=-1).to(tl.int64)
+        ok = (j < n) & (slot >= 0) & (slot < NS)
+        tl.store(MEM + (bh.to(tl.int64) * NS + slot) * NQBP + r, tl.full([KC], 1, tl.uint8), mask=ok)
+
+
+@triton.jit
+def _compact_kernel(
+    MEM, TIDX, TCNT,
+    NQB, NS,
+    BLOCK_S: tl.constexpr, NQBP: tl.constexpr,
+):
+    """Each slot's readers ascending, then -1, from its membership row: readers and non-readers are placed
+    by prefix sums, so every position of the slot's row of TIDX is written once; its count to TCNT."""
+    bh = tl.program_id(0).to(tl.int64)
     slots = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
     rows = tl.arange(0, NQBP)  # (NQBP,)
+    slot_ok = slots < NS
     row_ok = rows < NQB
-    n = tl.load(CNT + b * s_cb + h * s_ch + rows * s_cr, mask=row_ok, other=0)  # (NQBP,)
-    member = tl.zeros([BLOCK_S, NQBP], dtype=tl.int32)
-    for j0 in range(0, MAXK, KC):
-        j = j0 + tl.arange(0, KC)  # (KC,)
-        slot = tl.load(IDX + b * s_ib + h * s_ih + rows[:, None] * s_ir + j[None, :] * s_ik,
-                       mask=row_ok[:, None] & (j[None, :] < n[:, None]), other=-1)  # (NQBP, KC)
-        hit = (slot[None, :, :] == slots[:, None, None]).to(tl.int32)  # (BLOCK_S, NQBP, KC)
-        member = member | tl.max(hit, 2)
+    at = bh * NS + slots  # (BLOCK_S,) int64: the slot's row of MEM and of TIDX
+    member = tl.load(MEM + at[:, None] * NQBP + rows[None, :], mask=slot_ok[:, None], other=0).to(tl.int32)
     other = (row_ok[None, :] & (member == 0)).to(tl.int32)
     count = tl.sum(member, 1)  # (BLOCK_S,)
     pos = tl.where(member == 1, tl.cumsum(member, 1) - 1, count[:, None] + tl.cumsum(other, 1) - 1)
     out = tl.where(member == 1, rows[None, :], -1)
-    slot_ok = slots < NS
-    row_of = (bh * NS + slots).to(tl.int64)  # (BLOCK_S,): the slot's row of TIDX (B, Hi, NS, NQB)
-    tl.store(TIDX + row_of[:, None] * NQB + pos, out, mask=slot_ok[:, None] & row_ok[None, :])
-    tl.store(TCNT + bh * NS + slots, count, mask=slot_ok)
+    tl.store(TIDX + at[:, None] * NQB + pos, out, mask=slot_ok[:, None] & row_ok[None, :])
+    tl.store(TCNT + at, count, mask=slot_ok)
 
 
 def _transposed(index: Tensor, count: Tensor, NS: int) -> tuple[Tensor, Tensor]:
-    """``blocks.build_transposed`` in one launch: tindex (B, Hi, NS, NQB) int32 and tcount (B, Hi, NS) int32."""
+    """``blocks.build_transposed`` in two launches whose work grows with the lists and the slots (not their
+    product): mark each row's slots in a zeroed membership array, then compact each slot's readers.
+    Returns tindex (B, Hi, NS, NQB) int32 and tcount (B, Hi, NS) int32. Entries outside [0, NS) are
+    ignored; duplicates count once."""
     B, Hi, NQB, MAXK = index.shape
     tindex = torch.empty(B, Hi, NS, NQB, dtype=torch.int32, device=index.device)
     tcount = torch.empty(B, Hi, NS, dtype=torch.int32, device=index.device)
     if tindex.numel() == 0 or tcount.numel() == 0:
         return tindex, tcount.zero_()
     count = count.expand(B, Hi, NQB)
-    NQBP, KC = max(16, _pow2(NQB)), 8
-    BLOCK_S = max(2, min(16, 4096 // (NQBP * KC)))  # at most 4096 comparisons per step
-    _transpose_kernel[(B * Hi, triton.cdiv(NS, BLOCK_S))](
-        index, count, tindex, tcount,
-        *index.stride(), *count.stride(),
-        Hi, NQB, NS, MAXK,
-        BLOCK_S=BLOCK_S, NQBP=NQBP, KC=KC,
+    NQBP = max(16, _pow2(NQB))
+    member = torch.zeros(B * Hi, NS, NQBP, dtype=torch.uint8, device=index.device)
+    if MAXK:
+        _mark_kernel[(B * Hi * NQB,)](
+            index, count, member,
+            *index.stride(), *count.stride(),
+            Hi, NQB, NS, MAXK,
+            NQBP=NQBP, KC=min(128, max(16, _pow2(MAXK))),
+        )
+    BLOCK_S = max(1, min(16, 2048 // NQBP))
+    _compact_kernel[(B * Hi, triton.cdiv(NS, BLOCK_S))](
+        member, tindex, tcount, NQB, NS, BLOCK_S=BLOCK_S, NQBP=NQBP,
     )
     return tindex, tcount
 
@@ -612,8 +633,8 @@ def _delta_kernel(
 ):
     """delta = rowsum(dout * out) - dlse in fp32, (B, H, Tq) contiguous: what the backward kernels read."""
     bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     ok = t < Tq
     d = tl.arange(0, D)
@@ -789,10 +810,13 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, index, count, block_len)
     ctx.scale = scale
+    ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
+    if dout is None:  # only the log-sum-exp was used
+        dout = torch.zeros_like(out)
     dq, dk, dv = pbsa_bwd(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
     return dq, dk, dv, None, None, None, None
 

@@ -85,6 +85,9 @@ def topk_blocks_triton(
         raise ValueError(f"Triton block selection needs a head dim that is a power of two >= 16; got {D}")
     if NC > MAX_CANDIDATES:
         raise ValueError(f"Triton block selection holds at most {MAX_CANDIDATES} candidates per row; got {NC}")
+    if pooled_k.device != pooled_q.device or (forced is not None and forced.device != pooled_q.device):
+        raise ValueError(f"pooled_q, pooled_k and forced must be on one device; got {pooled_q.device}, "
+                         f"{pooled_k.device}, {None if forced is None else forced.device}")
     if not pooled_q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError("Triton block selection needs CUDA tensors (or TRITON_INTERPRET=1 to run on the CPU)")
     k = min(max(k, 1 if forced is not None else 0), NC)

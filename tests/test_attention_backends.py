@@ -194,7 +194,7 @@ def test_local_window_properties():
         LocalWindow.Config(impl="cuda")
 
 
-def test_local_window_fused_selection_picks_the_same_blocks():
+def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     """``impl: triton`` (the fused kernel, here under the interpreter) selects what the PyTorch ops select."""
     pytest.importorskip("triton")
     g = torch.Generator().manual_seed(1)
@@ -204,6 +204,13 @@ def test_local_window_fused_selection_picks_the_same_blocks():
         want = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared)).select(pq, pk, own)
         got = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="triton")).select(pq, pk, own)
         assert torch.equal(got.local, want.local) and torch.equal(got.count, want.count)
+    import worldkit_kernels.topk_triton as fused
+
+    called = []
+    monkeypatch.setattr(fused, "MAX_CANDIDATES", 8)  # a window longer than the kernel holds: PyTorch selects
+    monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **k: called.append(1))
+    got = LocalWindow(LocalWindow.Config(top_k=4, impl="triton")).select(pq, pk, own)
+    assert not called and torch.equal(got.local, LocalWindow(LocalWindow.Config(top_k=4)).select(pq, pk, own).local)
 
 
 def test_plugins_registered_and_configurable():

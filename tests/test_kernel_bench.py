@@ -133,9 +133,11 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     args = argparse.Namespace(write=False)
     assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
     out = capsys.readouterr().out
-    assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16: "
+    assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: "
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
-    assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16: M128 N64 w8 s3 x2\n" in out
+    assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: M128 N64 w8 s3 x2\n" in out
+    tail = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, False, False)  # short last query block, lengths
+    assert bench.problem_label(tail) == "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 query-tail ragged"
     assert "| selection |" in out and "0.500 ms" in out
 
 

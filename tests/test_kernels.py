@@ -462,24 +462,28 @@ def _transpose_fn(impl):
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
 @settings(max_examples=30, deadline=None)
 @given(
-    B=st.integers(1, 2), Hi=st.integers(1, 3), NQB=st.integers(1, 12), NS=st.integers(1, 36),
-    seed=st.integers(0, 2**16),
+    B=st.integers(1, 2), Hi=st.integers(1, 2), NQB=st.integers(1, 80), NS=st.integers(1, 36),
+    wide=st.booleans(), shared_count=st.booleans(), seed=st.integers(0, 2**16),
 )
-def test_build_transposed(impl, B, Hi, NQB, NS, seed):
-    """Per-slot reader lists (the PyTorch helper, and the one-launch Triton kernel the backward runs,
-    which spans several 16-slot programs here): readers ascending, then -1; counts exact."""
+def test_build_transposed(impl, B, Hi, NQB, NS, wide, shared_count, seed):
+    """Per-slot reader lists (the PyTorch helper, and the Triton kernels the backward runs: up to 80 query
+    blocks, so several slots per program and padded rows): readers ascending, then -1; counts exact.
+    Entries past a row's count hold real slots, which must be ignored; int32 or int64 lists; counts
+    expanded over heads."""
     build_transposed = _transpose_fn(impl)
     g = torch.Generator().manual_seed(seed)
     MAXK = NS
-    index = torch.full((B, Hi, NQB, MAXK), -1, dtype=torch.int32)
-    count = torch.randint(0, NS + 1, (B, Hi, NQB), generator=g, dtype=torch.int32)
+    dtype = torch.int64 if wide else torch.int32
+    index = torch.randint(0, NS, (B, Hi, NQB, MAXK), generator=g).to(dtype)  # padding: real slots
+    count = torch.randint(0, NS + 1, (B, 1 if shared_count else Hi, NQB), generator=g).to(dtype)
+    count = count.expand(B, Hi, NQB)
     for b in range(B):
         for h in range(Hi):
             for r in range(NQB):
                 n = int(count[b, h, r])
-                index[b, h, r, :n] = torch.randperm(NS, generator=g)[:n].sort().values.to(torch.int32)
+                index[b, h, r, :n] = torch.randperm(NS, generator=g)[:n].sort().values.to(dtype)
     tindex, tcount = build_transposed(index, count, NS)
-    assert tindex.shape == (B, Hi, NS, NQB) and tindex.dtype == torch.int32
+    assert tindex.shape == (B, Hi, NS, NQB) and tindex.dtype == torch.int32 and tcount.dtype == torch.int32
     for b in range(B):
         for h in range(Hi):
             lists = [set(index[b, h, r, : int(count[b, h, r])].tolist()) for r in range(NQB)]
@@ -490,17 +494,31 @@ def test_build_transposed(impl, B, Hi, NQB, NS, seed):
 
 
 @needs_triton
+def test_transposed_lists_clamp_counts_past_the_list():
+    """A count larger than the list reads only the list (as the PyTorch helper does)."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    index = torch.arange(15).view(1, 1, 3, 5)  # five entries per row, rows far apart in memory order
+    count = torch.full((1, 1, 3), 9)
+    want = build_transposed(index, count, 20)
+    got = mod._transposed(index, count, 20)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@needs_triton
 @settings(max_examples=15, deadline=None)
 @given(
-    B=st.integers(1, 2), H=st.integers(1, 3), Tq=st.integers(1, 40), D=st.sampled_from([16, 32]),
-    dtype=st.sampled_from([torch.float32, torch.float16]), with_dlse=st.booleans(), seed=st.integers(0, 2**16),
+    B=st.integers(1, 2), H=st.integers(1, 3), Tq=st.integers(1, 300), D=st.sampled_from([16, 32]),
+    dtype=st.sampled_from([torch.float32, torch.float16]), with_dlse=st.booleans(), strided_out=st.booleans(),
+    seed=st.integers(0, 2**16),
 )
-def test_backward_delta(B, H, Tq, D, dtype, with_dlse, seed):
-    """delta = rowsum(dout * out) - dlse in fp32, one launch, from strided inputs."""
+def test_backward_delta(B, H, Tq, D, dtype, with_dlse, strided_out, seed):
+    """delta = rowsum(dout * out) - dlse in fp32, one launch over several programs along the tokens,
+    from strided inputs (a head dim that is not the last, contiguous dim is copied first)."""
     delta_fn = importlib.import_module("worldkit_kernels.pbsa_triton")._delta
     g = torch.Generator().manual_seed(seed)
     do = torch.randn(B, Tq, H, D, generator=g).to(dtype).transpose(1, 2)  # (B, H, Tq, D), strided
-    out = torch.randn(B, H, Tq, D, generator=g).to(dtype)
+    out = torch.randn(B, H, D, Tq, generator=g).to(dtype).transpose(2, 3) if strided_out else \
+        torch.randn(B, H, Tq, D, generator=g).to(dtype)
     dlse = torch.randn(B, H, Tq, generator=g) if with_dlse else None
     want = (do.double() * out.double()).sum(-1) - (dlse.double() if with_dlse else 0)
     got = delta_fn(do, out, dlse)
@@ -589,6 +607,8 @@ def test_triton_topk_matches_torch_and_refuses_what_it_cannot_hold():
         topk_blocks_triton(pq, pk[:, :2], 3)
     with pytest.raises(ValueError, match="forced must be"):
         topk_blocks_triton(pq, pk, 3, forced=own[:2])
+    with pytest.raises(ValueError, match="on one device"):
+        topk_blocks_triton(pq, pk.to("meta"), 3)
 
 
 @needs_triton
@@ -625,3 +645,33 @@ def test_custom_op_passes_opcheck():
     assert mod.pbsa_fwd is not None
     result = torch.library.opcheck(torch.ops.worldkit.pbsa_fwd.default, (q, k, v, index, count, block_len, 0.25))
     assert set(result.values()) == {"SUCCESS"}, result
+
+
+@needs_triton
+def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
+    """Gradients through out alone, lse alone, or both match the fp64 reference; when lse is unused its
+    gradient is not materialised as zeros (the delta kernel is told there is none)."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    given_dlse = []
+    delta = mod._delta
+    monkeypatch.setattr(mod, "_delta", lambda do, out, dlse: (given_dlse.append(dlse is not None), delta(do, out, dlse))[1])
+    g = torch.Generator().manual_seed(0)
+    B, H, Tq, D, BLK, NS = 1, 2, 20, 16, 16, 4
+    q = torch.randn(B, H, Tq, D, generator=g, requires_grad=True)
+    k = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
+    v = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
+    index = torch.tensor([[0, 2], [1, 3]], dtype=torch.int32).expand(B, H, 2, 2).contiguous()
+    count = torch.full((B, H, 2), 2, dtype=torch.int32)
+
+    def grads(fn, cast, use):
+        qq, kk, vv = (t.detach().to(cast).requires_grad_() for t in (q, k, v))
+        out, lse = fn(qq, kk, vv, index, count, None)
+        loss = {"out": out.sum(), "lse": lse.sum(), "both": out.sum() + 2 * lse.sum()}[use]
+        got = torch.autograd.grad(loss, (qq, kk, vv), allow_unused=True)
+        return [torch.zeros_like(t) if d is None else d for d, t in zip(got, (qq, kk, vv))]
+
+    for use in ("out", "lse", "both"):
+        got = grads(lambda *a: pbsa_attention_with_lse(*a, impl="triton"), torch.float32, use)
+        want = grads(reference, torch.float64, use)
+        assert all(torch.allclose(a.double(), b, atol=1e-5) for a, b in zip(got, want)), use
+    assert given_dlse == [False, True, True]

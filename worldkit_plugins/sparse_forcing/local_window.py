@@ -19,9 +19,9 @@ class LocalWindow(BlockSelector):
         shared_heads: bool = False  # scores summed over heads: one list per query block
         keep_own: bool = True  # each query block always reads its own block (counted inside K)
         impl: Literal["torch", "triton"] = Field(
-            "torch", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K; "
-                                 "head dim a power of two >= 16, at most 4096 candidates; "
-                                 "benchmarks/kernel_bench.py times both)")
+            "torch", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K) "
+                                 "for a head dim that is a power of two >= 16, the PyTorch ops past 2048 "
+                                 "candidates; benchmarks/kernel_bench.py times both")
 
         @field_validator("top_k")
         @classmethod
@@ -35,11 +35,11 @@ class LocalWindow(BlockSelector):
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
+        select = topk_blocks
         if self.config.impl == "triton":
-            from worldkit_kernels.topk_triton import topk_blocks_triton  # Triton is imported on first use
+            from worldkit_kernels.topk_triton import MAX_CANDIDATES, topk_blocks_triton  # imported on first use
 
-            select = topk_blocks_triton
-        else:
-            select = topk_blocks
+            if pooled_k.shape[2] <= MAX_CANDIDATES:  # a longer window: the PyTorch ops
+                select = topk_blocks_triton
         index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)
