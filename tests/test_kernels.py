@@ -628,19 +628,24 @@ def test_resolve_top_k():
     assert resolve_top_k(2, 10) == 2
 
 
+def _two_row_problem():
+    """q (1, 2, 20, 16) and a pool of 4 slots of 16 rows, two query blocks reading two slots each."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 20, 16, generator=g, requires_grad=True)
+    k = torch.randn(1, 4, 2, 16, 16, generator=g, requires_grad=True)
+    v = torch.randn(1, 4, 2, 16, 16, generator=g, requires_grad=True)
+    index = torch.tensor([[0, 2], [1, 3]], dtype=torch.int32).expand(1, 2, 2, 2).contiguous()
+    count = torch.full((1, 2, 2), 2, dtype=torch.int32)
+    return q, k, v, index, count
+
+
 @needs_triton
 def test_custom_op_passes_opcheck():
     """``worldkit::pbsa_fwd`` (and its backward op through autograd) as torch.compile and AOT dispatch
     see it: schema, autograd registration, fake tensors, dynamic-shape AOT dispatch."""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
-    g = torch.Generator().manual_seed(0)
-    B, H, Tq, D, BLK, NS = 1, 2, 20, 16, 16, 4
-    q = torch.randn(B, H, Tq, D, generator=g, requires_grad=True)
-    k = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
-    v = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
-    index = torch.tensor([[0, 2], [1, 3]], dtype=torch.int32).expand(B, H, 2, 2).contiguous()
-    count = torch.full((B, H, 2), 2, dtype=torch.int32)
-    block_len = torch.full((B, NS), BLK, dtype=torch.int32)
+    q, k, v, index, count = _two_row_problem()
+    block_len = torch.full((1, 4), 16, dtype=torch.int32)  # (B, NS): the last slot short
     block_len[0, -1] = 5
     assert mod.pbsa_fwd is not None
     result = torch.library.opcheck(torch.ops.worldkit.pbsa_fwd.default, (q, k, v, index, count, block_len, 0.25))
@@ -655,13 +660,7 @@ def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
     given_dlse = []
     delta = mod._delta
     monkeypatch.setattr(mod, "_delta", lambda do, out, dlse: (given_dlse.append(dlse is not None), delta(do, out, dlse))[1])
-    g = torch.Generator().manual_seed(0)
-    B, H, Tq, D, BLK, NS = 1, 2, 20, 16, 16, 4
-    q = torch.randn(B, H, Tq, D, generator=g, requires_grad=True)
-    k = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
-    v = torch.randn(B, NS, H, BLK, D, generator=g, requires_grad=True)
-    index = torch.tensor([[0, 2], [1, 3]], dtype=torch.int32).expand(B, H, 2, 2).contiguous()
-    count = torch.full((B, H, 2), 2, dtype=torch.int32)
+    q, k, v, index, count = _two_row_problem()
 
     def grads(fn, cast, use):
         qq, kk, vv = (t.detach().to(cast).requires_grad_() for t in (q, k, v))
