@@ -2,7 +2,8 @@
 
     python benchmarks/kernel_static.py [--arch 90] [--frames 21] [--blocks 128 64] [--density 0.25]
                                        [--kernels fwd dq dkdv] [--defaults] [--num-stages N] [--full-blocks]
-                                       [--dtype bf16|fp16|fp32] [--head-dim 128] [--json FILE]
+                                       [--dtype bf16|fp16|fp32] [--head-dim 128] [--helpers [NAME ...]]
+                                       [--json FILE]
 
 Every launch candidate of the forward, dQ and dK/dV kernels (``FWD_CONFIGS``, ``DQ_CONFIGS``,
 ``DKDV_CONFIGS``) is compiled for ``sm_<arch>`` from the very arguments a launch at the kernel
@@ -20,6 +21,9 @@ constants, 16-divisible ints and pointers get ``tt.divisibility``). For each com
   ones in a masked loop): at these tile sizes, by arithmetic from the peak rates, a step's non-matmul
   instructions take about as long to issue as its matmuls;
 - resident programs and warps per SM those resources allow, and what limits them.
+
+With ``--helpers`` the small kernels around them (packing the ragged lists; the backward's transposed
+lists in two passes; its delta) are compiled too, each in the one configuration it launches with.
 
 These facts explain timings; they are not timings (``kernel_bench.py`` measures those, on a GPU).
 Needs the kernels compiled, not interpreted: run it without ``TRITON_INTERPRET=1``. Exits 1 if a
@@ -54,7 +58,6 @@ import triton  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worldkit_kernels import build_transposed  # noqa: E402
 from worldkit_kernels import pbsa_triton as P  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -62,6 +65,12 @@ KERNELS = {  # name: (module attribute of the kernel, module attribute of its ca
     "fwd": ("_fwd_kernel", "FWD_CONFIGS"),
     "dq": ("_bwd_dq_kernel", "DQ_CONFIGS"),
     "dkdv": ("_bwd_dkdv_kernel", "DKDV_CONFIGS"),
+}
+HELPERS = {  # the small kernels around them, one configuration each: name: module attribute
+    "pack": "_pack_kernel",  # ragged lists packed (forward and backward)
+    "mark": "_mark_kernel",  # transposed lists, pass 1 (backward)
+    "compact": "_compact_kernel",  # transposed lists, pass 2 (backward)
+    "delta": "_delta_kernel",  # rowsum(dout * out) - dlse (backward)
 }
 # Per-SM limits by compute capability: registers, shared memory (bytes, 1 KiB of it reserved per
 # program), resident warps, resident programs (CUDA programming guide, "compute capabilities").
@@ -86,10 +95,10 @@ class Recorder:
 
 def record_launches(BLK: int, frames: int, density: float, configs: dict[str, dict],
                     full_blocks: bool = False, dtype: torch.dtype = torch.bfloat16) -> dict[str, tuple]:
-    """The arguments each kernel is launched with at the benchmark's shapes, with the given configuration
-    per kernel: {kernel: (args, kwargs)}. Runs the PBSA forward and backward ops on CPU tensors with the
-    kernels replaced by recorders (nothing is computed). full_blocks: no block lengths (every slot full,
-    the unmasked key path)."""
+    """The arguments each kernel (and each helper kernel that runs) is launched with at the benchmark's
+    shapes, with the given configuration per main kernel: {kernel: (args, kwargs)}. Runs the PBSA forward
+    and backward ops on CPU tensors with every kernel replaced by a recorder (nothing is computed).
+    full_blocks: no block lengths (every slot full, the unmasked key path; nothing is packed)."""
     p = kernel_bench.make_problem(frames, BLK, dtype, "cpu")
     if full_blocks:
         p["block_len"] = None
@@ -97,20 +106,18 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     q = p["q"]
     lse = torch.zeros(q.shape[:3])
     recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
+    recorders |= {name: Recorder(getattr(P, attr)) for name, attr in HELPERS.items()}
     with contextlib.ExitStack() as stack, torch.no_grad():
         stack.enter_context(kernel_bench.untuned())  # one launch per kernel: the first (only) configuration
-        # the lists, transposed lists and delta as the small kernels build them, without launching those
-        stack.enter_context(mock.patch.object(P, "_pack", P._pack_torch))
-        stack.enter_context(mock.patch.object(P, "_transposed", build_transposed))
-        stack.enter_context(mock.patch.object(P, "_delta", lambda do, out, dlse: (
-            (do.float() * out.float()).sum(-1) - (0 if dlse is None else dlse.float())).contiguous()))
+        for name, attr in HELPERS.items():
+            stack.enter_context(mock.patch.object(P, attr, recorders[name]))
         for name, (attr, cfgs) in KERNELS.items():
             stack.enter_context(mock.patch.object(P, attr, recorders[name]))
             stack.enter_context(mock.patch.object(P, cfgs, [configs[name]]))
         P.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
         P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
                    index, count, p["block_len"], q.shape[-1] ** -0.5)
-    return {name: r.calls[0] for name, r in recorders.items()}
+    return {name: r.calls[0] for name, r in recorders.items() if r.calls}
 
 
 def specialise(fn, args: tuple, kwargs: dict) -> ASTSource:
@@ -221,18 +228,38 @@ def config_text(cfg: dict) -> str:
     return " ".join(f"{short.get(k, k)}{v}" for k, v in cfg.items())
 
 
+def compiled_row(BLK: int, name: str, i: int, cfg: dict, fn, launch_args: tuple, launch_kwargs: dict,
+                 arch: int) -> dict:
+    """One kernel launch compiled: its facts as a row (or the reason it failed), printed as a table line."""
+    row = dict(block=BLK, kernel=name, index=i, config=cfg)
+    try:
+        row.update(compile_facts(fn, launch_args, launch_kwargs, arch))
+    except Exception as e:  # e.g. out of shared memory: report and go on
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}"
+        print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | n/a ({row['error']}) |||||||||", flush=True)
+    else:
+        print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | {row['regs']} | {row['spill']} "
+              f"| {row['smem'] / 1024:.1f} | {row['async_tiles']} | {row['programs_per_sm']} "
+              f"| {row['warps_per_sm']} | {row['limit']} | {'/'.join(map(str, row['loop_instructions']))} "
+              f"| {'/'.join(map(str, row['loop_barriers']))} |", flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100/H200)")
     ap.add_argument("--frames", type=int, default=21)
     ap.add_argument("--blocks", type=int, nargs="+", default=[128, 64])
     ap.add_argument("--density", type=float, default=0.25)
-    ap.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    ap.add_argument("--kernels", nargs="*", choices=list(KERNELS), default=list(KERNELS),
+                    help="the main kernels to compile (none: only --helpers)")
     ap.add_argument("--defaults", action="store_true", help="only each kernel's default (first) candidate")
     ap.add_argument("--num-stages", type=int, help="compile every candidate with this many pipeline stages instead")
     ap.add_argument("--full-blocks", action="store_true", help="no block lengths: every slot full (unmasked keys)")
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
     ap.add_argument("--head-dim", type=int, default=kernel_bench.HEAD_DIM)
+    ap.add_argument("--helpers", nargs="*", choices=list(HELPERS),
+                    help="also the small kernels around them (all of them when none is named), as launched")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
     kernel_bench.HEAD_DIM = args.head_dim
@@ -246,7 +273,7 @@ def main() -> int:
     print("| block | kernel | # | configuration | registers | spilled B | shared KiB | pipelined tile copies "
           "| programs/SM | warps/SM | limited by | loop instructions | loop barriers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows, failed = [], 0
+    rows = []
     for BLK in args.blocks:
         tile = P._tile(BLK)
         # as a launch orders them: the default (the first made for this tile) first, capped, no duplicates
@@ -263,19 +290,18 @@ def main() -> int:
                 seen.append(cfg)
                 launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg},
                                                              args.full_blocks, DTYPES[args.dtype])[name]
-                row = dict(block=BLK, kernel=name, index=i, config=cfg)
-                try:
-                    row.update(compile_facts(getattr(P, KERNELS[name][0]), launch_args, launch_kwargs, args.arch))
-                except Exception as e:  # e.g. out of shared memory: report and go on
-                    failed += 1
-                    row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''}"
-                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | n/a ({row['error']}) |||||||||", flush=True)
-                else:
-                    print(f"| {BLK} | {name} | {i} | {config_text(cfg)} | {row['regs']} | {row['spill']} "
-                          f"| {row['smem'] / 1024:.1f} | {row['async_tiles']} | {row['programs_per_sm']} "
-                          f"| {row['warps_per_sm']} | {row['limit']} | {'/'.join(map(str, row['loop_instructions']))} "
-                          f"| {'/'.join(map(str, row['loop_barriers']))} |", flush=True)
-                rows.append(row)
+                rows.append(compiled_row(BLK, name, i, cfg, getattr(P, KERNELS[name][0]), launch_args,
+                                         launch_kwargs, args.arch))
+        if args.helpers is not None:  # the helper kernels, each in the one configuration it launches with
+            launches = record_launches(BLK, args.frames, args.density, defaults, args.full_blocks, DTYPES[args.dtype])
+            for name in args.helpers or list(HELPERS):
+                if name not in launches:  # e.g. nothing is packed when every slot is full
+                    continue
+                launch_args, launch_kwargs = launches[name]
+                launch_kwargs = {"num_warps": 4, "num_stages": 3, **launch_kwargs}  # Triton's launch defaults
+                rows.append(compiled_row(BLK, name, 0, launch_kwargs, getattr(P, HELPERS[name]), launch_args,
+                                         launch_kwargs, args.arch))
+    failed = sum("error" in row for row in rows)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")
         tmp.write_text(json.dumps(rows, indent=1))

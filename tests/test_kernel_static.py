@@ -93,3 +93,12 @@ def test_occupancy_arithmetic():
     # a smaller SM (sm_89: 100 KiB) fits one 80 KiB program where sm_90 fits two
     assert mod.occupancy(96, 80 * 1024, 4, 89)["programs_per_sm"] == 1
     assert mod.occupancy(96, 80 * 1024, 4, 90)["programs_per_sm"] == 2
+
+
+def test_helper_kernels_compile_without_spilling(tmp_path):
+    """The small kernels around the main three (list packing, the backward's transposed lists in two
+    passes, its delta) compile for sm_90 as launched at the benchmark's shapes, spilling nothing."""
+    rows, _ = run_report(tmp_path, "--kernels", "--helpers")
+    assert [r["kernel"] for r in rows] == ["pack", "mark", "compact", "delta"]
+    for r in rows:
+        assert "error" not in r and r["spill"] == 0 and 0 < r["regs"] <= 255, r
