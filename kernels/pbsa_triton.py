@@ -1,8 +1,8 @@
 """PBSA Triton kernels: forward (out + lse), backward dQ over row lists, dK/dV over slot lists.
 
 One program per (query rows, batch x head) walks that query block's slot list with an online softmax
-(exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV
-walk the transposed lists (``_transposed``: ``blocks.build_transposed`` in one launch), busiest slot
+(exp2, scale folded in, fp32 accumulators). The backward recomputes probabilities from lse; dK/dV walk
+the transposed lists (``_transposed``: ``blocks.build_transposed`` in two small kernels), busiest slot
 first, so every gradient is written by one program: deterministic, no atomics. A query block is a tile
 of max(16, BLK) rows (masked, so small blocks work too), taken whole or split over programs; keys and
 backward query rows are walked in sub-tiles so K/V stages fit shared memory. With ragged blocks each
