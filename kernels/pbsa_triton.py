@@ -59,6 +59,18 @@ def _entry(code, PACKED: tl.constexpr, BLK: tl.constexpr):
 
 
 @triton.jit
+def _step(idx_row, s_ik, it, stop, code_next, offs_n0,
+          BLK: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr, PACKED: tl.constexpr):
+    """Step ``it`` of a walk over list entries (NSUB key sub-tiles per entry): its slot, the slot's
+    valid rows, the sub-tile's key columns and which of them are valid, and the entry a step ahead
+    (loaded now, so its latency hides behind this step's work)."""
+    s, kl = _entry(code_next, PACKED, BLK)
+    code_next = _list_entry(idx_row, s_ik, (it + 1) // NSUB, stop)
+    offs_n = (it % NSUB) * BLOCK_N + offs_n0
+    return s, offs_n, offs_n < kl, code_next
+
+
+@triton.jit
 def _fwd_steps(
     q, K, V, idx_row, s_ik, k_base, v_base, s_ks, s_vs, s_kt, s_kd, s_vt, s_vd, offs_n0, offs_d,
     m_i, l_i, acc, start, stop, qk_scale,
@@ -69,13 +81,9 @@ def _fwd_steps(
     past each slot's length."""
     code_next = _list_entry(idx_row, s_ik, start, stop)
     for it in range(start * NSUB, stop * NSUB):
-        code = code_next
-        code_next = _list_entry(idx_row, s_ik, (it + 1) // NSUB, stop)
-        s, kl = _entry(code, PACKED, BLK)
-        offs_n = (it % NSUB) * BLOCK_N + offs_n0
+        s, offs_n, col_ok, code_next = _step(idx_row, s_ik, it, stop, code_next, offs_n0, BLK, BLOCK_N, NSUB, PACKED)
         k_ptr = K + k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd
         v_ptr = V + v_base + s * s_vs + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd
-        col_ok = offs_n < kl
         if MASKED and TILE != BLK:  # the tile reaches past the slot
             kt = tl.load(k_ptr, mask=col_ok[:, None], other=0.0)  # (BLOCK_N, D)
         else:  # inside the slot: columns past its length are read, their scores masked below
@@ -200,11 +208,7 @@ def _dq_steps(
     """dQ over list entries [start, stop), unmasked or masked past each slot's length."""
     code_next = _list_entry(idx_row, s_ik, start, stop)
     for it in range(start * NSUB, stop * NSUB):
-        code = code_next
-        code_next = _list_entry(idx_row, s_ik, (it + 1) // NSUB, stop)
-        s, kl = _entry(code, PACKED, BLK)
-        offs_n = (it % NSUB) * BLOCK_N + offs_n0
-        col_ok = offs_n < kl
+        s, offs_n, col_ok, code_next = _step(idx_row, s_ik, it, stop, code_next, offs_n0, BLK, BLOCK_N, NSUB, PACKED)
         kt, vt = _load_slot(  # (BLOCK_N, D) each; masked columns read as zeros
             K, V, k_base + s * s_ks + offs_n[:, None] * s_kt + offs_d[None, :] * s_kd,
             v_base + s * s_vs + offs_n[:, None] * s_vt + offs_d[None, :] * s_vd, col_ok, not MASKED)
