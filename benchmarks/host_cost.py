@@ -21,16 +21,8 @@ from unittest import mock
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import worldkit_kernels  # noqa: F401  (installed: pip install -e .)
-except ImportError:  # a bare checkout: load kernels/ under its package name
-    spec = importlib.util.spec_from_file_location(
-        "worldkit_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["worldkit_kernels"] = module
-    spec.loader.exec_module(module)
+spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).resolve().parent / "kernel_bench.py")
+spec.loader.exec_module(importlib.util.module_from_spec(spec))  # makes the kernels importable from a bare checkout
 
 from worldkit_kernels import pbsa_attention  # noqa: E402
 from worldkit_kernels import pbsa_triton as P  # noqa: E402

@@ -33,6 +33,12 @@ def resolve_top_k(top_k: float | int, candidates: int) -> int:
     return max(0, min(k, candidates))
 
 
+def kept_per_row(k: int, candidates: int, forced: bool) -> int:
+    """Blocks a top-K row keeps: ``k``, at least 1 when a block is forced (it counts inside K), at most
+    the candidates."""
+    return min(max(k, 1 if forced else 0), candidates)
+
+
 def topk_blocks(
     pooled_q: Tensor,
     pooled_k: Tensor,
@@ -49,7 +55,7 @@ def topk_blocks(
     """
     B, H, NQB, D = pooled_q.shape
     NC = pooled_k.shape[2]
-    k = min(max(k, 1 if forced is not None else 0), NC)
+    k = kept_per_row(k, NC, forced is not None)
     logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
     score = logits.softmax(-1)  # (B, H, NQB, NC)
     if shared_heads:

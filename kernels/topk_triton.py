@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .blocks import kept_per_row
+
 MAX_CANDIDATES = 2048
 
 
@@ -90,7 +92,7 @@ def topk_blocks_triton(
                          f"{pooled_k.device}, {None if forced is None else forced.device}")
     if not pooled_q.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError("Triton block selection needs CUDA tensors (or TRITON_INTERPRET=1 to run on the CPU)")
-    k = min(max(k, 1 if forced is not None else 0), NC)
+    k = kept_per_row(k, NC, forced is not None)
     Hs = 1 if shared_heads else H
     index = torch.empty(B, Hs, NQB, k, dtype=torch.long, device=pooled_q.device)
     count = torch.full((B, Hs, NQB), k, dtype=torch.long, device=pooled_q.device)

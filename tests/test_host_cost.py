@@ -1,6 +1,9 @@
 """The host-cost benchmark (benchmarks/host_cost.py): every PBSA kernel stubbed, the Python cost timed."""
 import importlib.util
+import os
 from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: any test module run after this one may launch kernels
 
 import pytest
 
