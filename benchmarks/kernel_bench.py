@@ -391,13 +391,13 @@ def run_timings(frames_list, blocks, densities, rows=None):
 
 def selection_timings(frames_list, blocks, rows, density=0.25):
     """Block selection in PyTorch (pool the chunk's queries and all keys, pooled scores, row-wise top-K
-    with the own block forced) and the backward's transposed lists, against PBSA's forward at the same
-    density: whether a Triton version would pay. Markdown lines."""
+    with the own block forced), the same with the fused Triton top-K, which of the two ``auto`` keeps,
+    and the backward's transposed lists, against PBSA's forward at the same density. Markdown lines."""
     from worldkit_kernels.pbsa_triton import _transposed
-    from worldkit_kernels.topk_triton import topk_blocks_triton
+    from worldkit_kernels.topk_triton import auto_impl, topk_blocks_triton
 
     lines = ["| frames | block | candidates | K | pool + score + top-K ms | the same, top-K in Triton ms | "
-             "transposed lists ms: PyTorch / Triton | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|"]
+             "auto keeps | transposed lists ms: PyTorch / Triton | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|---|"]
     fwd = {(f, b): r[5][0] for r in rows for f, b in [(r[0], r[2])]
            if r[4] == "pbsa-triton" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
     for frames in frames_list:
@@ -422,13 +422,26 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
                 t_fused = bench(select_triton) if same >= 0.99 else f"n/a (differs in {1 - same:.1%} of the rows)"
             except Exception as e:
                 t_fused = f"n/a ({short_error(e)})"
+            try:  # what local_window's impl: auto keeps for this problem (timed once per class)
+                keeps = auto_impl(pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK), K, forced=own)
+            except Exception as e:
+                keeps = f"n/a ({short_error(e)})"
             t_tr = bench(lambda: build_transposed(index, count, NS))
             t_tr_triton = bench(lambda: _transposed(index, count, NS))  # what the backward runs
             f = fwd.get((frames, BLK), "-")
             t_sel, t_fused, t_tr, t_tr_triton, f = (
                 x if isinstance(x, str) else f"{x:.3f}" for x in (t_sel, t_fused, t_tr, t_tr_triton, f))
-            lines.append(f"| {frames} | {BLK} | {NS} | {K} | {t_sel} | {t_fused} | {t_tr} / {t_tr_triton} | {f} |")
+            lines.append(f"| {frames} | {BLK} | {NS} | {K} | {t_sel} | {t_fused} | {keeps} | {t_tr} / {t_tr_triton} | {f} |")
     return "\n".join(lines)
+
+
+def selection_classes() -> list[tuple[tuple, dict]]:
+    """Every problem class ``auto`` selection timed in this process, with both timings."""
+    try:
+        from worldkit_kernels import topk_triton
+    except ImportError:
+        return []
+    return sorted(topk_triton._choice_timings.items(), key=str)
 
 
 def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
@@ -609,6 +622,11 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         for key, runs in sorted(pbsa_triton._timings.items(), key=str))
     if times:
         md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
+    picks = "\n".join(
+        f"- {key[2]} x {key[3]} heads, {key[5]} query blocks, up to {key[6]} candidates, head dim {key[7]}: "
+        + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) for key, runs in selection_classes())
+    if picks:
+        md += "\n\nBlock selection, `auto`: both timed per problem class (ms per call, 20 calls back to back):\n\n" + picks
     if getattr(args, "profile", False) and not stopped:
         print("== profile: PBSA forward + backward, 21 frames, block 128, 25 % density")
         try:

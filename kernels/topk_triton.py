@@ -7,19 +7,23 @@ a softmax score is >= 0, so its float32 bits order as integers; the low 32 bits 
 reversed, so among equal scores the lower candidate wins. The first K keys are the kept candidates; a
 second sort puts them in ascending order. A row's candidates are held in registers (more warps for
 longer rows): up to ``MAX_CANDIDATES``, where compiled for sm_90 the kernel still spills nothing.
+
+``topk_blocks_auto`` picks between it and the PyTorch ops per problem class by timing both once on the
+device (the first call of the class), as the PBSA kernels pick their launch configurations.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+import statistics
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .blocks import kept_per_row
+from .blocks import kept_per_row, topk_blocks
 
 MAX_CANDIDATES = 2048
 
@@ -108,3 +112,85 @@ def topk_blocks_triton(
         num_warps=max(4, min(8, NCP // 256)),  # 2048 candidates: 8 warps, no spills on sm_90
     )
     return index, count
+
+
+# Per problem class: the implementation ``topk_blocks_auto`` kept, and both timings (ms per call).
+_choice: dict[tuple, str] = {}
+_choice_timings: dict[tuple, dict[str, float]] = {}
+
+
+def fused_fits(pooled_q: Tensor, pooled_k: Tensor) -> bool:
+    """Whether the fused kernel takes this problem: a head dim that is a power of two >= 16 and at most
+    ``MAX_CANDIDATES`` candidates."""
+    D, NC = pooled_q.shape[-1], pooled_k.shape[2]
+    return D >= 16 and not D & (D - 1) and NC <= MAX_CANDIDATES
+
+
+def _per_call_ms(fn: Callable[[], object], calls: int = 20, repeats: int = 3) -> float:
+    """CUDA ms per call of ``calls`` calls issued back to back (the median of ``repeats``): the device
+    time when the device is the bottleneck, the host's cost of issuing the call when the host is, as
+    in a model, where selection runs between the layers' work."""
+    fn()  # compile and warm up
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        runs.append(start.elapsed_time(end) / calls)
+    return statistics.median(runs)
+
+
+def auto_impl(
+    pooled_q: Tensor,
+    pooled_k: Tensor,
+    k: int,
+    forced: Optional[Tensor] = None,
+    shared_heads: bool = False,
+    timer: Optional[Callable[[Callable[[], object]], float]] = None,
+) -> str:
+    """``"triton"`` or ``"torch"``: the faster for this problem's class, timed once per class (device,
+    dtype, batch, heads, shared lists, query blocks, candidates rounded up to a power of two, head dim,
+    forced block) and remembered. PyTorch where the fused kernel does not fit, off CUDA (unless a
+    ``timer`` is given), or with tuning off (``WORLDKIT_PBSA_TUNE=0``); PyTorch too when the kernel fails.
+    The two pick the same blocks up to rounding and ties (see ``topk_blocks_triton``)."""
+    if not fused_fits(pooled_q, pooled_k):
+        return "torch"
+    if timer is None:
+        from .pbsa_triton import _tuning
+
+        if not pooled_q.is_cuda or not _tuning():
+            return "torch"
+        timer = _per_call_ms
+    B, H, NQB, D = pooled_q.shape
+    NC = pooled_k.shape[2]
+    key = (str(pooled_q.device), pooled_q.dtype, B, H, shared_heads, NQB, 1 << max(4, (NC - 1).bit_length()), D,
+           forced is not None)
+    if key not in _choice:
+        runs = {"torch": topk_blocks, "triton": topk_blocks_triton}
+        times = {}
+        for name, select in runs.items():
+            try:
+                times[name] = timer(lambda select=select: select(pooled_q, pooled_k, k, forced=forced,
+                                                                 shared_heads=shared_heads))
+            except Exception:  # the kernel does not build or launch here: PyTorch selects
+                times[name] = float("inf")
+        _choice_timings[key] = times
+        _choice[key] = "triton" if times["triton"] < times["torch"] else "torch"
+    return _choice[key]
+
+
+def topk_blocks_auto(
+    pooled_q: Tensor,
+    pooled_k: Tensor,
+    k: int,
+    forced: Optional[Tensor] = None,
+    shared_heads: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``blocks.topk_blocks`` by whichever of the PyTorch ops and the fused kernel ``auto_impl`` picks."""
+    impl = auto_impl(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)
+    select = topk_blocks_triton if impl == "triton" else topk_blocks
+    return select(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)

@@ -190,7 +190,8 @@ def test_local_window_properties():
             LocalWindow.Config(top_k=bad)
     with pytest.raises(ValidationError):
         LocalWindow.Config(top_k=0.25, window=3)
-    with pytest.raises(ValidationError, match="'torch' or 'triton'"):
+    assert LocalWindow.Config().impl == "auto"
+    with pytest.raises(ValidationError, match="'auto', 'torch' or 'triton'"):
         LocalWindow.Config(impl="cuda")
 
 
@@ -211,6 +212,9 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **k: called.append(1))
     got = LocalWindow(LocalWindow.Config(top_k=4, impl="triton")).select(pq, pk, own)
     assert not called and torch.equal(got.local, LocalWindow(LocalWindow.Config(top_k=4)).select(pq, pk, own).local)
+    monkeypatch.setattr(fused, "topk_blocks_auto", lambda *a, **k: called.append(1))
+    LocalWindow(LocalWindow.Config(top_k=4, impl="auto")).select(pq, pk, own)
+    assert not called  # auto on the CPU: the PyTorch ops, nothing timed
 
 
 def test_plugins_registered_and_configurable():

@@ -130,9 +130,14 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     monkeypatch.setattr(pbsa_triton, "_tuned", {key: fast})
     monkeypatch.setattr(pbsa_triton, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
+    from worldkit_kernels import topk_triton
+
+    sel = ("cuda:0", torch.bfloat16, 1, 12, False, 37, 512, 128, True)
+    monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": 0.05}})
     args = argparse.Namespace(write=False)
     assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
     out = capsys.readouterr().out
+    assert "- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128: torch 0.750, triton 0.050" in out
     assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: "
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
     assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: M128 N64 w8 s3 x2\n" in out
@@ -185,7 +190,7 @@ def test_launch_cost_times_issue_and_completion(bench, monkeypatch):
 
 def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     """The selection table times the PyTorch selection and the fused Triton top-K (after checking it picks
-    the same lists), beside PBSA's forward from the timing rows."""
+    the same lists), says which ``auto`` keeps, beside PBSA's forward from the timing rows."""
     pytest.importorskip("triton")
     monkeypatch.setattr(bench, "DEVICE", "cpu")
     timed = []
@@ -194,7 +199,8 @@ def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     md = bench.selection_timings([6], [16], rows)
     cells = [c.strip() for c in md.splitlines()[2].split("|")[1:-1]]
     assert cells[:2] == ["6", "16"] and int(cells[3]) == max(1, round(0.25 * int(cells[2])))
-    assert cells[4:] == ["0.500", "0.500", "0.500 / 0.500", "0.250"], cells  # selection twice, lists twice, forward
+    # selection twice, what auto keeps (PyTorch off CUDA), lists twice, forward
+    assert cells[4:] == ["0.500", "0.500", "torch", "0.500 / 0.500", "0.250"], cells
     assert len(timed) == 4
 
 

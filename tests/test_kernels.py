@@ -620,6 +620,63 @@ def test_triton_topk_on_the_cpu_needs_the_interpreter(monkeypatch):
         topk_blocks_triton(torch.zeros(1, 1, 1, 16), torch.zeros(1, 1, 4, 16), 2)
 
 
+@needs_triton
+def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
+    """``auto_impl`` times both selections once per problem class and keeps the faster; it falls back to
+    PyTorch without timing where the kernel cannot take the problem, off CUDA, or with tuning off, and when
+    the kernel fails; ``topk_blocks_auto`` selects with the kept one."""
+    fused = importlib.import_module("worldkit_kernels.topk_triton")
+    monkeypatch.setattr(fused, "_choice", {})
+    monkeypatch.setattr(fused, "_choice_timings", {})
+    last = []
+    for name in ("topk_blocks", "topk_blocks_triton"):
+        def traced(*a, _run=getattr(fused, name), _name=name, **kw):
+            last.append(_name)
+            return _run(*a, **kw)
+        monkeypatch.setattr(fused, name, traced)
+    ms = {"topk_blocks": 2.0, "topk_blocks_triton": 1.0}
+    timed = []
+
+    def timer(fn):  # runs the selection and reports a made-up time for whichever ran
+        fn()
+        timed.append(last[-1])
+        return ms[last[-1]]
+
+    g = torch.Generator().manual_seed(5)
+    pq, pk = torch.randn(1, 2, 3, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
+    own = torch.arange(3) + 6
+    assert fused.auto_impl(pq, pk, 4, forced=own, timer=timer) == "triton"
+    assert sorted(timed) == ["topk_blocks", "topk_blocks_triton"]
+    (key, times), = fused._choice_timings.items()
+    assert times == {"torch": 2.0, "triton": 1.0} and fused._choice[key] == "triton"
+    assert fused.auto_impl(pq, pk[:, :, :7], 4, forced=own, timer=timer) == "triton" and len(timed) == 2  # same class
+    ms.update(topk_blocks=0.5)  # another class (17 candidates: the next power of two) is timed anew
+    wide = torch.randn(1, 2, 17, 16, generator=g)
+    assert fused.auto_impl(pq, wide, 4, timer=timer) == "torch" and len(timed) == 4
+    assert fused.auto_impl(pq, pk, 4, forced=own, shared_heads=True, timer=timer) == "torch"  # shared lists: a class
+    assert len(fused._choice) == 3
+
+    def broken(*a, **kw):
+        raise RuntimeError("no kernel here")
+    monkeypatch.setattr(fused, "topk_blocks_triton", broken)
+    ms.update(topk_blocks=5.0)
+    assert fused.auto_impl(pq, torch.randn(1, 2, 33, 16, generator=g), 4, timer=timer) == "torch"  # the kernel failed
+    assert [t for k, t in fused._choice_timings.items() if k[6] == 64] == [{"torch": 5.0, "triton": float("inf")}]
+    n = len(timed)
+    assert fused.auto_impl(pq[..., :8], pk[..., :8], 4, timer=timer) == "torch"  # head dim 8: no kernel, no timing
+    assert fused.auto_impl(pq, pk, 4, forced=own) == "torch"  # off CUDA without a timer: PyTorch, untimed
+    monkeypatch.setattr(fused, "MAX_CANDIDATES", 8)
+    assert fused.auto_impl(pq, pk, 4, forced=own, timer=timer) == "torch"  # too many candidates
+    assert len(timed) == n
+    monkeypatch.setattr(fused, "MAX_CANDIDATES", 2048)
+    want = topk_blocks(pq, pk, 4, forced=own)
+    monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **kw: want)
+    monkeypatch.setattr(fused, "auto_impl", lambda *a, **kw: "triton")
+    assert fused.topk_blocks_auto(pq, pk, 4, forced=own) is want  # the kept one selects
+    monkeypatch.setattr(fused, "auto_impl", lambda *a, **kw: "torch")
+    assert torch.equal(fused.topk_blocks_auto(pq, pk, 4, forced=own)[0], want[0])
+
+
 def test_resolve_top_k():
     assert resolve_top_k(0.25, 12) == 3
     assert resolve_top_k(0.25, 13) == 4  # rounded up

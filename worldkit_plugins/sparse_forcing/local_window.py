@@ -18,10 +18,12 @@ class LocalWindow(BlockSelector):
             0.25, description="a fraction of the candidates (a float in (0, 1]: 1.0 = all) or a count (an int >= 1: 1 = one block)")
         shared_heads: bool = False  # scores summed over heads: one list per query block
         keep_own: bool = True  # each query block always reads its own block (counted inside K)
-        impl: Literal["torch", "triton"] = Field(
-            "torch", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K) "
-                                 "for a head dim that is a power of two >= 16, the PyTorch ops past 2048 "
-                                 "candidates; benchmarks/kernel_bench.py times both")
+        impl: Literal["auto", "torch", "triton"] = Field(
+            "auto", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K) "
+                                "for a head dim that is a power of two >= 16, the PyTorch ops past 2048 "
+                                "candidates; auto: on CUDA, whichever of the two was faster when timed on the "
+                                "first call of each problem class, else torch (benchmarks/kernel_bench.py "
+                                "times both)")
 
         @field_validator("top_k")
         @classmethod
@@ -36,10 +38,15 @@ class LocalWindow(BlockSelector):
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
         select = topk_blocks
-        if self.config.impl == "triton":
-            from worldkit_kernels.topk_triton import MAX_CANDIDATES, topk_blocks_triton  # imported on first use
+        impl = self.config.impl
+        if impl == "auto" and not pooled_q.is_cuda:  # Triton is not imported off CUDA
+            impl = "torch"
+        if impl != "torch":
+            from worldkit_kernels import topk_triton  # imported on first use
 
-            if pooled_k.shape[2] <= MAX_CANDIDATES:  # a longer window: the PyTorch ops
-                select = topk_blocks_triton
+            if impl == "auto":
+                select = topk_triton.topk_blocks_auto
+            elif pooled_k.shape[2] <= topk_triton.MAX_CANDIDATES:  # a longer window: the PyTorch ops
+                select = topk_triton.topk_blocks_triton
         index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)
