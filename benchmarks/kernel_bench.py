@@ -435,13 +435,15 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     return "\n".join(lines)
 
 
-def selection_classes() -> list[tuple[tuple, dict]]:
-    """Every problem class ``auto`` selection timed in this process, with both timings."""
+def selection_classes() -> list[tuple[tuple, dict, str, str]]:
+    """Every problem class ``auto`` selection timed in this process: its key, both timings, the one kept
+    and why the kernel was not timed ("" when it was)."""
     try:
         from worldkit_kernels import topk_triton
     except ImportError:
         return []
-    return sorted(topk_triton._choice_timings.items(), key=str)
+    return [(key, runs, topk_triton._choice.get(key, "?"), topk_triton._choice_failures.get(key, ""))
+            for key, runs in sorted(topk_triton._choice_timings.items(), key=str)]
 
 
 def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
@@ -609,7 +611,7 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
             md += f"\n\n(Block selection timings failed: {short_error(e, 200)})"
         else:
             md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
-                   "PBSA's forward (median ms):\n\n" + selection)
+                   "PBSA's forward (median ms), and which one `local_window`'s `impl: auto` keeps:\n\n" + selection)
     if stopped:
         md += "\n\n(Partial: the run was stopped before every row was measured.)"
     from worldkit_kernels import pbsa_triton
@@ -623,10 +625,13 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
     if times:
         md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
     picks = "\n".join(
-        f"- {key[2]} x {key[3]} heads, {key[5]} query blocks, up to {key[6]} candidates, head dim {key[7]}: "
-        + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) for key, runs in selection_classes())
+        f"- {key[2]} x {key[3]} heads{' (one shared list)' if key[4] else ''}, {key[5]} query blocks, up to "
+        f"{key[6]} candidates, head dim {key[7]}{', own block forced' if key[8] else ''}: "
+        + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) + f"; keeps {kept}" + (f" ({why})" if why else "")
+        for key, runs, kept, why in selection_classes())
     if picks:
-        md += "\n\nBlock selection, `auto`: both timed per problem class (ms per call, 20 calls back to back):\n\n" + picks
+        md += ("\n\nBlock selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "
+               "(not the table's method: one call after an L2 flush), and the one kept:\n\n" + picks)
     if getattr(args, "profile", False) and not stopped:
         print("== profile: PBSA forward + backward, 21 frames, block 128, 25 % density")
         try:

@@ -56,7 +56,8 @@ def topk_blocks(
     B, H, NQB, D = pooled_q.shape
     NC = pooled_k.shape[2]
     k = kept_per_row(k, NC, forced is not None)
-    logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
+    with torch.autocast(pooled_q.device.type, enabled=False):  # fp32 scores, also under autocast
+        logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
     score = logits.softmax(-1)  # (B, H, NQB, NC)
     if shared_heads:
         score = score.sum(1, keepdim=True)  # (B, 1, NQB, NC)
@@ -66,6 +67,40 @@ def topk_blocks(
     index = score.topk(k, dim=-1, sorted=False).indices.sort(-1).values  # (B, Hs, NQB, K)
     count = torch.full(index.shape[:3], k, dtype=torch.long, device=index.device)  # (B, Hs, NQB)
     return index, count
+
+
+def lists_are_top_k(
+    pooled_q: Tensor, pooled_k: Tensor, k: int, index: Tensor, count: Tensor,
+    forced: Optional[Tensor] = None, shared_heads: bool = False, atol: float = 1e-5,
+) -> bool:
+    """Whether ``index``/``count`` are what ``topk_blocks`` promises, checked against fp64 scores: K
+    distinct candidates per row, ascending, the forced one kept, and no candidate left out that scores
+    more than ``atol`` above one chosen freely."""
+    B, H, NQB, D = pooled_q.shape
+    NC = pooled_k.shape[2]
+    K = kept_per_row(k, NC, forced is not None)
+    Hs = 1 if shared_heads else H
+    if tuple(index.shape) != (B, Hs, NQB, K) or not bool((count == K).all()):
+        return False
+    if K == 0:
+        return True
+    idx = index.long()
+    if not bool(((idx >= 0) & (idx < NC)).all()) or not bool((idx[..., 1:] > idx[..., :-1]).all()):
+        return False
+    score = (torch.einsum("bhqd,bhcd->bhqc", pooled_q.double(), pooled_k.double()) / math.sqrt(D)).softmax(-1)
+    if shared_heads:
+        score = score.sum(1, keepdim=True)  # (B, Hs, NQB, NC)
+    chosen = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
+    free = chosen.clone()
+    if forced is not None:
+        own = forced.to(score.device).long().view(1, 1, NQB, 1).expand(B, Hs, NQB, 1)
+        if not bool(chosen.gather(-1, own).all()):
+            return False
+        free.scatter_(-1, own, False)
+    inf = torch.tensor(float("inf"), dtype=score.dtype, device=score.device)
+    low = torch.where(free, score, inf).amin(-1)  # the lowest freely chosen score per row
+    high = torch.where(chosen, -inf, score).amax(-1)  # the highest left out
+    return bool((high <= low + atol).all())
 
 
 def build_transposed(index: Tensor, count: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .blocks import kept_per_row, topk_blocks
+from .blocks import kept_per_row, lists_are_top_k, topk_blocks
+from .pbsa_triton import _tuning
 
 MAX_CANDIDATES = 2048
 
@@ -114,9 +115,12 @@ def topk_blocks_triton(
     return index, count
 
 
-# Per problem class: the implementation ``topk_blocks_auto`` kept, and both timings (ms per call).
+# Per problem class: the implementation ``auto_impl`` kept, both timings (ms per call), and why the
+# kernel was not timed where it was not.
 _choice: dict[tuple, str] = {}
 _choice_timings: dict[tuple, dict[str, float]] = {}
+_choice_failures: dict[tuple, str] = {}
+MARGIN = 0.9  # the kernel is kept when it takes under this fraction of the PyTorch ops' time
 
 
 def fused_fits(pooled_q: Tensor, pooled_k: Tensor) -> bool:
@@ -126,21 +130,23 @@ def fused_fits(pooled_q: Tensor, pooled_k: Tensor) -> bool:
     return D >= 16 and not D & (D - 1) and NC <= MAX_CANDIDATES
 
 
-def _per_call_ms(fn: Callable[[], object], calls: int = 20, repeats: int = 3) -> float:
-    """CUDA ms per call of ``calls`` calls issued back to back (the median of ``repeats``): the device
-    time when the device is the bottleneck, the host's cost of issuing the call when the host is, as
-    in a model, where selection runs between the layers' work."""
-    fn()  # compile and warm up
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        runs.append(start.elapsed_time(end) / calls)
+def _per_call_ms(fn: Callable[[], object], device: torch.device, calls: int = 20, repeats: int = 3) -> float:
+    """CUDA ms per call of ``calls`` calls issued back to back on ``device`` (the median of ``repeats``,
+    after one warm-up call): the larger of the device time and the host's cost of issuing the call. Two
+    paths of a few microseconds of device work each, one of about twenty small ops and one of a single
+    launch, differ mostly in the second; ``kernel_bench.py`` also times them apart."""
+    with torch.cuda.device(device):
+        fn()  # compile and warm up
+        torch.cuda.synchronize()
+        runs = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end) / calls)
     return statistics.median(runs)
 
 
@@ -152,34 +158,43 @@ def auto_impl(
     shared_heads: bool = False,
     timer: Optional[Callable[[Callable[[], object]], float]] = None,
 ) -> str:
-    """``"triton"`` or ``"torch"``: the faster for this problem's class, timed once per class (device,
-    dtype, batch, heads, shared lists, query blocks, candidates rounded up to a power of two, head dim,
-    forced block) and remembered. PyTorch where the fused kernel does not fit, off CUDA (unless a
-    ``timer`` is given), or with tuning off (``WORLDKIT_PBSA_TUNE=0``); PyTorch too when the kernel fails.
-    The two pick the same blocks up to rounding and ties (see ``topk_blocks_triton``)."""
-    if not fused_fits(pooled_q, pooled_k):
+    """``"triton"`` or ``"torch"`` for this problem's class (device, dtypes, batch, heads, shared lists,
+    query blocks, candidates rounded up to a power of two, head dim, forced block). On the first call of
+    a class on CUDA, the fused kernel's lists are checked (``lists_are_top_k``), then both are timed
+    (``_per_call_ms``, or ``timer``) and the kernel kept when it takes under ``MARGIN`` of the PyTorch
+    ops' time; the choice is remembered for the process. PyTorch, not remembered, where the kernel does
+    not fit, off CUDA (unless a ``timer`` is given), with tuning off (``WORLDKIT_PBSA_TUNE=0``) or while
+    a CUDA graph is captured; PyTorch, remembered, when the kernel fails or its lists fail the check.
+    The two pick the same blocks up to rounding and ties (see ``topk_blocks_triton``), so a choice that
+    differs between runs or ranks can change a near-tie: pin ``torch`` or ``triton`` to rule it out."""
+    if not fused_fits(pooled_q, pooled_k) or (timer is None and not pooled_q.is_cuda):
         return "torch"
-    if timer is None:
-        from .pbsa_triton import _tuning
-
-        if not pooled_q.is_cuda or not _tuning():
-            return "torch"
-        timer = _per_call_ms
     B, H, NQB, D = pooled_q.shape
     NC = pooled_k.shape[2]
     key = (str(pooled_q.device), pooled_q.dtype, B, H, shared_heads, NQB, 1 << max(4, (NC - 1).bit_length()), D,
-           forced is not None)
-    if key not in _choice:
-        runs = {"torch": topk_blocks, "triton": topk_blocks_triton}
-        times = {}
-        for name, select in runs.items():
-            try:
-                times[name] = timer(lambda select=select: select(pooled_q, pooled_k, k, forced=forced,
-                                                                 shared_heads=shared_heads))
-            except Exception:  # the kernel does not build or launch here: PyTorch selects
-                times[name] = float("inf")
-        _choice_timings[key] = times
-        _choice[key] = "triton" if times["triton"] < times["torch"] else "torch"
+           forced is not None, pooled_k.dtype)
+    choice = _choice.get(key)
+    if choice is not None:
+        return choice
+    if timer is None:
+        if not _tuning() or torch.cuda.is_current_stream_capturing():
+            return "torch"
+        timer = lambda fn: _per_call_ms(fn, pooled_q.device)  # noqa: E731
+
+    def run(select):
+        return lambda: select(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)
+
+    times = {"torch": timer(run(topk_blocks)), "triton": float("inf")}  # the reference path's failure is raised
+    try:
+        index, count = run(topk_blocks_triton)()
+        if lists_are_top_k(pooled_q, pooled_k, k, index, count, forced=forced, shared_heads=shared_heads):
+            times["triton"] = timer(run(topk_blocks_triton))
+        else:
+            _choice_failures[key] = "its lists failed the check against fp64 scores"
+    except Exception as e:  # the kernel does not build or launch here: PyTorch selects
+        _choice_failures[key] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    _choice_timings[key] = times
+    _choice[key] = "triton" if times["triton"] < MARGIN * times["torch"] else "torch"
     return _choice[key]
 
 

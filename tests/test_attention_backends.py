@@ -2,6 +2,8 @@
 gradients w.r.t. q, the chunk's k/v and the view's pool), LocalWindow and AllBlocks properties."""
 import importlib
 import os
+import subprocess
+import sys
 
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton path runs on the CPU through the interpreter
 
@@ -202,7 +204,7 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     pq, pk = torch.randn(1, 2, 3, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
     own = torch.arange(3) + 6
     for shared in (False, True):
-        want = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared)).select(pq, pk, own)
+        want = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="torch")).select(pq, pk, own)
         got = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="triton")).select(pq, pk, own)
         assert torch.equal(got.local, want.local) and torch.equal(got.count, want.count)
     import worldkit_kernels.topk_triton as fused
@@ -213,8 +215,19 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     got = LocalWindow(LocalWindow.Config(top_k=4, impl="triton")).select(pq, pk, own)
     assert not called and torch.equal(got.local, LocalWindow(LocalWindow.Config(top_k=4)).select(pq, pk, own).local)
     monkeypatch.setattr(fused, "topk_blocks_auto", lambda *a, **k: called.append(1))
-    LocalWindow(LocalWindow.Config(top_k=4, impl="auto")).select(pq, pk, own)
-    assert not called  # auto on the CPU: the PyTorch ops, nothing timed
+    got = LocalWindow(LocalWindow.Config(top_k=4, impl="auto")).select(pq, pk, own)
+    want = LocalWindow(LocalWindow.Config(top_k=4, impl="torch")).select(pq, pk, own)
+    assert not called and torch.equal(got.local, want.local)  # auto on the CPU: the PyTorch ops, nothing timed
+
+
+def test_local_window_auto_on_the_cpu_imports_no_triton():
+    code = ("import sys, torch\n"
+            "from worldkit_plugins.sparse_forcing.local_window import LocalWindow\n"
+            "got = LocalWindow(LocalWindow.Config(top_k=2)).select(torch.randn(1, 2, 3, 16), torch.randn(1, 2, 9, 16), "
+            "torch.arange(3) + 6)\n"
+            "print(tuple(got.local.shape), 'triton' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["(1,", "2,", "3,", "2)", "False"]
 
 
 def test_plugins_registered_and_configurable():

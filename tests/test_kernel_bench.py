@@ -132,12 +132,19 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     monkeypatch.setattr(pbsa_triton, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
     from worldkit_kernels import topk_triton
 
-    sel = ("cuda:0", torch.bfloat16, 1, 12, False, 37, 512, 128, True)
-    monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": 0.05}})
+    sel = ("cuda:0", torch.bfloat16, 1, 12, False, 37, 512, 128, True, torch.bfloat16)
+    failed = ("cuda:0", torch.bfloat16, 1, 12, True, 37, 1024, 128, False, torch.bfloat16)
+    monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": 0.05},
+                                                         failed: {"torch": 0.8, "triton": float("inf")}})
+    monkeypatch.setattr(topk_triton, "_choice", {sel: "triton", failed: "torch"})
+    monkeypatch.setattr(topk_triton, "_choice_failures", {failed: "RuntimeError: no kernel"})
     args = argparse.Namespace(write=False)
     assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
     out = capsys.readouterr().out
-    assert "- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128: torch 0.750, triton 0.050" in out
+    assert ("- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128, own block forced: "
+            "torch 0.750, triton 0.050; keeps triton\n") in out
+    assert ("- 1 x 12 heads (one shared list), 37 query blocks, up to 1024 candidates, head dim 128: "
+            "torch 0.800, triton inf; keeps torch (RuntimeError: no kernel)") in out
     assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: "
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
     assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: M128 N64 w8 s3 x2\n" in out

@@ -2,6 +2,7 @@
 
 The Triton kernels run on the CPU under TRITON_INTERPRET=1, set here before Triton is imported.
 """
+import contextlib
 import importlib
 import itertools
 import os
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from worldkit_kernels import (
     build_transposed,
+    lists_are_top_k,
     pbsa_attention,
     pbsa_attention_with_lse,
     pbsa_torch,
@@ -577,6 +579,40 @@ def test_topk_blocks(impl, B, H, NQB, NL, k, forced, shared, seed, dtype):
                 rest = [c for c in range(NC) if c not in row]
                 if free and rest:  # every freely chosen block scores at least as high as any left out
                     assert score[b, h, r, free].min() >= score[b, h, r, rest].max() - 1e-6
+    assert lists_are_top_k(pq, pk, k, index, count, forced=own if forced else None, shared_heads=shared)
+
+
+def test_lists_are_top_k_refuses_lists_that_are_not():
+    """The check ``auto`` runs on the kernel's lists: true of ``topk_blocks``' own, false of lists of the
+    wrong shape or count, unsorted, repeated, out of range, missing the forced block, or leaving out a
+    block that scores higher than one kept; and the PyTorch selection scores in fp32 under autocast."""
+    g = torch.Generator().manual_seed(7)
+    pq, pk = torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 3, 10, 16, generator=g)
+    own = torch.arange(4) + 6
+    index, count = topk_blocks(pq, pk, 3, forced=own)
+    assert lists_are_top_k(pq, pk, 3, index, count, forced=own)
+    score = torch.einsum("bhqd,bhcd->bhqc", pq.double(), pk.double()).softmax(-1)[0, 0, 0]
+    row = index[0, 0, 0].tolist()
+    free = [c for c in row if c != 6]
+    worse = next(c for c in score.argsort().tolist() if c not in row)  # the lowest-scoring block left out
+    swapped = sorted([worse] + [c for c in row if c != min(free, key=lambda c: score[c])])
+    bad = {
+        "shape": (index[..., :2], count),
+        "count": (index, count - 1),
+        "order": (index.flip(-1), count),
+        "repeat": (index.clone().index_fill_(-1, torch.tensor([1]), 0).sort(-1).values, count),
+        "range": (index + 10, count),
+        "forced": (index.masked_fill(index == 6, 0).sort(-1).values, count),
+        "score": (index.clone().index_put_((torch.tensor(0), torch.tensor(0), torch.tensor(0)), torch.tensor(swapped)), count),
+    }
+    for why, (idx, cnt) in bad.items():
+        assert not lists_are_top_k(pq, pk, 3, idx, cnt, forced=own), why
+    shared = topk_blocks(pq, pk, 3, forced=own, shared_heads=True)
+    assert lists_are_top_k(pq, pk, 3, *shared, forced=own, shared_heads=True)
+    assert not lists_are_top_k(pq, pk, 3, *shared, forced=own)  # one list where one per head is due
+    close = torch.ones(1, 1, 10, 16) * (1 + 1e-4 * torch.arange(10.0))[:, None]  # apart by less than bf16 resolves
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert topk_blocks(torch.ones(1, 1, 1, 16), close, 3)[0].tolist() == [[[[7, 8, 9]]]]
 
 
 @needs_triton
@@ -622,12 +658,13 @@ def test_triton_topk_on_the_cpu_needs_the_interpreter(monkeypatch):
 
 @needs_triton
 def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
-    """``auto_impl`` times both selections once per problem class and keeps the faster; it falls back to
-    PyTorch without timing where the kernel cannot take the problem, off CUDA, or with tuning off, and when
-    the kernel fails; ``topk_blocks_auto`` selects with the kept one."""
+    """``auto_impl`` checks the kernel's lists, times both selections once per problem class and keeps the
+    kernel only when clearly faster; PyTorch without timing where the kernel cannot take the problem or
+    off CUDA; PyTorch when the kernel fails or its lists are wrong; ``topk_blocks_auto`` selects with the
+    kept one."""
     fused = importlib.import_module("worldkit_kernels.topk_triton")
-    monkeypatch.setattr(fused, "_choice", {})
-    monkeypatch.setattr(fused, "_choice_timings", {})
+    for name in ("_choice", "_choice_timings", "_choice_failures"):
+        monkeypatch.setattr(fused, name, {})
     last = []
     for name in ("topk_blocks", "topk_blocks_triton"):
         def traced(*a, _run=getattr(fused, name), _name=name, **kw):
@@ -648,20 +685,25 @@ def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
     assert fused.auto_impl(pq, pk, 4, forced=own, timer=timer) == "triton"
     assert sorted(timed) == ["topk_blocks", "topk_blocks_triton"]
     (key, times), = fused._choice_timings.items()
-    assert times == {"torch": 2.0, "triton": 1.0} and fused._choice[key] == "triton"
+    assert times == {"torch": 2.0, "triton": 1.0} and fused._choice[key] == "triton" and not fused._choice_failures
     assert fused.auto_impl(pq, pk[:, :, :7], 4, forced=own, timer=timer) == "triton" and len(timed) == 2  # same class
-    ms.update(topk_blocks=0.5)  # another class (17 candidates: the next power of two) is timed anew
-    wide = torch.randn(1, 2, 17, 16, generator=g)
-    assert fused.auto_impl(pq, wide, 4, timer=timer) == "torch" and len(timed) == 4
-    assert fused.auto_impl(pq, pk, 4, forced=own, shared_heads=True, timer=timer) == "torch"  # shared lists: a class
-    assert len(fused._choice) == 3
+    ms.update(topk_blocks_triton=1.9)  # not under 0.9x: PyTorch (shared lists are another class)
+    assert fused.auto_impl(pq, pk, 4, forced=own, shared_heads=True, timer=timer) == "torch" and len(timed) == 4
+    ms.update(topk_blocks=0.5)  # 17 candidates: the next power of two, another class
+    assert fused.auto_impl(pq, torch.randn(1, 2, 17, 16, generator=g), 4, timer=timer) == "torch"
+    assert len(fused._choice) == 3 and len(timed) == 6
 
-    def broken(*a, **kw):
-        raise RuntimeError("no kernel here")
-    monkeypatch.setattr(fused, "topk_blocks_triton", broken)
-    ms.update(topk_blocks=5.0)
-    assert fused.auto_impl(pq, torch.randn(1, 2, 33, 16, generator=g), 4, timer=timer) == "torch"  # the kernel failed
-    assert [t for k, t in fused._choice_timings.items() if k[6] == 64] == [{"torch": 5.0, "triton": float("inf")}]
+    n = len(timed)
+    monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("no kernel")))
+    wide = torch.randn(1, 2, 33, 16, generator=g)
+    assert fused.auto_impl(pq, wide, 4, timer=timer) == "torch" and timed[n:] == ["topk_blocks"]  # the kernel failed
+    key64 = next(k for k in fused._choice if k[6] == 64)
+    assert fused._choice_timings[key64]["triton"] == float("inf") and "no kernel" in fused._choice_failures[key64]
+    wrong = topk_blocks(pq, pk, 4, forced=own)[0].flip(-1), torch.full((1, 2, 3), 4)  # descending: not top-K lists
+    monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **kw: wrong)
+    assert fused.auto_impl(pq, wide[:, :1].expand(1, 2, 33, 16), 4, forced=own, timer=timer) == "torch"
+    assert any("failed the check" in why for why in fused._choice_failures.values()) and timed[-1] == "topk_blocks"
+
     n = len(timed)
     assert fused.auto_impl(pq[..., :8], pk[..., :8], 4, timer=timer) == "torch"  # head dim 8: no kernel, no timing
     assert fused.auto_impl(pq, pk, 4, forced=own) == "torch"  # off CUDA without a timer: PyTorch, untimed
@@ -675,6 +717,39 @@ def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
     assert fused.topk_blocks_auto(pq, pk, 4, forced=own) is want  # the kept one selects
     monkeypatch.setattr(fused, "auto_impl", lambda *a, **kw: "torch")
     assert torch.equal(fused.topk_blocks_auto(pq, pk, 4, forced=own)[0], want[0])
+
+
+@needs_triton
+def test_per_call_timing_times_calls_back_to_back(monkeypatch):
+    """``_per_call_ms``: one warm-up call, then ``repeats`` runs of ``calls`` calls between two events on
+    the given device; the median of the per-call times."""
+    fused = importlib.import_module("worldkit_kernels.topk_triton")
+    clock, calls, devices = [0.0], [], []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.at = clock[0]
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return end.at - self.at
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: devices.append(d) or contextlib.nullcontext())
+    costs = iter([100.0] + [3.0] * 5 + [1.0] * 5 + [2.0] * 5)  # the warm-up, then three runs of five calls
+
+    def fn():
+        calls.append(1)
+        clock[0] += next(costs)
+
+    assert fused._per_call_ms(fn, "cuda:1", calls=5, repeats=3) == 2.0
+    assert len(calls) == 16 and devices == ["cuda:1"]
 
 
 def test_resolve_top_k():

@@ -1,7 +1,7 @@
 """Sparse Forcing's local-window selector: per query block, the top-K local blocks by pooled score."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Callable, Literal, Union
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
@@ -21,9 +21,11 @@ class LocalWindow(BlockSelector):
         impl: Literal["auto", "torch", "triton"] = Field(
             "auto", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K) "
                                 "for a head dim that is a power of two >= 16, the PyTorch ops past 2048 "
-                                "candidates; auto: on CUDA, whichever of the two was faster when timed on the "
-                                "first call of each problem class, else torch (benchmarks/kernel_bench.py "
-                                "times both)")
+                                "candidates; auto: on CUDA, the kernel where its lists pass a check and it "
+                                "ran clearly faster when both were timed on the first call of the problem's "
+                                "class, else torch (also off CUDA, without Triton, or with "
+                                "WORLDKIT_PBSA_TUNE=0). The two agree up to rounding and ties: pin one for "
+                                "bit-reproducible selection. benchmarks/kernel_bench.py times both")
 
         @field_validator("top_k")
         @classmethod
@@ -37,16 +39,21 @@ class LocalWindow(BlockSelector):
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
-        select = topk_blocks
-        impl = self.config.impl
-        if impl == "auto" and not pooled_q.is_cuda:  # Triton is not imported off CUDA
-            impl = "torch"
-        if impl != "torch":
-            from worldkit_kernels import topk_triton  # imported on first use
-
-            if impl == "auto":
-                select = topk_triton.topk_blocks_auto
-            elif pooled_k.shape[2] <= topk_triton.MAX_CANDIDATES:  # a longer window: the PyTorch ops
-                select = topk_triton.topk_blocks_triton
+        select = self._selection(pooled_q, pooled_k)
         index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)
+
+    def _selection(self, pooled_q: Tensor, pooled_k: Tensor) -> Callable[..., tuple[Tensor, Tensor]]:
+        """The top-K this call runs (``topk_blocks``'s signature)."""
+        impl = self.config.impl
+        if impl == "torch" or (impl == "auto" and not pooled_q.is_cuda):  # Triton is not imported off CUDA
+            return topk_blocks
+        try:
+            from worldkit_kernels import topk_triton  # imported on first use
+        except ImportError:
+            if impl == "triton":
+                raise
+            return topk_blocks  # auto without Triton
+        if impl == "auto":
+            return topk_triton.topk_blocks_auto
+        return topk_triton.topk_blocks_triton if pooled_k.shape[2] <= topk_triton.MAX_CANDIDATES else topk_blocks
