@@ -171,6 +171,55 @@ def correctness() -> bool:
     return ok
 
 
+def helpers_correct(NSc=24, NQB=37, candidates=(257, 1537)) -> tuple[bool, bool]:
+    """The small kernels beside PBSA against their PyTorch references on the device: the backward's
+    transposed lists and delta, the ragged-list packing (exactly, up to each row's count; delta to fp32
+    rounding), and the fused block selection (its lists checked against fp64 scores, per head and
+    shared, for each number of candidates). Returns (helpers ok, selection ok): a wrong selection only
+    keeps ``auto`` on PyTorch, so it does not stop the timings."""
+    from worldkit_kernels import lists_are_top_k
+    from worldkit_kernels.pbsa_triton import _delta, _pack, _pack_torch, _transposed
+    from worldkit_kernels.topk_triton import topk_blocks_triton
+
+    print("== correctness: the helper kernels and the fused block selection vs PyTorch")
+    dev, B, H, D = DEVICE, 1, HEADS, HEAD_DIM
+    g = torch.Generator(device=dev).manual_seed(3)
+    NS = NSc + NQB
+    index, count, _ = make_lists(B, H, NSc, NQB, 0.3, dev, seed=4)
+    count[0, 0, 1] = 0  # an empty row
+    checks = {}
+    got, want = _transposed(index, count, NS), build_transposed(index, count, NS)
+    checks["transposed lists"] = all(torch.equal(a, b) for a, b in zip(got, want))
+    BLK = 128
+    block_len = torch.randint(1, BLK + 1, (B, NS), generator=g, device=dev, dtype=torch.int32)
+    (got, got_nf), (want, want_nf) = _pack(index, count, block_len, BLK), _pack_torch(index, count, block_len, BLK)
+    valid = torch.arange(index.shape[-1], device=dev) < count[..., None]  # entries past a row's count are unset
+    checks["packed lists"] = torch.equal(got_nf, want_nf) and torch.equal(got[valid], want[valid])
+    do, out = (torch.randn(B, H, 300, D, generator=g, device=dev).to(DTYPE) for _ in range(2))
+    dlse = torch.randn(B, H, 300, generator=g, device=dev)
+    want = (do.float() * out.float()).sum(-1) - dlse
+    checks["delta"] = rel(_delta(do, out, dlse), want) <= 1e-5 and rel(_delta(do, out, None), want + dlse) <= 1e-5
+    selection = True
+    for NC in candidates:
+        pq = torch.randn(B, H, NQB, D, generator=g, device=dev).to(DTYPE)
+        pk = torch.randn(B, H, NC, D, generator=g, device=dev).to(DTYPE)
+        own = NC - NQB + torch.arange(NQB, device=dev)
+        for shared in (False, True):
+            K = max(1, round(0.25 * NC))
+            try:
+                idx, cnt = topk_blocks_triton(pq, pk, K, forced=own, shared_heads=shared)
+                good = lists_are_top_k(pq, pk, K, idx, cnt, forced=own, shared_heads=shared)
+            except Exception as e:
+                print(f"  {short_error(e, 200)}")
+                good = False
+            checks[f"top-K, {NC} candidates, {'shared' if shared else 'per head'}"] = good
+            selection &= good
+    for name, good in checks.items():
+        print(f"  {name}: {'ok' if good else 'FAIL'}")
+    helpers = all(good for name, good in checks.items() if not name.startswith("top-K"))
+    return helpers, selection
+
+
 # ------------------------------------------------------------------------------------------------
 # timing
 
@@ -584,9 +633,12 @@ def main() -> int:
     print(f"{card}; {versions}")
     with untuned():  # every kernel path once, in its default configuration (tests cover the others)
         passed = correctness()
-    if not passed:
+        helpers, selection = helpers_correct()
+    if not (passed and helpers):
         print("correctness check FAILED: no timings")
         return 1
+    if not selection:
+        print("the fused block selection FAILED its check: local_window's impl: auto keeps PyTorch")
     print(f"  ({time.perf_counter() - start:.0f} s)")
     frames = args.frames or ((21, 63) if args.quick else (6, 12, 21, 63))
     blocks = args.blocks or ((128,) if args.quick else (64, 128))

@@ -240,3 +240,21 @@ def test_flex_options_prefer_a_set_whose_backward_compiles(bench, capsys):
     out = capsys.readouterr().out
     assert "the forward fails: ValueError: no forward for set 0" in out
     assert "the backward fails: RuntimeError: no backward" in out
+
+
+def test_helper_kernels_checked_against_pytorch(bench, monkeypatch):
+    """The device check of the small kernels (here under the interpreter): all pass as they are; a wrong
+    transposed list fails the helpers, a wrong selection only the selection."""
+    pytest.importorskip("triton")
+    from worldkit_kernels import pbsa_triton, topk_triton
+
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    small = dict(NSc=5, NQB=3, candidates=(20,))
+    assert bench.helpers_correct(**small) == (True, True)
+    real = pbsa_triton._transposed
+    monkeypatch.setattr(pbsa_triton, "_transposed", lambda i, c, n: tuple(t.flip(-1) for t in real(i, c, n)))
+    assert bench.helpers_correct(**small) == (False, True)
+    monkeypatch.setattr(pbsa_triton, "_transposed", real)
+    fused = topk_triton.topk_blocks_triton
+    monkeypatch.setattr(topk_triton, "topk_blocks_triton", lambda *a, **k: (fused(*a, **k)[0].flip(-1), fused(*a, **k)[1]))
+    assert bench.helpers_correct(**small) == (True, False)
