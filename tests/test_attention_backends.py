@@ -220,6 +220,18 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     assert not called and torch.equal(got.local, want.local)  # auto on the CPU: the PyTorch ops, nothing timed
 
 
+def test_local_window_records_no_graph():
+    """Selection is indices only: under autograd it saves nothing for a backward."""
+    pq = torch.randn(1, 2, 3, 16, requires_grad=True)
+    pk = torch.randn(1, 2, 9, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        got = LocalWindow(LocalWindow.Config(top_k=4)).select(pq * 1.0, pk * 1.0, torch.arange(3) + 6)
+        assert not saved and got.local.shape == (1, 2, 3, 4)
+        (pq * pq).sum()
+        assert saved  # the hook does see what autograd saves
+
+
 def test_local_window_auto_on_the_cpu_imports_no_triton():
     code = ("import sys, torch\n"
             "from worldkit_plugins.sparse_forcing.local_window import LocalWindow\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal, Union
 
+import torch
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
 
@@ -40,7 +41,8 @@ class LocalWindow(BlockSelector):
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
         select = self._selection(pooled_q, pooled_k)
-        index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
+        with torch.no_grad():  # lists of indices: nothing to differentiate, so no graph is recorded
+            index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)
 
     def _selection(self, pooled_q: Tensor, pooled_k: Tensor) -> Callable[..., tuple[Tensor, Tensor]]:
