@@ -44,6 +44,8 @@ except ImportError:  # a bare checkout (no pip install -e .): load kernels/ unde
     sys.modules["worldkit_kernels"] = module
     spec.loader.exec_module(module)
 
+from worldkit_kernels.choices import config_label as _cfg  # noqa: E402
+from worldkit_kernels.choices import problem_label, selection_label  # noqa: E402
 from worldkit_kernels import (  # noqa: E402
     build_transposed,
     pbsa_attention,
@@ -592,21 +594,6 @@ def table(rows):
     return "\n".join(lines)
 
 
-def problem_label(key: tuple) -> str:
-    """A tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded up to
-    powers of two (query blocks, list length, slots, batch x heads); query-tail when the queries end in a
-    short block, ragged when key blocks have lengths."""
-    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
-    return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
-            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged"))
-
-
-def _cfg(c: dict) -> str:
-    """A launch configuration in a few characters: M128 N64 w8 s3 (x2 for a split list)."""
-    short = f"M{c['BLOCK_M']} N{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
-    return short + (f" x{c['SPLIT']}" if c.get("SPLIT", 1) > 1 else "")
-
-
 def print_rows(rows, flash):
     for frames, lk, blk, dens, name, res, pairs in rows:
         print(f"  F={frames:2d} KV={lk:6d} BLK={blk:3d} d={dens:.3f} {name:12s} fwd {fmt(res, pairs, flash, 0):32s} fwd+bwd {fmt(res, pairs, flash, 1)}")
@@ -677,9 +664,7 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
     if times:
         md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
     picks = "\n".join(
-        f"- {key[2]} x {key[3]} heads{' (one shared list)' if key[4] else ''}, {key[5]} query blocks, up to "
-        f"{key[6]} candidates, head dim {key[7]}{', own block forced' if key[8] else ''}: "
-        + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) + f"; keeps {kept}" + (f" ({why})" if why else "")
+        f"- {selection_label(key)}: " + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) + f"; keeps {kept}" + (f" ({why})" if why else "")
         for key, runs, kept, why in selection_classes())
     if picks:
         md += ("\n\nBlock selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "

@@ -6,6 +6,8 @@ import contextlib
 import importlib
 import itertools
 import os
+import subprocess
+import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -806,3 +808,39 @@ def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
         want = grads(reference, torch.float64, use)
         assert all(torch.allclose(a.double(), b, atol=1e-5) for a, b in zip(got, want)), use
     assert given_dlse == [False, True, True]
+
+
+@needs_triton
+def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
+    """``kernel_choices``: each PBSA problem class with the configuration kept (tuned, with every
+    candidate's time, a failed one null; or the untuned default) and each selection class with the
+    implementation kept, both times and why the kernel was not timed."""
+    from worldkit_kernels import choices, topk_triton
+
+    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
+    plain = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, True, True)
+    fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    monkeypatch.setattr(_kernels, "_tuned", {key: fast})
+    monkeypatch.setattr(_kernels, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
+    monkeypatch.setattr(_kernels, "_fits", {plain: slow})
+    sel = ("cuda:0", torch.bfloat16, 1, 12, True, 37, 512, 128, True, torch.bfloat16)
+    monkeypatch.setattr(topk_triton, "_choice", {sel: "torch"})
+    monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": float("inf")}})
+    monkeypatch.setattr(topk_triton, "_choice_failures", {sel: "RuntimeError: no kernel"})
+    got = choices.kernel_choices()
+    assert got["pbsa"] == [
+        {"class": "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2", "kept": "M64 N64 w4 s3", "tuned": False},
+        {"class": "fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail",
+         "kept": "M128 N64 w8 s3 x2", "tuned": True,
+         "timings_ms": {"M64 N64 w4 s3": 0.9, "M128 N64 w8 s3 x2": 0.4, "M64 N64 w4 s2": None}},
+    ]
+    assert got["selection"] == [{
+        "class": "1 x 12 heads (one shared list), 37 query blocks, up to 512 candidates, head dim 128, own block forced",
+        "kept": "torch", "timings_ms": {"torch": 0.75, "triton": None}, "kernel_failed": "RuntimeError: no kernel"}]
+
+
+def test_kernel_choices_import_no_triton():
+    code = ("import sys\nfrom worldkit_kernels.choices import kernel_choices\n"
+            "print(kernel_choices(), 'triton' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "{'pbsa': [], 'selection': []} False"

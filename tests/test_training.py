@@ -1,5 +1,6 @@
 """Trainers on Lightning: losses fall, self forcing trains through the inference path, resume is exact,
 stages chain, DDP runs."""
+import json
 import os
 import subprocess
 import sys
@@ -174,8 +175,11 @@ def test_a_stage_is_evaluated_with_the_windows_it_trained_with(cache, tmp_path, 
     raw["stages"] = [{"name": "short", "trainer": {"type": "diffusion_forcing"}, "train": {"clip_frames": 4}}]
     seen, real = [], experiment.evaluate
     monkeypatch.setattr(experiment, "evaluate", lambda rollout, *a, **k: seen.append((rollout.train_frames, a[3])) or real(rollout, *a, **k))
+    choices = {"pbsa": [], "selection": [{"class": "c", "kept": "triton", "timings_ms": {"torch": 0.7, "triton": 0.1}}]}
+    monkeypatch.setattr(experiment, "kernel_choices", lambda: choices)  # as a CUDA run would have
     experiment.run(wk_config.validate(raw), tmp_path)
     assert seen == [(4, 6)]
+    assert json.loads((tmp_path / "stages" / "0-short" / "kernels.json").read_text()) == choices
 
 
 def test_periodic_evaluation_is_not_repeated_after_a_resume(cache, run_data, tmp_path):

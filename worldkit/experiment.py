@@ -23,6 +23,7 @@ from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer
+from worldkit_kernels.choices import kernel_choices
 
 BASE_DIR = Path(__file__).parent / "base"
 
@@ -262,6 +263,9 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
                              desc=f"eval {stage.name}", train_frames=stage.train.clip_frames)
         res.save(stage_dir / "eval.json")
+        choices = kernel_choices()
+        if choices["pbsa"] or choices["selection"]:  # what the Triton paths ran with (a CUDA run)
+            atomic_write(stage_dir / "kernels.json", json.dumps(choices, indent=1))
         log_eval(module._logger_for_eval, res, module.global_step)
         report.log_stage(module._logger_for_eval, cfg, stage.index, res, stage_dir, module.global_step)
         row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],

@@ -1,0 +1,52 @@
+"""What the Triton paths chose in this process, in words: the PBSA launch configurations kept per
+problem class (with every candidate's time when tuned) and the block selection ``auto`` kept per class.
+Reads the kernel modules only if something already imported them, so it never imports Triton."""
+from __future__ import annotations
+
+import math
+import sys
+
+
+def problem_label(key: tuple) -> str:
+    """A PBSA tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded
+    up to powers of two (query blocks, list length, slots, batch x heads); query-tail when the queries
+    end in a short block, ragged when key blocks have lengths."""
+    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
+    return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
+            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged"))
+
+
+def config_label(c: dict) -> str:
+    """A launch configuration in a few characters: M128 N64 w8 s3 (x2 for a split list)."""
+    short = f"M{c['BLOCK_M']} N{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
+    return short + (f" x{c['SPLIT']}" if c.get("SPLIT", 1) > 1 else "")
+
+
+def selection_label(key: tuple) -> str:
+    """A block-selection problem class (``topk_triton.auto_impl``) in words."""
+    device, dtype, b, h, shared, nqb, nc, d, forced = key[:9]
+    return (f"{b} x {h} heads{' (one shared list)' if shared else ''}, {nqb} query blocks, up to {nc} candidates, "
+            f"head dim {d}{', own block forced' if forced else ''}")
+
+
+def kernel_choices() -> dict:
+    """{"pbsa": [...], "selection": [...]}, each entry a problem class with what was kept and the times
+    (ms; null where a candidate failed); empty lists when the kernels did not run."""
+    pbsa, topk = (sys.modules.get(f"worldkit_kernels.{name}") for name in ("pbsa_triton", "topk_triton"))
+    ms = lambda t: None if math.isinf(t) else round(t, 4)  # noqa: E731
+    out = {"pbsa": [], "selection": []}
+    if pbsa is not None:
+        for key in sorted(set(pbsa._tuned) | set(pbsa._fits), key=str):
+            kept = pbsa._tuned.get(key, pbsa._fits.get(key))
+            entry = {"class": problem_label(key), "kept": config_label(kept), "tuned": key in pbsa._tuned}
+            if key in pbsa._timings:
+                entry["timings_ms"] = {config_label(c): ms(t) for c, t in pbsa._timings[key]}
+            out["pbsa"].append(entry)
+    if topk is not None:
+        for key, times in sorted(topk._choice_timings.items(), key=str):
+            entry = {"class": selection_label(key), "kept": topk._choice.get(key),
+                     "timings_ms": {impl: ms(t) for impl, t in times.items()}}
+            if key in topk._choice_failures:
+                entry["kernel_failed"] = topk._choice_failures[key]
+            out["selection"].append(entry)
+    return out
