@@ -11,6 +11,8 @@ def problem_label(key: tuple) -> str:
     """A PBSA tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded
     up to powers of two (query blocks, list length, slots, batch x heads); query-tail when the queries
     end in a short block, ragged when key blocks have lengths."""
+    if len(key) != 11:  # not a key the kernels make
+        return str(key)
     name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
     return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
             f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged"))
@@ -18,12 +20,16 @@ def problem_label(key: tuple) -> str:
 
 def config_label(c: dict) -> str:
     """A launch configuration in a few characters: M128 N64 w8 s3 (x2 for a split list)."""
+    if not {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} <= c.keys():
+        return " ".join(f"{k}={v}" for k, v in c.items())
     short = f"M{c['BLOCK_M']} N{c['BLOCK_N']} w{c['num_warps']} s{c['num_stages']}"
     return short + (f" x{c['SPLIT']}" if c.get("SPLIT", 1) > 1 else "")
 
 
 def selection_label(key: tuple) -> str:
     """A block-selection problem class (``topk_triton.auto_impl``) in words."""
+    if len(key) < 9:
+        return str(key)
     device, dtype, b, h, shared, nqb, nc, d, forced = key[:9]
     return (f"{b} x {h} heads{' (one shared list)' if shared else ''}, {nqb} query blocks, up to {nc} candidates, "
             f"head dim {d}{', own block forced' if forced else ''}")

@@ -283,8 +283,8 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     """On a GPU each kernel times its candidate configurations once per problem class and keeps the
     fastest; a candidate that fails to launch is skipped; the default runs when tuning is off."""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
-    monkeypatch.setattr(mod, "_tuned", {})
-    monkeypatch.setattr(mod, "_timings", {})
+    for name in ("_tuned", "_timings", "_fits"):
+        monkeypatch.setattr(mod, name, {})
     monkeypatch.setattr(mod, "_tuning", lambda: True)
     configs = [dict(BLOCK_N=64, num_warps=8), dict(BLOCK_N=128, num_warps=4), dict(BLOCK_N=32, num_warps=4),
                dict(BLOCK_N=256, num_warps=4)]
@@ -834,6 +834,8 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
          "kept": "M128 N64 w8 s3 x2", "tuned": True,
          "timings_ms": {"M64 N64 w4 s3": 0.9, "M128 N64 w8 s3 x2": 0.4, "M64 N64 w4 s2": None}},
     ]
+    monkeypatch.setattr(_kernels, "_fits", {plain: slow, ("k", 1): dict(BLOCK_N=64, num_warps=4)})  # a key of a test
+    assert {"class": "('k', 1)", "kept": "BLOCK_N=64 num_warps=4", "tuned": False} in choices.kernel_choices()["pbsa"]
     assert got["selection"] == [{
         "class": "1 x 12 heads (one shared list), 37 query blocks, up to 512 candidates, head dim 128, own block forced",
         "kept": "torch", "timings_ms": {"torch": 0.75, "triton": None}, "kernel_failed": "RuntimeError: no kernel"}]
