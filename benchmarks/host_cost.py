@@ -4,9 +4,9 @@
 
 Short attention steps are bound by the CPU that issues their kernels (benchmarks/RESULTS.md, "PBSA
 kernel on an NVIDIA H200", section 2). This measures the part of that cost that does not need a GPU:
-the custom ops, autograd, the list preparation and the launch bookkeeping, with each Triton kernel
-replaced by a stand-in that does nothing, on CPU tensors small enough that the remaining PyTorch ops
-cost next to nothing. Prints the best of ``--repeats`` runs of the mean ms per call (forward without
+autograd (the eager path's Function; traced code's custom op is not timed), the list preparation and
+the launch bookkeeping, with each Triton kernel replaced by a stand-in that does nothing, on CPU
+tensors small enough that the remaining PyTorch ops cost next to nothing. Prints the best of ``--repeats`` runs of the mean ms per call (forward without
 grad, forward + backward). It omits what a real launch adds: Triton's own launcher and the driver.
 """
 from __future__ import annotations

@@ -8,7 +8,8 @@ of max(16, BLK) rows (masked, so small blocks work too), taken whole or split ov
 backward query rows are walked in sub-tiles so K/V stages fit shared memory. With ragged blocks each
 list entry carries its slot's valid rows (``_pack``): one scalar load per step, so the K/V prefetch is
 one indirection deep. Exposed as ``torch.ops.worldkit.pbsa_fwd`` with autograd through
-``worldkit::pbsa_bwd``.
+``worldkit::pbsa_bwd``; eager calls run the same forward and backward through a plain autograd Function
+(``_Eager``), without the custom op's dispatch.
 """
 from __future__ import annotations
 
@@ -693,8 +694,7 @@ def _head_stride(t: Tensor, Hi: int, dim: int = 1) -> int:
     return t.stride(dim) if Hi > 1 else 0
 
 
-@torch.library.custom_op("worldkit::pbsa_fwd", mutates_args=())
-def pbsa_fwd(
+def _forward(
     q: Tensor, k: Tensor, v: Tensor, index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float
 ) -> tuple[Tensor, Tensor]:
     """Triton PBSA forward: out (B, H, Tq, D) in q.dtype, lse (B, H, Tq) fp32."""
@@ -738,14 +738,16 @@ def pbsa_fwd(
     return out, lse
 
 
+pbsa_fwd = torch.library.custom_op("worldkit::pbsa_fwd", _forward, mutates_args=())
+
+
 @pbsa_fwd.register_fake
 def _(q, k, v, index, count, block_len, scale):
     B, H, Tq, D = q.shape
     return torch.empty_like(q), q.new_empty(B, H, Tq, dtype=torch.float32)
 
 
-@torch.library.custom_op("worldkit::pbsa_bwd", mutates_args=())
-def pbsa_bwd(
+def _backward_grads(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
     index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -803,6 +805,9 @@ def pbsa_bwd(
     return dq, dk, dv
 
 
+pbsa_bwd = torch.library.custom_op("worldkit::pbsa_bwd", _backward_grads, mutates_args=())
+
+
 @pbsa_bwd.register_fake
 def _(do, q, k, v, out, lse, dlse, index, count, block_len, scale):
     B, NS, H, BLK, D = k.shape
@@ -817,15 +822,34 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
-    if dout is None:  # only the log-sum-exp was used
-        dout = torch.zeros_like(out)
-    dq, dk, dv = pbsa_bwd(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
-    return dq, dk, dv, None, None, None, None
+def _backward_by(grads: Callable) -> Callable:
+    """The backward of the forward's autograd, computing the gradients with ``grads`` (the backward
+    op, or its implementation)."""
+
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
+        if dout is None:  # only the log-sum-exp was used
+            dout = torch.zeros_like(out)
+        dq, dk, dv = grads(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+    return backward
 
 
-pbsa_fwd.register_autograd(_backward, setup_context=_setup_context)
+pbsa_fwd.register_autograd(_backward_by(pbsa_bwd), setup_context=_setup_context)
+
+
+class _Eager(torch.autograd.Function):
+    """The custom op's forward and backward without its dispatch, for eager calls (their host cost
+    bounds short steps); traced code (torch.compile, export) goes through ``worldkit::pbsa_fwd``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, index, count, block_len, scale):
+        out, lse = _forward(q, k, v, index, count, block_len, scale)
+        _setup_context(ctx, (q, k, v, index, count, block_len, scale), (out, lse))
+        return out, lse
+
+    backward = staticmethod(_backward_by(_backward_grads))
 
 
 def pbsa_triton(
@@ -844,4 +868,6 @@ def pbsa_triton(
     index = index.to(torch.int32)
     count = count.to(torch.int32)
     block_len = None if block_len is None else block_len.to(torch.int32)
-    return pbsa_fwd(q, k, v, index, count, block_len, scale)
+    if torch.compiler.is_compiling():
+        return pbsa_fwd(q, k, v, index, count, block_len, scale)
+    return _Eager.apply(q, k, v, index, count, block_len, scale)

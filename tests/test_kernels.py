@@ -787,6 +787,31 @@ def test_custom_op_passes_opcheck():
 
 
 @needs_triton
+def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
+    """Eager calls run the op's forward and backward through a plain autograd Function (less host work);
+    traced code (here: torch.compiler.is_compiling faked) goes through the custom op. Both give the same
+    outputs and gradients, bit for bit, through out, lse or both."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    q, k, v, index, count = _two_row_problem()
+    block_len = torch.full((1, 4), 16, dtype=torch.int32)
+    block_len[0, -1] = 5
+
+    def run(use):
+        qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        out, lse = mod.pbsa_triton(qq, kk, vv, index, count, block_len)
+        loss = {"out": out.sum(), "lse": lse.sum(), "both": out.sum() + 2 * lse.sum()}[use]
+        return type(out.grad_fn).__name__, [out, lse, *torch.autograd.grad(loss, (qq, kk, vv))]
+
+    for use in ("out", "lse", "both"):
+        eager_fn, eager = run(use)
+        with monkeypatch.context() as m:
+            m.setattr(torch.compiler, "is_compiling", lambda: True)
+            op_fn, op = run(use)
+        assert eager_fn == "_EagerBackward" and "pbsa_fwd" in op_fn
+        assert all(torch.equal(a, b) for a, b in zip(eager, op)), use
+
+
+@needs_triton
 def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
     """Gradients through out alone, lse alone, or both match the fp64 reference; when lse is unused its
     gradient is not materialised as zeros (the delta kernel is told there is none)."""
