@@ -698,6 +698,15 @@ def _forward(
     q: Tensor, k: Tensor, v: Tensor, index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float
 ) -> tuple[Tensor, Tensor]:
     """Triton PBSA forward: out (B, H, Tq, D) in q.dtype, lse (B, H, Tq) fp32."""
+    out, lse, _ = _forward_lists(q, k, v, index, count, block_len, scale)
+    return out, lse
+
+
+def _forward_lists(
+    q: Tensor, k: Tensor, v: Tensor, index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """``_forward``, also returning the lists it read (``_lists``: what the dQ kernel reads too; empty
+    when nothing was launched)."""
     B, H, Tq, D = q.shape
     BLK = k.shape[3]
     Hi, NQB = index.shape[1], index.shape[2]
@@ -705,7 +714,7 @@ def _forward(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, H, Tq, D)
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)  # (B, H, Tq)
     if out.numel() == 0:
-        return out, lse
+        return out, lse, ()
     lists, count, nfull = _lists(index, count, block_len, BLK)
     tile = _tile(BLK)
     even = dict(EVEN_Q=tile == BLK and Tq % BLK == 0, EVEN_K=tile == BLK and block_len is None)
@@ -735,7 +744,7 @@ def _forward(
             lse.copy_(total)
 
     _launch(("fwd", *_problem(q, k, index), *even.values()), FWD_CONFIGS, tile, launch)
-    return out, lse
+    return out, lse, (lists, count, nfull)
 
 
 pbsa_fwd = torch.library.custom_op("worldkit::pbsa_fwd", _forward, mutates_args=())
@@ -753,6 +762,14 @@ def _backward_grads(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Triton PBSA backward: dq (B, H, Tq, D), dk and dv (B, NS, H, BLK, D), from dout and dlse (None:
     the log-sum-exp output was not used)."""
+    return _backward_lists(do, q, k, v, out, lse, dlse, index, count, block_len, scale)
+
+
+def _backward_lists(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Optional[Tensor],
+    index: Tensor, count: Tensor, block_len: Optional[Tensor], scale: float, *lists_read: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``_backward_grads``, given the lists the forward read (``_forward_lists``; made again if none)."""
     B, H, Tq, D = q.shape
     NS, BLK = k.shape[1], k.shape[3]
     Hi, NQB = index.shape[1], index.shape[2]
@@ -771,7 +788,7 @@ def _backward_grads(
     common = dict(BLK=BLK, D=D, HAS_BLEN=block_len is not None, PREC=_prec(q.dtype), **even)
     problem = (*_problem(q, k, index), *even.values())
 
-    lists, count, nfull = _lists(index, count, block_len, BLK)
+    lists, count, nfull = lists_read or _lists(index, count, block_len, BLK)
 
     def launch_dq(c: dict) -> None:
         _bwd_dq_kernel[(NQB * (tile // c["BLOCK_M"]), B * H)](
@@ -814,23 +831,23 @@ def _(do, q, k, v, out, lse, dlse, index, count, block_len, scale):
     return torch.empty_like(q), k.new_empty(B, NS, H, BLK, D), v.new_empty(B, NS, H, BLK, D)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, lists_read: tuple = ()):
     q, k, v, index, count, block_len, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, index, count, block_len)
+    ctx.save_for_backward(q, k, v, out, lse, index, count, block_len, *lists_read)
     ctx.scale = scale
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
 
 
 def _backward_by(grads: Callable) -> Callable:
-    """The backward of the forward's autograd, computing the gradients with ``grads`` (the backward
-    op, or its implementation)."""
+    """The backward of the forward's autograd, computing the gradients with ``grads``: the backward op,
+    or ``_backward_lists`` given the lists the forward read (saved after the forward's inputs)."""
 
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse, index, count, block_len = ctx.saved_tensors
+        q, k, v, out, lse, index, count, block_len, *lists_read = ctx.saved_tensors
         if dout is None:  # only the log-sum-exp was used
             dout = torch.zeros_like(out)
-        dq, dk, dv = grads(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale)
+        dq, dk, dv = grads(dout, q, k, v, out, lse, dlse, index, count, block_len, ctx.scale, *lists_read)
         return dq, dk, dv, None, None, None, None
 
     return backward
@@ -845,11 +862,11 @@ class _Eager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, index, count, block_len, scale):
-        out, lse = _forward(q, k, v, index, count, block_len, scale)
-        _setup_context(ctx, (q, k, v, index, count, block_len, scale), (out, lse))
+        out, lse, lists_read = _forward_lists(q, k, v, index, count, block_len, scale)
+        _setup_context(ctx, (q, k, v, index, count, block_len, scale), (out, lse), lists_read)
         return out, lse
 
-    backward = staticmethod(_backward_by(_backward_grads))
+    backward = staticmethod(_backward_by(_backward_lists))  # the lists packed once, by the forward
 
 
 def pbsa_triton(

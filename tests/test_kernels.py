@@ -788,9 +788,10 @@ def test_custom_op_passes_opcheck():
 
 @needs_triton
 def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
-    """Eager calls run the op's forward and backward through a plain autograd Function (less host work);
-    traced code (here: torch.compiler.is_compiling faked) goes through the custom op. Both give the same
-    outputs and gradients, bit for bit, through out, lse or both."""
+    """Eager calls run the op's forward and backward through a plain autograd Function (less host work:
+    no op dispatch, the ragged lists packed once); traced code (here: torch.compiler.is_compiling faked)
+    goes through the custom op. Both give the same outputs and gradients, bit for bit, through out, lse
+    or both."""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
     q, k, v, index, count = _two_row_problem()
     block_len = torch.full((1, 4), 16, dtype=torch.int32)
@@ -802,11 +803,16 @@ def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
         loss = {"out": out.sum(), "lse": lse.sum(), "both": out.sum() + 2 * lse.sum()}[use]
         return type(out.grad_fn).__name__, [out, lse, *torch.autograd.grad(loss, (qq, kk, vv))]
 
+    packs, pack = [], mod._pack
+    monkeypatch.setattr(mod, "_pack", lambda *a: packs.append(1) or pack(*a))
     for use in ("out", "lse", "both"):
         eager_fn, eager = run(use)
+        assert len(packs) == 1  # the backward reads the lists the forward packed
         with monkeypatch.context() as m:
             m.setattr(torch.compiler, "is_compiling", lambda: True)
             op_fn, op = run(use)
+        assert len(packs) == 3  # the ops pack again
+        packs.clear()
         assert eager_fn == "_EagerBackward" and "pbsa_fwd" in op_fn
         assert all(torch.equal(a, b) for a, b in zip(eager, op)), use
 
