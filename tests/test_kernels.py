@@ -818,6 +818,33 @@ def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
 
 
 @needs_triton
+def test_compiled_code_calls_the_custom_op():
+    """Under torch.compile (AOT autograd, one graph) PBSA is traced as ``worldkit::pbsa_fwd``, and the
+    compiled function's loss and gradients equal the eager ones."""
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    q, k, v, index, count = _two_row_problem()
+    block_len = torch.full((1, 4), 16, dtype=torch.int32)
+    block_len[0, -1] = 5
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(str(gm.graph))
+        return torch._dynamo.backends.debugging.aot_eager(gm, inputs)
+
+    def loss(q, k, v):
+        out, lse = mod.pbsa_triton(q, k, v, index, count, block_len)
+        return (out * out).sum() + lse.sum()
+
+    compiled = torch.compile(loss, backend=backend, fullgraph=True)
+    got = compiled(q, k, v)
+    want = loss(q, k, v)
+    assert torch.allclose(got, want) and len(graphs) == 1 and "worldkit.pbsa_fwd" in graphs[0]
+    for a, b in zip(torch.autograd.grad(got, (q, k, v)), torch.autograd.grad(want, (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-6)
+    torch._dynamo.reset()
+
+
+@needs_triton
 def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
     """Gradients through out alone, lse alone, or both match the fp64 reference; when lse is unused its
     gradient is not materialised as zeros (the delta kernel is told there is none)."""
