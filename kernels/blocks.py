@@ -56,7 +56,7 @@ def topk_blocks(
     B, H, NQB, D = pooled_q.shape
     NC = pooled_k.shape[2]
     k = kept_per_row(k, NC, forced is not None)
-    with torch.autocast(pooled_q.device.type, enabled=False):  # fp32 scores, also under autocast
+    with torch.autocast(pooled_q.device.type, enabled=False):  # fp32 inputs also under autocast (TF32 where enabled)
         logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
     score = logits.softmax(-1)  # (B, H, NQB, NC)
     if shared_heads:

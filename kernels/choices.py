@@ -31,8 +31,11 @@ def selection_label(key: tuple) -> str:
     if len(key) < 9:
         return str(key)
     device, dtype, b, h, shared, nqb, nc, d, forced = key[:9]
+    dtypes = str(dtype).removeprefix("torch.")
+    if len(key) > 9 and key[9] != dtype:  # the pooled keys' dtype, when it differs
+        dtypes += "/" + str(key[9]).removeprefix("torch.")
     return (f"{b} x {h} heads{' (one shared list)' if shared else ''}, {nqb} query blocks, up to {nc} candidates, "
-            f"head dim {d}{', own block forced' if forced else ''}")
+            f"head dim {d}{', own block forced' if forced else ''}, {dtypes} on {device}")
 
 
 def kernel_choices() -> dict:

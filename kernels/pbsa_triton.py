@@ -20,8 +20,9 @@ from typing import Callable, Optional
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.errors import OutOfResources
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+from triton.runtime.errors import OutOfResources
 
 
 LOG2E = 1.4426950408889634
@@ -858,7 +859,8 @@ pbsa_fwd.register_autograd(_backward_by(pbsa_bwd), setup_context=_setup_context)
 
 class _Eager(torch.autograd.Function):
     """The custom op's forward and backward without its dispatch, for eager calls (their host cost
-    bounds short steps); traced code (torch.compile, export) goes through ``worldkit::pbsa_fwd``."""
+    bounds short steps); traced code (torch.compile, export, or any dispatch mode such as fake tensors
+    and make_fx) goes through ``worldkit::pbsa_fwd``. Differentiable once, as the op is."""
 
     @staticmethod
     def forward(ctx, q, k, v, index, count, block_len, scale):
@@ -866,7 +868,7 @@ class _Eager(torch.autograd.Function):
         _setup_context(ctx, (q, k, v, index, count, block_len, scale), (out, lse), lists_read)
         return out, lse
 
-    backward = staticmethod(_backward_by(_backward_lists))  # the lists packed once, by the forward
+    backward = staticmethod(once_differentiable(_backward_by(_backward_lists)))  # lists packed once, by the forward
 
 
 def pbsa_triton(
@@ -885,6 +887,6 @@ def pbsa_triton(
     index = index.to(torch.int32)
     count = count.to(torch.int32)
     block_len = None if block_len is None else block_len.to(torch.int32)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():  # traced, or fake/meta tensors
         return pbsa_fwd(q, k, v, index, count, block_len, scale)
     return _Eager.apply(q, k, v, index, count, block_len, scale)

@@ -133,7 +133,7 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     from worldkit_kernels import topk_triton
 
     sel = ("cuda:0", torch.bfloat16, 1, 12, False, 37, 512, 128, True, torch.bfloat16)
-    failed = ("cuda:0", torch.bfloat16, 1, 12, True, 37, 1024, 128, False, torch.bfloat16)
+    failed = ("cuda:0", torch.bfloat16, 1, 12, True, 37, 1024, 128, False, torch.float32)  # fp32 pooled keys
     monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": 0.05},
                                                          failed: {"torch": 0.8, "triton": float("inf")}})
     monkeypatch.setattr(topk_triton, "_choice", {sel: "triton", failed: "torch"})
@@ -141,9 +141,10 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     args = argparse.Namespace(write=False)
     assert bench.report(args, [21], [128], [0.25], "card", "versions", 0.0) == 0
     out = capsys.readouterr().out
-    assert ("- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128, own block forced: "
+    assert ("- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128, own block forced, bfloat16 on cuda:0: "
             "torch 0.750, triton 0.050; keeps triton\n") in out
-    assert ("- 1 x 12 heads (one shared list), 37 query blocks, up to 1024 candidates, head dim 128: "
+    assert ("- 1 x 12 heads (one shared list), 37 query blocks, up to 1024 candidates, head dim 128, "
+            "bfloat16/float32 on cuda:0: "
             "torch 0.800, triton inf; keeps torch (RuntimeError: no kernel)") in out
     assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: "
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out

@@ -789,32 +789,43 @@ def test_custom_op_passes_opcheck():
 @needs_triton
 def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
     """Eager calls run the op's forward and backward through a plain autograd Function (less host work:
-    no op dispatch, the ragged lists packed once); traced code (here: torch.compiler.is_compiling faked)
-    goes through the custom op. Both give the same outputs and gradients, bit for bit, through out, lse
-    or both."""
+    no op dispatch, the ragged lists packed once), the same outputs and gradients as the op, bit for bit,
+    through out, lse or both; once differentiable, as the op; under a dispatch mode (fake tensors), the
+    op. (torch.compile tracing the op: the next test.)"""
     mod = importlib.import_module("worldkit_kernels.pbsa_triton")
     q, k, v, index, count = _two_row_problem()
     block_len = torch.full((1, 4), 16, dtype=torch.int32)
     block_len[0, -1] = 5
 
-    def run(use):
+    def run(fn, use):
         qq, kk, vv = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        out, lse = mod.pbsa_triton(qq, kk, vv, index, count, block_len)
+        out, lse = fn(qq, kk, vv)
         loss = {"out": out.sum(), "lse": lse.sum(), "both": out.sum() + 2 * lse.sum()}[use]
         return type(out.grad_fn).__name__, [out, lse, *torch.autograd.grad(loss, (qq, kk, vv))]
 
     packs, pack = [], mod._pack
     monkeypatch.setattr(mod, "_pack", lambda *a: packs.append(1) or pack(*a))
     for use in ("out", "lse", "both"):
-        eager_fn, eager = run(use)
+        eager_fn, eager = run(lambda *qkv: mod.pbsa_triton(*qkv, index, count, block_len), use)
         assert len(packs) == 1  # the backward reads the lists the forward packed
-        with monkeypatch.context() as m:
-            m.setattr(torch.compiler, "is_compiling", lambda: True)
-            op_fn, op = run(use)
+        op_fn, op = run(lambda *qkv: mod.pbsa_fwd(*qkv, index, count, block_len, 16 ** -0.5), use)
         assert len(packs) == 3  # the ops pack again
         packs.clear()
         assert eager_fn == "_EagerBackward" and "pbsa_fwd" in op_fn
         assert all(torch.equal(a, b) for a, b in zip(eager, op)), use
+    qq = q.detach().clone().requires_grad_()
+    out, _ = mod.pbsa_triton(qq, k, v, index, count, block_len)
+    (g,) = torch.autograd.grad((out * out).sum(), qq, create_graph=True)  # dout = 2 out, itself differentiable
+    assert g.requires_grad  # part of the graph, so a second derivative is refused, not silently zero
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # under a dispatch mode (fake tensors, make_fx): the op and its fake
+        fq, fk, fv = torch.empty(q.shape), torch.empty(k.shape), torch.empty(v.shape)
+        fout, flse = mod.pbsa_triton(fq, fk, fv, torch.zeros(index.shape, dtype=torch.int32),
+                                     torch.zeros(count.shape, dtype=torch.int32))
+        assert type(fout).__name__ == "FakeTensor" and fout.shape == q.shape and flse.shape == q.shape[:3]
 
 
 @needs_triton
@@ -895,7 +906,8 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
     monkeypatch.setattr(_kernels, "_fits", {plain: slow, ("k", 1): dict(BLOCK_N=64, num_warps=4)})  # a key of a test
     assert {"class": "('k', 1)", "kept": "BLOCK_N=64 num_warps=4", "tuned": False} in choices.kernel_choices()["pbsa"]
     assert got["selection"] == [{
-        "class": "1 x 12 heads (one shared list), 37 query blocks, up to 512 candidates, head dim 128, own block forced",
+        "class": "1 x 12 heads (one shared list), 37 query blocks, up to 512 candidates, head dim 128, own block forced, "
+                 "bfloat16 on cuda:0",
         "kept": "torch", "timings_ms": {"torch": 0.75, "triton": None}, "kernel_failed": "RuntimeError: no kernel"}]
 
 

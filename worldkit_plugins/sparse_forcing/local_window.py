@@ -25,8 +25,10 @@ class LocalWindow(BlockSelector):
                                 "candidates; auto: on CUDA, the kernel where its lists pass a check and it "
                                 "ran clearly faster when both were timed on the first call of the problem's "
                                 "class, else torch (also off CUDA, without Triton, or with "
-                                "WORLDKIT_PBSA_TUNE=0). The two agree up to rounding and ties: pin one for "
-                                "bit-reproducible selection. benchmarks/kernel_bench.py times both")
+                                "WORLDKIT_PBSA_TUNE=0); the choice is in each stage's kernels.json. The two agree "
+                                "up to rounding (the PyTorch ops may run in TF32) and ties, and auto may choose "
+                                "differently in another run: pin one for reproducible selection. "
+                                "benchmarks/kernel_bench.py times both")
 
         @field_validator("top_k")
         @classmethod
