@@ -39,6 +39,16 @@ def kept_per_row(k: int, candidates: int, forced: bool) -> int:
     return min(max(k, 1 if forced else 0), candidates)
 
 
+def block_scores(pooled_q: Tensor, pooled_k: Tensor, shared_heads: bool, dtype: torch.dtype) -> Tensor:
+    """softmax(pooled_q . pooled_k / sqrt(d)) over the candidates, computed in ``dtype`` (also under
+    autocast; fp32 matmuls may run in TF32 where enabled), summed over heads when shared:
+    (B, 1 if shared_heads else H, NQB, NC)."""
+    with torch.autocast(pooled_q.device.type, enabled=False):
+        logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.to(dtype), pooled_k.to(dtype)) / math.sqrt(pooled_q.shape[-1])
+    score = logits.softmax(-1)  # (B, H, NQB, NC)
+    return score.sum(1, keepdim=True) if shared_heads else score
+
+
 def topk_blocks(
     pooled_q: Tensor,
     pooled_k: Tensor,
@@ -53,14 +63,9 @@ def topk_blocks(
     heads, one list per row. Returns index (B, Hs, NQB, K) long, rows sorted ascending, and
     count (B, Hs, NQB) long, all equal to K = min(k, NC) (Hs = 1 if shared_heads else H).
     """
-    B, H, NQB, D = pooled_q.shape
-    NC = pooled_k.shape[2]
+    NQB, NC = pooled_q.shape[2], pooled_k.shape[2]
     k = kept_per_row(k, NC, forced is not None)
-    with torch.autocast(pooled_q.device.type, enabled=False):  # fp32 inputs also under autocast (TF32 where enabled)
-        logits = torch.einsum("bhqd,bhcd->bhqc", pooled_q.float(), pooled_k.float()) / math.sqrt(D)
-    score = logits.softmax(-1)  # (B, H, NQB, NC)
-    if shared_heads:
-        score = score.sum(1, keepdim=True)  # (B, 1, NQB, NC)
+    score = block_scores(pooled_q, pooled_k, shared_heads, torch.float32)  # (B, Hs, NQB, NC)
     if forced is not None:
         rows = torch.arange(NQB, device=score.device)
         score[:, :, rows, forced] = float("inf")
@@ -76,7 +81,7 @@ def lists_are_top_k(
     """Whether ``index``/``count`` are what ``topk_blocks`` promises, checked against fp64 scores: K
     distinct candidates per row, ascending, the forced one kept, and no candidate left out that scores
     more than ``atol`` above one chosen freely."""
-    B, H, NQB, D = pooled_q.shape
+    B, H, NQB, _ = pooled_q.shape
     NC = pooled_k.shape[2]
     K = kept_per_row(k, NC, forced is not None)
     Hs = 1 if shared_heads else H
@@ -87,9 +92,7 @@ def lists_are_top_k(
     idx = index.long()
     if not bool(((idx >= 0) & (idx < NC)).all()) or not bool((idx[..., 1:] > idx[..., :-1]).all()):
         return False
-    score = (torch.einsum("bhqd,bhcd->bhqc", pooled_q.double(), pooled_k.double()) / math.sqrt(D)).softmax(-1)
-    if shared_heads:
-        score = score.sum(1, keepdim=True)  # (B, Hs, NQB, NC)
+    score = block_scores(pooled_q, pooled_k, shared_heads, torch.float64)  # (B, Hs, NQB, NC)
     chosen = torch.zeros_like(score, dtype=torch.bool).scatter_(-1, idx, True)
     free = chosen.clone()
     if forced is not None:

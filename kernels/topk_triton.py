@@ -8,8 +8,9 @@ reversed, so among equal scores the lower candidate wins. The first K keys are t
 second sort puts them in ascending order. A row's candidates are held in registers (more warps for
 longer rows): up to ``MAX_CANDIDATES``, where compiled for sm_90 the kernel still spills nothing.
 
-``topk_blocks_auto`` picks between it and the PyTorch ops per problem class by timing both once on the
-device (the first call of the class), as the PBSA kernels pick their launch configurations.
+``topk_blocks_auto`` picks between it and the PyTorch ops per problem class: on the first call of the
+class it checks the kernel's lists and times both on the device, as the PBSA kernels pick their launch
+configurations.
 """
 from __future__ import annotations
 
