@@ -44,8 +44,7 @@ except ImportError:  # a bare checkout (no pip install -e .): load kernels/ unde
     sys.modules["worldkit_kernels"] = module
     spec.loader.exec_module(module)
 
-from worldkit_kernels.choices import config_label as _cfg  # noqa: E402
-from worldkit_kernels.choices import problem_label, selection_label  # noqa: E402
+from worldkit_kernels.choices import kernel_choices, problem_label  # noqa: E402, F401  (problem_label: the report's words for a class)
 from worldkit_kernels import (  # noqa: E402
     build_transposed,
     pbsa_attention,
@@ -486,17 +485,6 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     return "\n".join(lines)
 
 
-def selection_classes() -> list[tuple[tuple, dict, str, str]]:
-    """Every problem class ``auto`` selection timed in this process: its key, both timings, the one kept
-    and why the kernel was not timed ("" when it was)."""
-    try:
-        from worldkit_kernels import topk_triton
-    except ImportError:
-        return []
-    return [(key, runs, topk_triton._choice.get(key, "?"), topk_triton._choice_failures.get(key, ""))
-            for key, runs in sorted(topk_triton._choice_timings.items(), key=str)]
-
-
 def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
     """Where PBSA's forward + backward spends its time, kernel by kernel (torch.profiler, after one warm-up
     step that also runs the tuner): a markdown table of each kernel's total time per step, slowest first."""
@@ -653,19 +641,19 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
                    "PBSA's forward (median ms), and which one `local_window`'s `impl: auto` keeps:\n\n" + selection)
     if stopped:
         md += "\n\n(Partial: the run was stopped before every row was measured.)"
-    from worldkit_kernels import pbsa_triton
-
-    tuned = "\n".join(dict.fromkeys(f"- {problem_label(key)}: {_cfg(cfg)}" for key, cfg in sorted(
-        pbsa_triton._tuned.items(), key=str)))
-    md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (tuned or "- none (tuning off)")
-    times = "\n".join(
-        f"- {problem_label(key)}: " + "; ".join(f"{_cfg(c)} {ms:.3f}" for c, ms in sorted(runs, key=lambda r: r[1]))
-        for key, runs in sorted(pbsa_triton._timings.items(), key=str))
+    chosen = kernel_choices()  # what the kernels loaded in this process kept
+    ms = lambda t: "inf" if t is None else f"{t:.3f}"  # noqa: E731  (None: the candidate failed)
+    tuned = [e for e in chosen["pbsa"] if e["tuned"]]
+    md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (
+        "\n".join(dict.fromkeys(f"- {e['class']}: {e['kept']}" for e in tuned)) or "- none (tuning off)")
+    times = "\n".join(f"- {e['class']}: " + "; ".join(
+        f"{c} {ms(t)}" for c, t in sorted(e["timings_ms"].items(), key=lambda r: float("inf") if r[1] is None else r[1]))
+        for e in tuned if "timings_ms" in e)
     if times:
         md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
     picks = "\n".join(
-        f"- {selection_label(key)}: " + ", ".join(f"{impl} {ms:.3f}" for impl, ms in runs.items()) + f"; keeps {kept}" + (f" ({why})" if why else "")
-        for key, runs, kept, why in selection_classes())
+        f"- {e['class']}: " + ", ".join(f"{impl} {ms(t)}" for impl, t in e["timings_ms"].items()) + f"; keeps {e['kept']}"
+        + (f" ({e['kernel_failed']})" if "kernel_failed" in e else "") for e in chosen["selection"])
     if picks:
         md += ("\n\nBlock selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "
                "(not the table's method: one call after an L2 flush), and the one kept:\n\n" + picks)
