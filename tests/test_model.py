@@ -10,9 +10,10 @@ from worldkit_plugins.baselines.sdpa import SDPA
 from worldkit_plugins.baselines.selector import AllBlocks
 
 
-def tiny_model(dtype=torch.float64, seed=0, chunk=2):
+def tiny_model(dtype=torch.float64, seed=0, chunk=2, frame_size=16, block_patches=2):
     torch.manual_seed(seed)
-    m = WorldModel(frame_size=16, action_dim=2, patch=4, width=48, layers=2, heads=2, block_patches=2, chunk_frames=chunk)
+    m = WorldModel(frame_size=frame_size, action_dim=2, patch=4, width=48, layers=2, heads=2,
+                   block_patches=block_patches, chunk_frames=chunk)
     for p in m.parameters():  # zero-initialised gates would hide attention: give every weight a value
         torch.nn.init.normal_(p, std=0.05)
     return m.to(dtype)
@@ -36,13 +37,14 @@ def parallel_context(policy, frames, chunk):
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
-def test_cached_chunks_equal_parallel_forward(name):
+@pytest.mark.parametrize("frame, block", [(16, 2), ((8, 24), (1, 3))], ids=["square", "non-square"])
+def test_cached_chunks_equal_parallel_forward(name, frame, block):
     """Every chunk's cached pass (clean context committed, the chunk itself noisy) equals one parallel
     forward over the clip with the policy's visibility mask, for the same inputs."""
-    m = tiny_model()
+    m = tiny_model(frame_size=frame, block_patches=block)
     B, Fr, fc = 2, 10, 2
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(B, Fr, 3, 16, 16, generator=g, dtype=torch.float64)
+    x = torch.randn(B, Fr, 3, *m.geometry.frame_hw, generator=g, dtype=torch.float64)
     a = torch.randn(B, Fr, 2, generator=g, dtype=torch.float64)
     t = torch.rand(B, Fr, generator=g, dtype=torch.float64)
     policy = POLICIES[name]()
@@ -83,6 +85,46 @@ def test_patchify_roundtrip_and_block_major_order():
     # tokens of block 0 are the top-left 2x2 patches
     perm = m.perm[: m.geometry.block_tokens].tolist()
     assert perm == [0, 1, 4, 5]
+
+
+def test_square_token_order_is_unchanged():
+    """Frames and blocks given as one side keep the block-major order they always had."""
+    from worldkit.model import Geometry
+
+    for g, b in ((4, 2), (8, 4), (6, 3), (4, 1)):
+        perm, rows, cols = Geometry(g * 2, 2, b).token_order()
+        r = torch.arange(g).view(g // b, b, 1, 1).expand(g // b, b, g // b, b).permute(0, 2, 1, 3).reshape(-1)
+        c = torch.arange(g).view(1, 1, g // b, b).expand(g // b, b, g // b, b).permute(0, 2, 1, 3).reshape(-1)
+        assert torch.equal(perm, r * g + c) and torch.equal(rows, r) and torch.equal(cols, c)
+    assert Geometry(16, 4, 2) == Geometry(16, 4, 2) and Geometry(16, 4, 2).grid == 4
+
+
+def test_non_square_frames_and_blocks():
+    """A (height, width) frame cut into (rows, cols) blocks, as Wan2.1's 30 x 52 latent grid into 30 x 4
+    strips: sizes, block-major order (each block a whole tile), patchify round trip, and a rollout chunk."""
+    from worldkit.model import Geometry
+
+    wan = Geometry((60, 104), 2, (30, 4), channels=16)
+    assert (wan.grid_hw, wan.tokens_per_frame, wan.block_tokens, wan.blocks_per_frame) == ((30, 52), 1560, 120, 13)
+    with pytest.raises(ValueError, match="use grid_hw"):
+        wan.grid
+    with pytest.raises(ValueError, match="must be a multiple"):
+        WorldModel(frame_size=(8, 12), action_dim=1, patch=2, block_patches=(2, 4))  # 4 does not divide 6
+    torch.manual_seed(0)
+    m = WorldModel(frame_size=(8, 12), action_dim=2, patch=2, width=48, layers=2, heads=2, block_patches=(2, 3),
+                   chunk_frames=2).double()
+    geo = m.geometry
+    assert (geo.grid_hw, geo.block_tokens, geo.blocks_per_frame) == ((4, 6), 6, 4)
+    assert m.perm[:6].tolist() == [0, 1, 2, 6, 7, 8]  # block 0: rows 0-1, columns 0-2
+    for blk in range(4):
+        rows, cols = m.rows[6 * blk: 6 * blk + 6], m.cols[6 * blk: 6 * blk + 6]
+        assert set(rows.tolist()) == {2 * (blk // 2), 2 * (blk // 2) + 1}
+        assert set(cols.tolist()) == {3 * (blk % 2), 3 * (blk % 2) + 1, 3 * (blk % 2) + 2}
+    x = torch.randn(2, 3, 3, 8, 12, dtype=torch.float64)
+    torch.testing.assert_close(m.unpatchify(m.patchify(x)), x)
+    r = Rollout(m, SlidingWindow(SlidingWindow.Config(window_frames=4)), AllBlocks(), SDPA(), steps=2, train_frames=4)
+    out = r.run(torch.randn(1, 2, 3, 8, 12, dtype=torch.float64), torch.randn(1, 6, 2, dtype=torch.float64), 4)
+    assert out.shape == (1, 4, 3, 8, 12) and torch.isfinite(out).all()
 
 
 def test_rollout_is_deterministic_and_reports_timing():

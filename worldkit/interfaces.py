@@ -5,9 +5,10 @@ and is built from it: ``Plugin(config)``. The registry (``worldkit.registry``) f
 through one entry-point group per kind.
 
 Token layout used throughout: a frame of ``gh x gw`` patches is cut into spatial blocks of
-``block_patches x block_patches`` patches; the tokens of a frame are stored block-major (all tokens of
-block 0, then block 1, ...), so a block is a contiguous run of ``block_tokens`` tokens and a chunk of
-``F`` frames is ``F * blocks_per_frame`` consecutive blocks.
+``block_patches x block_patches`` patches (``bh x bw`` where the model's geometry gives a pair); the
+tokens of a frame are stored block-major (all tokens of block 0, then block 1, ...), so a block is a
+contiguous run of ``block_tokens`` tokens and a chunk of ``F`` frames is ``F * blocks_per_frame``
+consecutive blocks.
 """
 from __future__ import annotations
 

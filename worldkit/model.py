@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,26 +23,52 @@ from worldkit.interfaces import AttentionBackend, BlockSelector, CacheSpec, Memo
 from worldkit.rope import Rope3D
 
 
+def _pair(x) -> tuple[int, int]:
+    """A side (square) or a (height, width) pair, as a pair."""
+    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """How frames become tokens and blocks."""
+    """How frames become tokens and blocks. ``frame_size`` (pixels) and ``block_patches`` (patches) are
+    a side, for square frames and blocks, or a (height, width) pair (e.g. Wan2.1's 30 x 52 latent grid)."""
 
-    frame_size: int
+    frame_size: Union[int, tuple[int, int]]
     patch: int
-    block_patches: int
+    block_patches: Union[int, tuple[int, int]]
     channels: int = 3
 
     @property
+    def frame_hw(self) -> tuple[int, int]:
+        return _pair(self.frame_size)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """(rows, columns) of patches in a frame."""
+        h, w = self.frame_hw
+        return h // self.patch, w // self.patch
+
+    @property
+    def block_hw(self) -> tuple[int, int]:
+        return _pair(self.block_patches)
+
+    @property
     def grid(self) -> int:
-        return self.frame_size // self.patch
+        """Patches per side of a square frame."""
+        gh, gw = self.grid_hw
+        if gh != gw:
+            raise ValueError(f"a frame of {gh} x {gw} patches has no single side: use grid_hw")
+        return gh
 
     @property
     def tokens_per_frame(self) -> int:
-        return self.grid**2
+        gh, gw = self.grid_hw
+        return gh * gw
 
     @property
     def block_tokens(self) -> int:
-        return self.block_patches**2
+        bh, bw = self.block_hw
+        return bh * bw
 
     @property
     def blocks_per_frame(self) -> int:
@@ -50,13 +76,14 @@ class Geometry:
 
     def token_order(self) -> tuple[Tensor, Tensor, Tensor]:
         """Block-major token order: (perm, rows, cols), each (N,). ``perm[i]`` is the raster index of
-        token i; tokens of one spatial block are contiguous."""
-        g, b = self.grid, self.block_patches
-        r = torch.arange(g).view(g // b, b, 1, 1)
-        c = torch.arange(g).view(1, 1, g // b, b)
-        rows = r.expand(g // b, b, g // b, b).permute(0, 2, 1, 3).reshape(-1)
-        cols = c.expand(g // b, b, g // b, b).permute(0, 2, 1, 3).reshape(-1)
-        return rows * g + cols, rows, cols
+        token i; tokens of one spatial block are contiguous (blocks in raster order, and so are the
+        tokens within a block)."""
+        (gh, gw), (bh, bw) = self.grid_hw, self.block_hw
+        r = torch.arange(gh).view(gh // bh, bh, 1, 1)
+        c = torch.arange(gw).view(1, 1, gw // bw, bw)
+        rows = r.expand(gh // bh, bh, gw // bw, bw).permute(0, 2, 1, 3).reshape(-1)
+        cols = c.expand(gh // bh, bh, gw // bw, bw).permute(0, 2, 1, 3).reshape(-1)
+        return rows * gw + cols, rows, cols
 
 
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
@@ -220,7 +247,7 @@ class WorldModel(nn.Module):
 
     def __init__(
         self,
-        frame_size: int,
+        frame_size: Union[int, tuple[int, int]],
         action_dim: int,
         patch: int = 8,
         width: int = 128,
@@ -233,7 +260,8 @@ class WorldModel(nn.Module):
         channels: int = 3,
     ):
         super().__init__()
-        if frame_size % patch or (frame_size // patch) % block_patches:
+        (fh, fw), (bh, bw) = _pair(frame_size), _pair(block_patches)
+        if fh % patch or fw % patch or (fh // patch) % bh or (fw // patch) % bw:
             raise ValueError(
                 f"frame size {frame_size} must be a multiple of patch ({patch}) x block_patches ({block_patches})"
             )
@@ -290,10 +318,10 @@ class WorldModel(nn.Module):
 
     def unpatchify(self, t: Tensor) -> Tensor:
         """(B, F, N, C*p*p) block-major -> (B, F, C, H, W)."""
-        g, p, C = self.geometry.grid, self.geometry.patch, self.geometry.channels
+        (gh, gw), p, C = self.geometry.grid_hw, self.geometry.patch, self.geometry.channels
         B, Fr = t.shape[:2]
-        t = t[:, :, self.inv_perm].reshape(B, Fr, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-        return t.reshape(B, Fr, C, g * p, g * p)
+        t = t[:, :, self.inv_perm].reshape(B, Fr, gh, gw, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return t.reshape(B, Fr, C, gh * p, gw * p)
 
     def cache_spec(self, batch: int, train_frames: int, dtype=None, device=None) -> CacheSpec:
         geo = self.geometry

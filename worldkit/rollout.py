@@ -98,7 +98,7 @@ class Rollout:
         model = self.model
         geo = model.geometry
         B, fc = actions.shape[:2]
-        shape = (B, fc, geo.channels, geo.frame_size, geo.frame_size)
+        shape = (B, fc, geo.channels, *geo.frame_hw)
         dev = actions.device
         dtype = next(model.parameters()).dtype
         exit_step = self.steps - 1 if exit_step is None else exit_step
