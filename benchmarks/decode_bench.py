@@ -131,39 +131,32 @@ def prefill(rollout: Rollout, frames: int, generator: torch.Generator) -> None:
         mem.commit(kv[0], kv[1], torch.randn(spec.layers, spec.batch, spec.heads, nqb, spec.head_dim, **draw))
 
 
-def reserve(memory, frames: int) -> None:
-    """An unbounded pool (dense) sized once for ``frames`` frames: grown by doubling, as it is in a
-    rollout, dense at 12x the Wan clip would need 384 frames' slots (110 GB) beside the old 192 while
-    copying."""
-    if getattr(memory, "ring_cap", 0) is None:
-        need = frames * memory.spec.blocks_per_frame - memory.capacity
-        if need > 0:
-            memory._grow(need)
-
-
 def measure(model, variant, horizon_frames, reps, device, dtype, clip, profile=False) -> dict:
     """The last ``reps`` chunks of a ``horizon_frames`` rollout, rehearsed then timed (see the module's
     docstring): the median chunk's total, selection and attention ms, the KV bytes held, the peak memory
     allocated, and with ``profile`` where one more chunk spends its time."""
-    mem, sel, att = (build_plugin(kind, spec) for kind, spec in zip(("memory", "selector", "attention"), variant))
-    timer = SplitTimer(device)
-    sel.select = timer.wrap("selection", sel.select)  # this instance only: normal runs pay nothing
-    att.attend = timer.wrap("attention", att.attend)
-    r = Rollout(model, mem, sel, att, steps=4, train_frames=clip)
     fc = model.chunk_frames
     start = horizon_frames - fc * reps
     if start < 0:
         raise ValueError(f"{reps} chunks of {fc} frames do not fit in a horizon of {horizon_frames} frames")
     actions = torch.zeros(1, fc, model.hparams["action_dim"], device=device, dtype=dtype)
+    timer = SplitTimer(device)
     for timed in (False, True):
+        r = mem = sel = att = None  # the rehearsal's cache goes before the timed pass makes its own
+        gc.collect()
+        mem, sel, att = (build_plugin(kind, spec) for kind, spec in zip(("memory", "selector", "attention"), variant))
+        # an unbounded pool (dense) made at its final size, + the profiled chunk: grown by doubling, as in
+        # a rollout, dense at 12x the Wan clip would hold 192 frames' slots beside 384 while copying
+        mem.reserve_slots = (horizon_frames + fc) * model.geometry.blocks_per_frame
+        sel.select = timer.wrap("selection", sel.select)  # these instances only: normal runs pay nothing
+        att.attend = timer.wrap("attention", att.attend)
+        r = Rollout(model, mem, sel, att, steps=4, train_frames=clip)
         g = torch.Generator(device=device).manual_seed(0)
         r.reset(1, dtype=dtype, device=device)
-        reserve(mem, horizon_frames + fc)  # + the profiled chunk
         prefill(r, start, g)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        r.timings.clear()
         chunks = []
         with torch.no_grad():
             for _ in range(reps):

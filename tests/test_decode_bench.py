@@ -107,21 +107,24 @@ def test_split_timer_adds_up_per_name(bench):
     assert timer.take("a") == 0 and timer.take("never") == 0
 
 
-def test_dense_pool_is_sized_once(bench):
-    """The unbounded pool grows once to the horizon (no doubling past it); bounded ones are left alone."""
+def test_an_unbounded_pool_is_made_at_the_size_reserved():
+    """``reserve_slots`` sizes dense's pool up front (no doubling copy at the benchmark's horizons);
+    bounded pools keep their size."""
+    from worldkit.model import WorldModel
     from worldkit.training import build_plugin
 
-    model = bench.WorldModel(frame_size=(4, 8), action_dim=2, patch=2, width=16, layers=1, heads=1,
-                             block_patches=(2, 1), chunk_frames=1)
-    dense = build_plugin("memory", {"type": "dense"})
-    dense.reset(model.cache_spec(1, 12))
-    bench.reserve(dense, 100)
-    assert dense.capacity == 100 * 4
-    window = build_plugin("memory", {"type": "sliding_window", "window_frames": 12})
-    window.reset(model.cache_spec(1, 12))
-    before = window.capacity
-    bench.reserve(window, 100)
-    assert window.capacity == before
+    model = WorldModel(frame_size=(4, 8), action_dim=2, patch=2, width=16, layers=1, heads=1,
+                       block_patches=(2, 1), chunk_frames=1)
+    spec = model.cache_spec(1, 12)
+    sizes = {}
+    for kind in ("dense", "sliding_window"):
+        for reserve in (None, 400):
+            mem = build_plugin("memory", {"type": kind})
+            mem.reserve_slots = reserve
+            mem.reset(spec)
+            sizes[kind, reserve] = mem.capacity
+    assert sizes["dense", None] == 4 * spec.chunk_blocks and sizes["dense", 400] == 400
+    assert sizes["sliding_window", None] == sizes["sliding_window", 400] == 11 * 4
 
 
 def test_target_words(bench):

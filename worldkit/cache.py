@@ -35,6 +35,10 @@ class BlockMemory(MemoryPolicy):
     blocks leaving the window) and ``sink_shift`` / ``persistent_pos`` (read-time positions).
     """
 
+    # An unbounded pool's first size in slots, where more than four chunks' worth: a caller that knows
+    # its horizon (a benchmark) skips the doubling, whose copy holds the old and the new pool at once.
+    reserve_slots: Optional[int] = None
+
     # ---- what a subclass chooses --------------------------------------------------------------
     def layout(self, spec: CacheSpec) -> tuple[int, Optional[int], int]:
         """(sink_frames, history_frames or None for unbounded, persistent_blocks)."""
@@ -58,7 +62,8 @@ class BlockMemory(MemoryPolicy):
         self.ring_base = self.p_base + self.persistent_cap
         ring_cap = None if self.history_frames is None else self.history_frames * nb
         self.ring_cap = ring_cap
-        capacity = self.ring_base + (ring_cap if ring_cap is not None else 4 * spec.chunk_blocks)
+        first = max(4 * spec.chunk_blocks, self.reserve_slots or 0)  # an unbounded pool's first size
+        capacity = self.ring_base + (ring_cap if ring_cap is not None else first)
         shape = (spec.layers, spec.batch, capacity, spec.heads, spec.block_tokens, spec.head_dim)
         self.k = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
         self.v = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
