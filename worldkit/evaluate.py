@@ -45,6 +45,8 @@ class EvalResult:
     buckets: dict = field(default_factory=dict)  # metric -> forecaster -> [ (mean, se) per horizon ]
     curves: dict = field(default_factory=dict)  # metric -> forecaster -> [mean per generated frame]
     ms_per_chunk: dict = field(default_factory=dict)  # denoise / commit / total -> [median per horizon]
+    recall: dict = field(default_factory=dict)  # memory_metrics.recall of every forecast (envs with recall targets)
+    quality: dict = field(default_factory=dict)  # quality.quality: Fréchet distance, sharpness, motion per bucket
     kv_bytes: list = field(default_factory=list)  # per sequence, after each chunk's commit
     peak_kv_bytes: int = 0  # per sequence
     batch: int = 1  # sequences decoded together: the timings are for a chunk of this many
@@ -64,6 +66,16 @@ class EvalResult:
             for h, (m, se) in zip(self.horizons, self.buckets[metric]["model"]):
                 out[f"{metric}@{h}x"] = m
                 out[f"{metric}_se@{h}x"] = se
+        for metric in ("fd", "sharpness", "motion"):
+            for h, (m, se) in zip(self.horizons, self.quality.get(metric, {}).get("model", [])):
+                out[f"{metric}@{h}x"] = m
+                out[f"{metric}_se@{h}x"] = se
+        if self.recall:
+            stats = self.recall["stats"]["colour"]["model"]
+            for gap, (m, se) in zip(self.recall["gaps"], stats):
+                out[f"recall@{gap}"] = m
+                out[f"recall_se@{gap}"] = se
+            out["false_alarm"], out["false_alarm_se"] = self.recall["false_alarm"]["model"]
         out["ms_per_chunk"] = self.ms_per_chunk["total"][-1] if self.ms_per_chunk else float("nan")
         out["kv_mib"] = self.peak_kv_bytes / 2**20
         return out
@@ -96,13 +108,20 @@ def evaluate(
     desc: str = "eval",
     probe=None,
     states: Optional[np.ndarray] = None,
+    targets=None,
+    reference: Optional[Tensor] = None,
 ) -> EvalResult:
     """Roll out every episode of ``frames`` (N, T, H, W, 3) uint8 / ``actions`` (N, T, A) and score it.
 
     ``mean_frame`` (3, H, W) in [-1, 1] is the mean training frame; ``background`` (3, H, W) the
     reference for the foreground PSNR (default: ``mean_frame``). Strips are saved under ``out_dir``.
     With a state ``probe`` and the episodes' ``states`` (N, T, S), the state error of every forecast
-    (and of the ground truth itself, the probe's floor) is scored as ``state_err``."""
+    (and of the ground truth itself, the probe's floor) is scored as ``state_err``; with ``reference``
+    probe features of real frames too, the Fréchet distance per bucket (``quality``). With the
+    episodes' recall ``targets`` (an env's ``recall_targets`` over their first ``context + n_gen``
+    frames), recall by gap is scored (``memory_metrics``) for the model, the truth, the baselines and
+    the oracle that pastes the last real sighting."""
+    from worldkit import memory_metrics, quality
     from worldkit.probe import state_error
 
     model = rollout.model
@@ -117,6 +136,7 @@ def evaluate(
         per["state_err"] = {w: [] for w in ("model", "persistence", "mean_frame", "truth")}
     timings, kv, batch = [], [], 1
     first_pred = None
+    kept = {"model": [], "truth": []}  # every rollout, for the recall and quality metrics
     n = frames.shape[0]
     bar = tqdm(total=n * seeds * n_gen, desc=desc, unit="frame", leave=False)
     for seed in range(seeds):
@@ -132,6 +152,9 @@ def evaluate(
                 kv = [t.kv_bytes // batch for t in rollout.timings]
             if first_pred is None:
                 first_pred = (target[:strips].cpu(), pred[:strips].cpu())
+            kept["model"].append(pred.cpu())
+            if seed == 0:
+                kept["truth"].append(gt.cpu())
             forecasts = {
                 "model": pred,
                 "persistence": metrics.persistence_forecast(ctx, n_gen),
@@ -169,6 +192,20 @@ def evaluate(
         res.ms_per_chunk[part.removesuffix("_ms")] = [
             statistics.median(getattr(t, part) for run in timings for t in run[cs]) for cs in chunk_slices
         ]
+    truth = torch.cat(kept["truth"])  # (N, context + n_gen, 3, H, W)
+    ctx_all, target_all = truth[:, :context_frames], truth[:, context_frames:]
+    pred_all = torch.cat(kept["model"]).view(seeds, n, *target_all.shape[1:])[0]  # the first sampling seed
+    gen = {"model": pred_all, "truth": target_all,
+           "persistence": metrics.persistence_forecast(ctx_all, n_gen),
+           "mean_frame": metrics.mean_frame_forecast(mean_frame.cpu(), n, n_gen)}
+    res.quality = quality.quality(gen, target_all, ctx_all[:, -1], slices, probe=probe, reference=reference)
+    if targets is not None:
+        whole = {who: torch.cat([ctx_all, f], 1) for who, f in gen.items()}
+        whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, context_frames)
+        res.recall = memory_metrics.recall(whole, targets, context_frames)
+        if out_dir is not None:
+            memory_metrics.save_return_strip(truth, whole["model"], targets, context_frames,
+                                             Path(out_dir) / "returns.png")
     res.kv_bytes = kv
     res.peak_kv_bytes = max(kv) if kv else 0
     res.batch = batch

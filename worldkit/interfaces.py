@@ -55,6 +55,9 @@ class Environment(Plugin):
     """A simulator that renders frames: ``reset(seed)``, ``step(action)``, ``render()``, ``state()``."""
 
     kind = "env"
+    # sample_actions draws a smooth random sequence (consecutive actions strongly correlated); an env
+    # whose policy follows a schedule (turn, dwell, turn back) says False
+    smooth_actions: ClassVar[bool] = True
 
     @property
     @abstractmethod
@@ -82,7 +85,7 @@ class Environment(Plugin):
 
     @abstractmethod
     def sample_actions(self, rng: np.random.Generator, steps: int) -> np.ndarray:
-        """A smooth random action sequence, (steps, A) float32 in [-1, 1]."""
+        """A random action sequence, (steps, A) float32 in [-1, 1]: smooth unless ``smooth_actions`` is False."""
 
     @classmethod
     def observable(cls, config: PluginConfig, states: np.ndarray) -> np.ndarray:
@@ -91,6 +94,13 @@ class Environment(Plugin):
         holds things a frame cannot show (objects out of view, angles only known up to a symmetry)
         maps it to what can be seen."""
         return states
+
+    @classmethod
+    def recall_targets(cls, config: PluginConfig, states: np.ndarray) -> Any:
+        """Where the env's remembered objects are in each recorded frame (``(N, T, S)`` states), for
+        scoring recall by gap (``worldkit.memory_metrics``); ``None`` (the default) when the env has
+        nothing to recall. The ``revisit_room`` env returns its ``RecallTargets``."""
+        return None
 
     @classmethod
     def cache_inputs(cls, config: PluginConfig) -> dict:

@@ -37,6 +37,10 @@ class StateProbe(nn.Module):
     def forward(self, pairs: Tensor) -> Tensor:
         return self.head(self.conv(pairs.flatten(1, 2)))
 
+    def features(self, pairs: Tensor) -> Tensor:
+        """The penultimate layer: what the probe reads the state from, (B, 2, 3, H, W) -> (B, 128)."""
+        return self.head[:-1](self.conv(pairs.flatten(1, 2)))
+
     def standardise(self, states: Tensor) -> Tensor:
         return (states - self.mean) / self.std
 

@@ -1,0 +1,111 @@
+"""Long-horizon quality that the mean frame cannot win: distance between distributions, blur, freeze.
+
+Past a few clips a chaotic world cannot be tracked frame by frame (a perfect simulator started with
+the error two frames allow loses a pendulum's angle), so pixel errors there reward the mean frame.
+What can still be judged is whether the forecast is a valid world:
+
+- **Fréchet distance** between the forecast's frames and real frames, on the state probe's features
+  (its penultimate layer, which reads what moves), per horizon bucket. The reference is a fixed sample
+  of training frames; the truth's own distance to it, on the same number of frames, is the floor
+  (real against real). A blur or a frozen frame has far too little spread and sits far above it.
+  The standard error comes from resampling episodes (bootstrap).
+- **Sharpness** (mean squared spatial gradient) and **motion** (mean absolute change from the frame
+  before), each as a ratio to the truth's on the same frames: 1 is like the truth, below 1 blurs or
+  freezes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BOOTSTRAP = 20  # resamples of episodes for the Fréchet distance's standard error
+
+
+@torch.no_grad()
+def probe_features(probe, frames: Tensor, first_prev: Tensor) -> Tensor:
+    """The probe's penultimate features of every frame (read with the frame before it).
+    frames: (B, T, 3, H, W) in [-1, 1]; first_prev: (B, 3, H, W) -> (B, T, F) float64 on the CPU."""
+    from worldkit.probe import frame_pairs
+
+    dev = next(probe.parameters()).device
+    pairs = frame_pairs(frames.float(), first_prev.float())  # (B, T, 2, 3, H, W)
+    B, T = pairs.shape[:2]
+    out = [probe.features(p.to(dev)).double().cpu() for p in pairs.flatten(0, 1).split(512)]
+    return torch.cat(out).view(B, T, -1)
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to features a (N, F) and b (M, F):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64."""
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a = torch.cov(a.T) if a.shape[0] > 1 else torch.zeros(a.shape[1], a.shape[1], dtype=a.dtype)
+    s_b = torch.cov(b.T) if b.shape[0] > 1 else torch.zeros(b.shape[1], b.shape[1], dtype=b.dtype)
+    root_a = _sqrtm(s_a)
+    cross = _sqrtm(root_a @ s_b @ root_a)
+    return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross.trace())
+
+
+def _sqrtm(s: Tensor) -> Tensor:
+    """Square root of a symmetric positive semi-definite matrix."""
+    w, v = torch.linalg.eigh((s + s.T) / 2)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def sharpness(frames: Tensor) -> Tensor:
+    """Mean squared spatial gradient per frame: (..., 3, H, W) -> (...)."""
+    x = frames.float()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).square().flatten(-3).mean(-1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).square().flatten(-3).mean(-1)
+    return dx + dy
+
+
+def motion(frames: Tensor, first_prev: Tensor) -> Tensor:
+    """Mean absolute change from the frame before: (B, T, 3, H, W), (B, 3, H, W) -> (B, T)."""
+    prev = torch.cat([first_prev[:, None].float(), frames[:, :-1].float()], 1)
+    return (frames.float() - prev).abs().flatten(2).mean(-1)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+
+
+def quality(forecasts: dict[str, Tensor], truth: Tensor, first_prev: Tensor, slices: list[slice], probe=None,
+            reference: Optional[Tensor] = None, seed: int = 0) -> dict:
+    """Per forecast and horizon bucket: Fréchet distance to ``reference`` features (with a probe),
+    sharpness and motion ratios to the truth, each (mean, standard error).
+
+    forecasts: name -> (N, T, 3, H, W) generated frames (the truth among them gives the floor);
+    truth: (N, T, 3, H, W); first_prev: (N, 3, H, W) the last context frame; slices: the horizon
+    buckets over T; reference: (M, F) probe features of real frames."""
+    out: dict[str, dict] = {"sharpness": {}, "motion": {}}
+    sharp_t, motion_t = sharpness(truth), motion(truth, first_prev)  # (N, T)
+    for name, f in forecasts.items():
+        s, m = sharpness(f) , motion(f, first_prev)
+        out["sharpness"][name] = [_mean_se((s[:, sl].mean(1) / sharp_t[:, sl].mean(1).clamp_min(1e-12)).numpy())
+                                  for sl in slices]
+        out["motion"][name] = [_mean_se((m[:, sl].mean(1) / motion_t[:, sl].mean(1).clamp_min(1e-12)).numpy())
+                               for sl in slices]
+    if probe is None or reference is None:
+        return out
+    g = np.random.default_rng(seed)
+    N = truth.shape[0]
+    draws = [g.integers(0, N, N) for _ in range(BOOTSTRAP)]
+    out["fd"] = {}
+    for name, f in forecasts.items():
+        feats = probe_features(probe, f, first_prev)  # (N, T, F)
+        rows = []
+        for sl in slices:
+            per = feats[:, sl]  # (N, t, F)
+            value = frechet_distance(per.flatten(0, 1), reference)
+            boot = [frechet_distance(per[d].flatten(0, 1), reference) for d in draws]
+            rows.append((value, float(np.std(boot, ddof=1))))
+        out["fd"][name] = rows
+    return out
