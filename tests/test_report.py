@@ -257,3 +257,28 @@ def test_the_legend_names_the_timed_batch(grid_dir):
     cells = [report.CellResult(0, "a", {}, "done", eval={"batch": 16}), report.CellResult(1, "b", {}, "done", eval={"batch": 4})]
     assert report._batch_text(cells[:1]) == "for a batch of 16 sequences decoded together"
     assert "differ between rows" in report._batch_text(cells) and report._batch_text([]) == ""
+
+
+def test_a_baseline_that_beats_every_model_is_bold_and_flagged(tmp_path):
+    """The mean frame scoring above every model is the table's answer, not a footnote."""
+    write_cell(tmp_path, 0, {"memory.type": "dense"}, "done", fake_eval(12.0, baseline=15.0))
+    write_cell(tmp_path, 1, {"memory.type": "sink"}, "done", fake_eval(11.0, baseline=15.0))
+    cells = report.collect(tmp_path)
+    md = report.markdown(cells, "g")
+    table = rows(md)
+    # the baseline rows rank with the models: persistence (15) is best, the mean frame (14) beats both models
+    assert table[report.BASELINES["persistence"]][3] == "**15.00 ± 0.20** ⚑"
+    assert "**" not in table["memory=dense"][3]
+    assert "⚑ A trivial baseline beats every model in: PSNR@1x ↑" in md
+    assert "| cell | status | memory | PSNR@1x ↑ | PSNR@2x ↑ |" in md
+
+
+def test_directions_and_ratio_columns_rank_the_closest_to_the_truth():
+    col = report.Column("sharpness@4x", "sharpness@4x", "sharpness_se@4x", False, ".2f", target=1.0)
+    assert col.label == "sharpness@4x →1"
+    blur = report.CellResult(0, "blur", {}, "done", summary={"sharpness@4x": 0.4, "sharpness_se@4x": 0.01})
+    noisy = report.CellResult(1, "noisy", {}, "done", summary={"sharpness@4x": 1.3, "sharpness_se@4x": 0.01})
+    good = report.CellResult(2, "good", {}, "done", summary={"sharpness@4x": 0.95, "sharpness_se@4x": 0.01})
+    assert report.marks([blur, noisy, good], col) == {"blur": "", "noisy": "", "good": "best"}
+    fd = report.Column("FD@4x", "fd@4x", None, False, ".3f")
+    assert fd.label == "FD@4x ↓" and fd.badness(2.0) > fd.badness(1.0)

@@ -1,4 +1,4 @@
-"""The ``worldkit`` command: run, validate, plugins, data, report.
+"""The ``worldkit`` command: run, eval, validate, plugins, data, report, analyze.
 
 User errors (bad YAML, a missing file, validation issues, a broken plugin) print ``error: ...`` lines
 to stderr and exit 2 without a traceback; Ctrl-C exits 130. Heavy modules (the experiment runner,
@@ -132,6 +132,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score one set of weights, as they are, under every stage's and variant's plugins of an experiment."""
+    cfg = config.load(args.config, args.overrides)
+    if cfg.grid:
+        raise WorldkitError(f"{args.config}: a grid experiment; eval takes one experiment (a cell's config.yaml)")
+    warn_unused(cfg, args.config)
+    experiment = import_module("worldkit.experiment")
+    experiment.read_checkpoint(experiment.resolve_init(args.weights))  # a bad path fails before a folder is made
+    run_dir = new_run_dir(cfg.model_copy(update={"name": f"{cfg.name}-eval"}), args.out)
+    config.save(cfg, run_dir / "config.yaml")
+    print(f"eval folder: {run_dir}", file=sys.stderr)
+    try:
+        experiment.evaluate_weights(cfg, args.weights, run_dir)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"stopped; the stages evaluated so far are in {run_dir}/stages") from None
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print the resolved config, or every error; for a grid, also validate and list every cell."""
     cfg = config.load(args.config, args.overrides)
@@ -214,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR with its saved config.yaml (--set changes it, e.g. the budget)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="score one set of weights, as they are, under every stage's and variant's plugins")
+    p.add_argument("weights", metavar="WEIGHTS", help="a model.pt or a shipped name such as base/revisit_room")
+    _add_config_args(p)
+    p.add_argument("--out", help="folder to create for the results (must not exist or be empty)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="print the resolved config, or every error")
     _add_config_args(p)

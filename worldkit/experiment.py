@@ -104,6 +104,9 @@ class RunData:
         env_config = env_cls.Config(**env_cfg)
         # what one frame shows of the simulator state: what the probe reads and forecasts are scored on
         self.seen_states = {split: env_cls.observable(env_config, s.states) for split, s in self.sets.items()}
+        # where the objects to recall are in the test episodes (None: the env has nothing to recall)
+        self.recall_targets = env_cls.recall_targets(env_config, self.sets["test"].states)
+        self._reference = None
 
     @property
     def probe(self):
@@ -114,6 +117,20 @@ class RunData:
             train = self.sets["train"]
             self._probe = cached_probe(self.train_file, train.frames, self.seen_states["train"], steps=self.probe_steps)
         return self._probe
+
+    def reference_features(self, pairs: int = 2048):
+        """Probe features of a fixed sample of real training frames (each read with the frame before
+        it): the reference of the Fréchet distance. None without a probe."""
+        if self._reference is None and self.probe is not None:
+            from worldkit.quality import probe_features
+
+            train = self.sets["train"]
+            g = np.random.default_rng(0)
+            e = g.integers(0, len(train), pairs)
+            t = g.integers(1, train.num_frames, pairs)
+            prev, cur = frames_to_tensor(train.frames[e, t - 1]), frames_to_tensor(train.frames[e, t])  # (P, 3, H, W)
+            self._reference = probe_features(self.probe, cur[:, None], prev)[:, 0]  # (P, F)
+        return self._reference
 
     def clips(self, split: str, clip_frames: int):
         return wk_data.ClipDataset(self.sets[split], clip_frames, stride=1 if split == "train" else clip_frames)
@@ -148,7 +165,18 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
         rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
         strips=cfg.eval.strips, desc=desc, probe=d.probe, states=d.seen_states["test"][:n],
+        targets=_first(d.recall_targets, n), reference=d.reference_features(),
     )
+
+
+def _first(targets, n: int):
+    """Recall targets of the first ``n`` test episodes (None stays None)."""
+    if targets is None:
+        return None
+    import dataclasses
+
+    per_episode = {f: getattr(targets, f)[:n] for f in ("seen", "x", "colour", "absent", "heading")}
+    return dataclasses.replace(targets, **per_episode)
 
 
 def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:
@@ -273,7 +301,7 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
         atomic_write(stage_dir / "summary.json", json.dumps(row))
         rows.append(row)
         init = final
-    write_summary(resolve_stages(cfg), run_dir, cfg.name)
+    write_summary(resolve_stages(cfg), run_dir, cfg.name, cfg.eval.reference)
     return rows
 
 
@@ -285,23 +313,77 @@ def _compact(kind: str, spec: dict) -> dict:
     return {"type": spec["type"], **{k: v for k, v in spec.items() if k != "type" and defaults.get(k) != v}}
 
 
-def write_summary(stages: list[Stage], run_dir: Path, title: str) -> str:
-    """results.md, results.csv and the plots (PSNR vs horizon, ms per chunk and KV MiB vs horizon) of
-    every evaluated stage, the baselines beside them; prints and returns the markdown."""
-    cells = []
+def describe_memory(spec: dict) -> str:
+    """A memory spec in a few words: its name and the settings that differ from the defaults."""
+    c = _compact("memory", spec)
+    return c["type"] + (" " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "type") if len(c) > 1 else "")
+
+
+def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Optional[str] = None,
+                  kinds: tuple[str, ...] = ("trainer", "memory", "selector", "attention")) -> str:
+    """results.md, results.csv and the plots (PSNR vs horizon, ms per chunk and KV MiB vs horizon, and
+    recall vs gap where the env has recall targets) of every evaluated stage, the baselines beside
+    them; prints and returns the markdown. ``reference``: the stage or variant name the recall table
+    compares every row with (paired by episode)."""
+    from worldkit import memory_metrics
+
+    cells, recall_rows = [], []
     for st in stages:
         sd = run_dir / "stages" / st.dirname
         if not (sd / "eval.json").exists() or not (sd / "summary.json").exists():
             continue
-        assignment = {kind: _compact(kind, getattr(st, kind)) for kind in ("trainer", "memory", "selector", "attention")}
+        assignment = {kind: _compact(kind, getattr(st, kind)) for kind in kinds}
+        ev = json.loads((sd / "eval.json").read_text())
         cells.append(report.CellResult(st.index, st.dirname, assignment, "done", st.dirname,
-                                       json.loads((sd / "summary.json").read_text()),
-                                       json.loads((sd / "eval.json").read_text())))
+                                       json.loads((sd / "summary.json").read_text()), ev))
+        if ev.get("recall"):
+            recall_rows.append((st.name, describe_memory(st.memory), ev["recall"]))
     if not cells:
         return ""
     md = report.markdown(cells, title)
+    if recall_rows:
+        md += "\n## Recall by gap\n\n" + memory_metrics.markdown(recall_rows, reference)
+        md += ("\nPlot: recall_vs_gap.png. Strips of returns (the last real sighting, the truth and the "
+               "forecast at the return, per gap): stages/*/returns.png.\n")
+        memory_metrics.plot(recall_rows, run_dir / "recall_vs_gap.png")
     atomic_write(run_dir / "results.md", md)
     atomic_write(run_dir / "results.csv", report.csv_text(cells))
     report.plots(cells, run_dir)
     print(md, flush=True)
     return md
+
+
+def evaluate_weights(cfg, weights: str, run_dir: Path) -> list[dict]:
+    """Score one set of weights as they are (no training) under every stage's and variant's plugins of
+    ``cfg``: the same weights with different memory, the fairest comparison. Writes a stage folder per
+    stage (eval.json, summary.json, strips) and the run's results; returns the summary rows."""
+    from worldkit.model import WorldModel
+
+    d = RunData(cfg)
+    path = resolve_init(weights)
+    blob = read_checkpoint(path)
+    hp = blob.get("hparams")
+    if not hp:
+        raise WorldkitError(f"{path}: holds no model settings (hparams); give a model.pt written by a run or a shipped base")
+    if hp.get("frame_size") != d.frame_size or hp.get("action_dim") != d.action_dim:
+        raise WorldkitError(f"{path}: a model of {hp.get('frame_size')}-pixel frames and {hp.get('action_dim')} "
+                            f"action dims; the experiment's env {cfg.env.type} has {d.frame_size} and {d.action_dim}")
+    model = WorldModel(**hp)
+    load_weights(model, path)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_float32_matmul_precision("high")
+    stages, rows = resolve_stages(cfg), []
+    for stage in stages:
+        stage_dir = run_dir / "stages" / stage.dirname
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
+                             desc=f"eval {stage.name}", train_frames=stage.train.clip_frames)
+        res.save(stage_dir / "eval.json")
+        row = {"stage": stage.dirname, "weights": str(weights), "memory": stage.memory["type"],
+               "selector": stage.selector["type"], "attention": stage.attention["type"], **res.summary()}
+        atomic_write(stage_dir / "summary.json", json.dumps(row))
+        rows.append(row)
+        print(f"== {stage.dirname}: evaluated", flush=True)
+    write_summary(stages, run_dir, f"{cfg.name}: {weights} as it is", cfg.eval.reference,
+                  kinds=("memory", "selector", "attention"))
+    return rows

@@ -28,7 +28,8 @@ from typing import Any, Optional, Union
 from worldkit.errors import WorldkitError
 
 BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame",
-             "truth": "ground truth (state probe floor)"}
+             "truth": "ground truth (floor / ceiling)", "oracle": "oracle (pastes the last real sighting)"}
+RANKED_BASELINES = ("persistence", "mean_frame")  # trivial forecasts a model must beat; truth and oracle are references
 CURVES = ("psnr", "ssim", "fg_psnr")  # per-frame curves logged to TensorBoard
 BUCKETS = ("psnr", "ssim", "fg_psnr", "skill", "state_err")  # per-horizon means logged to TensorBoard
 
@@ -278,10 +279,26 @@ class Column:
     se_key: Optional[str]  # its standard error, when it has one
     higher_is_better: bool
     fmt: str
+    target: Optional[float] = None  # best is closest to this value (a ratio to the truth's), not the largest
+
+    @property
+    def label(self) -> str:
+        """The header with the direction that is better: ↑, ↓ or →1."""
+        arrow = f"→{self.target:g}" if self.target is not None else "↑" if self.higher_is_better else "↓"
+        return f"{self.header} {arrow}"
+
+    def badness(self, value: float) -> float:
+        """Smaller is better."""
+        if self.target is not None:
+            return abs(value - self.target)
+        return -value if self.higher_is_better else value
 
 
 def columns(cells: list[CellResult]) -> list[Column]:
-    """The table's metric columns for the horizons the finished cells were evaluated at."""
+    """The table's metric columns for the horizons the finished cells were evaluated at. PSNR (and the
+    other tracking metrics) compare frame by frame with the truth, which is fair only while the truth is
+    predictable; the Fréchet distance, sharpness and motion judge a valid world at any horizon; recall
+    (longest gap) and false alarms judge memory."""
     horizons = sorted({h for c in cells for h in c.eval.get("horizons", [])})
     if not horizons:
         return []
@@ -291,7 +308,14 @@ def columns(cells: list[CellResult]) -> list[Column]:
              Column(f"FG-PSNR@{h}x", f"fg_psnr@{h}x", f"fg_psnr_se@{h}x", True, ".2f"),
              Column(f"skill@{h}x", f"skill@{h}x", f"skill_se@{h}x", True, "+.3f"),
              Column(f"state err@{h}x", f"state_err@{h}x", f"state_err_se@{h}x", False, ".3f"),
-             Column("ms/chunk", "ms_per_chunk", None, False, ".1f"),
+             Column(f"FD@{h}x", f"fd@{h}x", f"fd_se@{h}x", False, ".3f"),
+             Column(f"sharpness@{h}x", f"sharpness@{h}x", f"sharpness_se@{h}x", False, ".2f", target=1.0),
+             Column(f"motion@{h}x", f"motion@{h}x", f"motion_se@{h}x", False, ".2f", target=1.0)]
+    gaps = sorted({int(k.split("@")[1]) for c in cells for k in c.summary if k.startswith("recall@")})
+    if gaps:
+        cols += [Column(f"recall@gap {gaps[-1]}", f"recall@{gaps[-1]}", f"recall_se@{gaps[-1]}", True, ".2f"),
+                 Column("false alarm", "false_alarm", "false_alarm_se", False, ".2f")]
+    cols += [Column("ms/chunk", "ms_per_chunk", None, False, ".1f"),
              Column("KV MiB", "kv_mib", None, False, ".3f")]
     return [c for c in cols if any(c.key in cell.summary for cell in cells)]
 
@@ -301,21 +325,24 @@ def _value(summary: dict, key: Optional[str]) -> float:
     return float(v) if isinstance(v, (int, float)) else math.nan
 
 
-def marks(cells: list[CellResult], col: Column) -> dict[str, str]:
-    """Per cell name: ``best``, ``tie`` (within two standard errors of the best: not significantly
-    different, so not ranked) or ``""``. The standard error of a difference is sqrt(se_a^2 + se_b^2)."""
+def marks(cells: list[CellResult], col: Column, baselines: Optional[dict[str, dict]] = None) -> dict[str, str]:
+    """Per row name (cells, and the ``baselines`` given as name -> summary-like dict): ``best``, ``tie``
+    (within two standard errors of the best: not significantly different, so not ranked) or ``""``.
+    The standard error of a difference is sqrt(se_a^2 + se_b^2). Baselines are ranked with the models,
+    so a trivial forecast that wins is bold, not hidden."""
     vals = {c.name: (_value(c.summary, col.key), _value(c.summary, col.se_key)) for c in cells if c.status == "done"}
+    vals.update({n: (_value(b, col.key), _value(b, col.se_key)) for n, b in (baselines or {}).items()})
     finite = {n: v for n, v in vals.items() if math.isfinite(v[0])}
     if not finite:
         return {}
-    pick = max if col.higher_is_better else min
-    best_name = pick(finite, key=lambda n: finite[n][0])
+    best_name = min(finite, key=lambda n: col.badness(finite[n][0]))
     best, best_se = finite[best_name]
     out = {}
     for n, (v, se) in finite.items():
-        if math.isclose(v, best, rel_tol=1e-6, abs_tol=1e-12):  # float32 noise ties
+        if math.isclose(col.badness(v), col.badness(best), rel_tol=1e-6, abs_tol=1e-12):  # float32 noise ties
             out[n] = "best"
-        elif math.isfinite(se) and math.isfinite(best_se) and abs(v - best) <= 2 * math.hypot(se, best_se):
+        elif (math.isfinite(se) and math.isfinite(best_se)
+              and abs(col.badness(v) - col.badness(best)) <= 2 * math.hypot(se, best_se)):
             out[n] = "tie"
         else:
             out[n] = ""
@@ -334,16 +361,24 @@ def _cell_text(summary: dict, col: Column, mark: str = "") -> str:
 
 
 def _baseline_rows(cells: list[CellResult]) -> dict[str, list[dict]]:
-    """Per baseline, its figures as a summary-like dict from each finished cell that scored it."""
+    """Per baseline, its figures as a summary-like dict from each finished cell that scored it: the
+    per-horizon metrics, the quality metrics (the truth's Fréchet distance is the floor) and recall."""
     out: dict[str, list[dict]] = {}
     for c in cells:
         if c.status != "done":
             continue
+        ev = c.eval
         for who in BASELINES:
             row = {}
-            for metric, by_who in c.eval.get("buckets", {}).items():
-                for h, (m, se) in zip(c.eval["horizons"], by_who.get(who, [])):
+            per_horizon = {**ev.get("buckets", {}), **ev.get("quality", {})}
+            for metric, by_who in per_horizon.items():
+                for h, (m, se) in zip(ev["horizons"], by_who.get(who, [])):
                     row[f"{metric}@{h}x"], row[f"{metric}_se@{h}x"] = m, se
+            recall = ev.get("recall") or {}
+            for gap, (m, se) in zip(recall.get("gaps", []), recall.get("stats", {}).get("colour", {}).get(who, [])):
+                row[f"recall@{gap}"], row[f"recall_se@{gap}"] = m, se
+            if who in recall.get("false_alarm", {}):
+                row["false_alarm"], row["false_alarm_se"] = recall["false_alarm"][who]
             if row:
                 out.setdefault(who, []).append(row)
     return out
@@ -355,23 +390,34 @@ def baseline_summaries(cells: list[CellResult]) -> dict[str, dict]:
 
 
 def markdown(cells: list[CellResult], title: str) -> str:
-    """``results.md``: one row per cell, the baselines below, best per column in bold."""
+    """``results.md``: one row per cell, the baselines below; the best per column in bold, baselines
+    ranked with the models (⚑ marks a baseline that beats every model)."""
     from worldkit.grid import axis_labels, format_value
 
     axes = list(cells[0].assignment) if cells else []
     labels = axis_labels(axes)
     cols = columns(cells)
-    marked = {c.key: marks(cells, c) for c in cols}
-    head = ["cell", "status", *(labels[a] for a in axes), *(c.header for c in cols)]
+    baselines = baseline_summaries(cells)
+    ranked = {BASELINES[w]: b for w, b in baselines.items() if w in RANKED_BASELINES}
+    marked = {c.key: marks(cells, c, ranked) for c in cols}
+    head = ["cell", "status", *(labels[a] for a in axes), *(c.label for c in cols)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells:
         row = [f"`{cell.name}`", cell.status.upper() if cell.status == "failed" else cell.status]
         row += [format_value(cell.assignment.get(a)) for a in axes]
         row += [_cell_text(cell.summary, c, marked[c.key].get(cell.name, "")) for c in cols]
         lines.append("| " + " | ".join(row) + " |")
-    baselines = baseline_summaries(cells)
+    flagged = []
     for who, summary in baselines.items():
-        row = [BASELINES[who], "baseline", *([""] * len(axes)), *(_cell_text(summary, c) for c in cols)]
+        name = BASELINES[who]
+        row = [name, "baseline" if who in RANKED_BASELINES else "reference", *([""] * len(axes))]
+        for c in cols:
+            mark = marked[c.key].get(name, "")
+            text = _cell_text(summary, c, mark)
+            if mark == "best":
+                text += " ⚑"
+                flagged.append(c.label)
+            row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     counts = {s: sum(c.status == s for c in cells) for s in ("done", "failed", "unfinished")}
     text = [
@@ -379,11 +425,18 @@ def markdown(cells: list[CellResult], title: str) -> str:
         f"{len(cells)} rows: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
         "Scored on the held-out test episodes (mean ± standard error); a grid cell's row is the last stage of "
         "its chain (not a compare: variant).",
-        "**Bold**: best in the column. ≈: within two standard errors of the best (the difference is not "
-        "significant, so it is not ranked). ms/chunk is the median wall time of one chunk"
-        f"{(' ' + _batch_text(cells)).rstrip()}; KV MiB is the exact cache of one sequence. Neither has an error estimate. "
-        "Baselines are not ranked.", "", *lines, "",
+        "**Bold**: best in the column, the trivial baselines (persistence, mean frame) ranked with the models; "
+        "↑ higher is better, ↓ lower, →1 closest to the truth's (a ratio). ≈: within two standard errors of the "
+        "best (the difference is not significant, so it is not ranked). ⚑: a baseline beats every model. "
+        "The ground truth and the oracle are references, not ranked: the truth's Fréchet distance is the "
+        "floor (real against real), its recall the ceiling. PSNR, SSIM, skill and state error compare frame by "
+        "frame with the truth: fair while the truth is predictable (short horizons, or a world without chaos). "
+        "ms/chunk is the median wall time of one chunk"
+        f"{(' ' + _batch_text(cells)).rstrip()}; KV MiB is the exact cache of one sequence. Neither has an "
+        "error estimate.", "", *lines, "",
     ]
+    if flagged:
+        text += [f"⚑ A trivial baseline beats every model in: {', '.join(dict.fromkeys(flagged))}.", ""]
     if len(baselines) < len(_baseline_rows(cells)):
         text += ["The cells scored the baselines differently (different test episodes), so they are not shown.", ""]
     failed = [c for c in cells if c.status == "failed"]

@@ -205,6 +205,9 @@ class EvalConfig(Section):
     seeds: PositiveInt = 1  # sampling seeds per episode, averaged within the episode (standard errors are over episodes)
     strips: int = Field(4, ge=0)  # episodes drawn as image strips
     probe_steps: int = Field(1500, ge=0)  # training steps of the state probe (0: no state error)
+    # a stage or variant name: in the recall table every other row is compared with it, episode by
+    # episode (e.g. the sliding window with the same KV budget)
+    reference: Optional[str] = None
 
 
 def _folder_name(name: str) -> str:
@@ -272,6 +275,10 @@ class ExperimentConfig(Section):
                                      f"must be a multiple of model.chunk_frames={m.chunk_frames}"))
         if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
             problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
+        names = [s.name for s in (*self.stages, *self.compare)] or ["train"]
+        if e.reference is not None and e.reference not in names:
+            problems.append(_problem(("eval", "reference"), e.reference,
+                                     f"names no stage or variant; choices: {', '.join(names)}"))
         seen: set[str] = set()
         plugins = not self.grid  # a grid's cells are checked one by one: a cell may set what the base lacks
         if not self.stages and plugins:
