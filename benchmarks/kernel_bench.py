@@ -1,21 +1,32 @@
-"""PBSA kernel benchmark at Wan2.1-1.3B shapes: correctness first, then timings against dense and sparse baselines.
+"""PBSA kernel benchmark at Wan2.1-1.3B shapes: a correctness gate first, then timings against dense and sparse baselines.
 
-    python benchmarks/kernel_bench.py [--quick] [--write] [--profile] [--frames 21 63] [--blocks 64 128]
+    python benchmarks/kernel_bench.py [--quick | --headline] [--backward] [--write] [--out FILE] [--profile]
+                                      [--frames 21 63] [--blocks 64 128] [--flex-autotune] [--tiny]
 
-1. Correctness (exits non-zero on failure): Triton forward and backward against the fp64 dense reference
-   and the PyTorch path, bf16 and fp16, per-head and shared lists, ragged tails, BLK 64 and 128.
+1. Device checks (exit non-zero on failure): the backward's helper kernels and the fused block selection
+   against PyTorch; in the full presets also Triton PBSA's edge cases (bf16 and fp16, per-head and shared
+   lists, ragged tails, empty rows, BLK 64 and 128) against the fp64 reference and the PyTorch path.
 2. Timing (``triton.testing.do_bench``, median after warmup), bf16, one chunk of 3 frames x 1560 tokens,
    12 heads x 128, a key sequence of F frames whose last 3 are the chunk itself (the cached part rounded
-   up to whole blocks, so every method reads the same tokens and the same blocks). Methods: PBSA (Triton),
-   SDPA flash and cuDNN on the full keys, compiled FlexAttention with a BlockMask of the identical blocks.
-   PBSA runs twice: with the launch tuner (pbsa-triton) and in its default configurations (pbsa-untuned);
-   its outputs are checked against SDPA (full density) and Flex, its gradients against Flex's.
+   up to whole blocks, so every method reads the same tokens and the same blocks). Methods: SDPA flash and
+   cuDNN on the full keys; PBSA (Triton, launch-tuned): the kernel alone, and (below full density) with
+   the block selection that makes its lists (pool the chunk's queries and all keys, scores, top-K with the
+   own block forced: the fused Triton kernel, or the PyTorch ops), forward only; FlexAttention compiled on a
+   BlockMask of the identical blocks, with its defaults and (--flex-autotune) max-autotune, forward only.
    Densities: every row reads a persistent segment (the oldest cached blocks, half the budget) plus random
    local blocks with its own block kept, per head. TFLOP/s count only computed blocks for the sparse methods
    (PBSA, Flex) and all keys for the dense ones; forward+backward counts 3.5x the forward (FA convention).
-3. The launch tuner's choice per problem class and every candidate's time; with --profile, PBSA forward +
-   backward kernel by kernel (torch.profiler) and the CPU time to issue a call against its full time.
-Each baseline runs in try/except, so one failure prints "n/a (reason)" and the table goes on.
+   Each problem first passes the gate, by FlashAttention's rule: for the output (and with --backward the
+   gradients), the error against the fp64 reference is at most 2x the error of SDPA in the same dtype on
+   the same problem (the lists as a token mask) plus 2^-10 of the reference's largest value, for PBSA in
+   the tuned configuration that is then timed. A failure stops the timings (exit 1); a baseline (Flex)
+   that fails it is not timed.
+3. The launch tuner's choice per problem class and every candidate's time; with --profile, where the time
+   goes kernel by kernel (torch.profiler) and the CPU time to issue a call against its full time.
+--headline measures what the issue's targets need (21 frames, block 128, densities 1 and 0.25, forward;
+--backward adds forward+backward); --tiny runs the same code on the CPU at toy sizes (Triton under its
+interpreter), so a GPU session is not spent on a typo. Each baseline runs in try/except, so one failure
+prints "n/a (reason)" and the table goes on.
 """
 from __future__ import annotations
 
@@ -28,6 +39,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,6 +59,7 @@ except ImportError:  # a bare checkout (no pip install -e .): load kernels/ unde
 from worldkit_kernels.choices import kernel_choices, problem_label  # noqa: E402, F401  (problem_label: the report's words for a class)
 from worldkit_kernels import (  # noqa: E402
     build_transposed,
+    lists_are_top_k,
     pbsa_attention,
     pbsa_attention_with_lse,
     pbsa_torch,
@@ -54,11 +67,17 @@ from worldkit_kernels import (  # noqa: E402
     reference,
     topk_blocks,
 )
+from worldkit_kernels.pbsa_reference import token_mask  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402
 
 TOKENS_PER_FRAME, CHUNK_FRAMES, HEADS, HEAD_DIM = 1560, 3, 12, 128
 DEVICE, DTYPE = "cuda", torch.bfloat16  # timings
-FLEX_TOL = 5e-2  # bf16: max abs difference between Flex and PBSA outputs on the same blocks
-TOL = {torch.bfloat16: (3e-2, 6e-2), torch.float16: (5e-3, 1.5e-2)}  # (out, grads) error / max |ref|
+TOL = {torch.bfloat16: (3e-2, 6e-2), torch.float16: (5e-3, 1.5e-2)}  # edge cases: (out, grads) error / max |ref|
+GATE_FACTOR = 2.0  # the gate: error against fp64 <= GATE_FACTOR x SDPA's (same dtype, same problem) ...
+GATE_FLOOR = 2.0**-10  # ... + GATE_FLOOR x the reference's largest value (where SDPA's error is near 0)
+LAUNCH_COST_CALLS, PROFILE_STEPS = 50, 5  # calls per pass in launch_cost, steps profiled
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +121,8 @@ def make_problem(frames, BLK, dtype, device, seed=0):
 
     block_len = torch.full((1, NSc + NQB), BLK, dtype=torch.int32, device=device)
     block_len[:, -1] = Tq - (NQB - 1) * BLK
-    return dict(q=q, k=k, v=v, kp=as_pool(k), vp=as_pool(v), block_len=block_len, NSc=NSc, NQB=NQB, Tq=Tq, Lk=Lc + Tq)
+    return dict(q=q, k=k, v=v, kp=as_pool(k), vp=as_pool(v), block_len=block_len, NSc=NSc, NQB=NQB, Tq=Tq, Lk=Lc + Tq,
+                frames=frames)
 
 
 def computed_pairs(index, count, block_len, Tq, BLK):
@@ -254,29 +274,68 @@ def untuned():
             os.environ["WORLDKIT_PBSA_TUNE"] = old
 
 
-def grad_check(pbsa, flex, q, k, v, kp, vp, dout, Lk, tol=None):
-    """Gradients of PBSA (its tuned backward) against Flex's on the same blocks: max abs difference
-    over max |Flex| for q, k, v (the pool gradients read back in the flat key layout)."""
-    def grads(fn, inputs):
+class GateFailed(Exception):
+    """PBSA failed the correctness gate on a problem it was about to be timed on: the timings stop."""
+
+
+def flat(x, Lk):
+    """A pool-layout tensor (B, NS, H, BLK, D) as the flat key sequence (B, H, Lk, D)."""
+    B, NS, H, BLK, D = x.shape
+    return x.transpose(1, 2).reshape(B, H, NS * BLK, D)[:, :, :Lk]
+
+
+def outputs(fn, inputs, dout, Lk):
+    """``fn()``'s output and, given ``dout``, the gradients of its inputs (q, k, v; a pool's read back in
+    the flat layout): {"out", "dq", "dk", "dv"}. The inputs' .grad are left None."""
+    for t in inputs:
+        t.grad = None
+    with torch.set_grad_enabled(dout is not None):
+        out = fn()
+    got = {"out": out.detach()}
+    if dout is not None:
+        out.backward(dout)
+        got.update(zip(("dq", "dk", "dv"), (flat(t.grad, Lk) if t.dim() == 5 else t.grad for t in inputs)))
         for t in inputs:
             t.grad = None
-        fn().backward(dout)
-        out = [t.grad.float() for t in inputs]
-        for t in inputs:
-            t.grad = None
-        return out
+    return got
 
-    gq, gkp, gvp = grads(pbsa, [q, kp, vp])
-    fq, fk, fv = grads(flex, [q, k, v])
-    B, NS, H, BLK, D = kp.shape
 
-    def flat(g):  # (1, NS, H, BLK, D) -> (1, H, Lk, D)
-        return g.transpose(1, 2).reshape(B, H, NS * BLK, D)[:, :, :Lk]
+def reference64(p, index, count, dout):
+    """The problem in fp64 through the dense reference, one head at a time (one head's scores at 21
+    frames: 1.2 GB): ``outputs``' dict."""
+    H = p["q"].shape[1]
+    parts = []
+    for h in range(H):
+        hs = slice(0, 1) if index.shape[1] == 1 else slice(h, h + 1)
+        q = p["q"].detach()[:, h : h + 1].double().requires_grad_(dout is not None)
+        k, v = (p[n].detach()[:, :, h : h + 1].double().requires_grad_(dout is not None) for n in ("kp", "vp"))
+        d = None if dout is None else dout[:, h : h + 1].double()
+        parts.append(outputs(lambda: reference(q, k, v, index[:, hs], count[:, hs], p["block_len"])[0], [q, k, v], d, p["Lk"]))
+    return {key: torch.cat([part[key] for part in parts], 1) for key in parts[0]}
 
-    errs = [(a - r).abs().max().item() / max(r.abs().max().item(), 1e-12)
-            for a, r in ((gq, fq), (flat(gkp), fk), (flat(gvp), fv))]
-    bad = max(errs) > (TOL[DTYPE][1] if tol is None else tol)
-    return "grads vs Flex rel err " + " ".join(f"{n} {e:.1e}" for n, e in zip("qkv", errs)) + (" MISMATCH" if bad else "")
+
+def sdpa_same_dtype(p, index, count, dout):
+    """SDPA in the benchmark's dtype on the same problem (torch's default backend): all keys at full
+    density, else the lists as a token mask over the flat keys. ``outputs``' dict."""
+    q, k, v = (p[n].detach().requires_grad_(dout is not None) for n in ("q", "k", "v"))
+    NS, BLK = p["kp"].shape[1], p["kp"].shape[3]
+    full = bool((count == NS).all())
+    mask = None if full else token_mask(index, count, p["block_len"], p["Tq"], NS, BLK)[..., : p["Lk"]]
+    return outputs(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), [q, k, v], dout, p["Lk"])
+
+
+def gate(name, got, sdpa, ref):
+    """FlashAttention's rule, for each of ``ref``'s tensors: max |got - ref| <= GATE_FACTOR x
+    max |sdpa - ref| + GATE_FLOOR x max |ref|, and finite. (passed, one line of figures)."""
+    ok, parts = True, []
+    for key, r in ref.items():
+        err = (got[key].double() - r).abs().max().item()
+        base = (sdpa[key].double() - r).abs().max().item()
+        bound = GATE_FACTOR * base + GATE_FLOOR * r.abs().max().item()
+        good = err <= bound and bool(torch.isfinite(got[key]).all())  # a NaN error fails too
+        ok &= good
+        parts.append(f"{key} {err:.2e} (SDPA {base:.2e}, bound {bound:.2e}){'' if good else ' FAIL'}")
+    return ok, f"{name}: " + ", ".join(parts)
 
 
 def flex_options(BLK):
@@ -297,9 +356,9 @@ def flex_options(BLK):
 
 
 def pick_flex_options(run, dout, BLK):
-    """The first of ``flex_options(BLK)`` whose forward and backward both compile (``run(opts)`` returns
-    Flex's output), else the first whose forward does: ``(opts,)``, or None when no forward compiles.
-    Each failure is printed once, with its reason."""
+    """The first of ``flex_options(BLK)`` whose forward and (given ``dout``) backward both compile
+    (``run(opts)`` returns Flex's output), else the first whose forward does: ``(opts,)``, or None when no
+    forward compiles. Each failure is printed once, with its reason."""
     forward_only = None
     for opts in flex_options(BLK):
         try:
@@ -309,6 +368,8 @@ def pick_flex_options(run, dout, BLK):
             print(f"  Flex with kernel_options={opts}: the forward fails: {short_error(e, 400)}")
             continue
         forward_only = forward_only or (opts,)
+        if dout is None:
+            return forward_only
         try:
             run(opts).backward(dout)
             return (opts,)
@@ -318,9 +379,12 @@ def pick_flex_options(run, dout, BLK):
 
 
 def timed(fn, inputs, dout):
-    """(forward ms, forward+backward ms) of fn; either may be "n/a (reason)"."""
+    """(forward ms, forward+backward ms) of fn; either may be "n/a (reason)", the second "-" without
+    ``dout`` (forward only)."""
     with torch.no_grad():
         t_fwd = bench(fn)
+    if dout is None:
+        return t_fwd, "-"
 
     def fwd_bwd():
         fn().backward(dout)
@@ -346,97 +410,152 @@ def sigterm_stops():
         signal.signal(signal.SIGTERM, previous)
 
 
-def timings_until_stopped(frames_list, blocks, densities):
-    """``run_timings`` until done or ``Stopped``: (the rows measured, whether it stopped)."""
+def timings_until_stopped(frames_list, blocks, densities, **kw):
+    """``run_timings`` until done, ``Stopped`` or ``GateFailed``: (the rows measured, None or why it
+    stopped)."""
     rows = []
     try:
-        run_timings(frames_list, blocks, densities, rows)
-        return rows, False
+        run_timings(frames_list, blocks, densities, rows, **kw)
+        return rows, None
     except Stopped:
         print(f"stopped by SIGTERM after {len(rows)} rows: writing what was measured")
-        return rows, True
+        return rows, "stopped by SIGTERM before every row was measured"
+    except GateFailed as e:
+        print(f"GATE FAILED, no more timings: {e}")
+        return rows, f"the correctness gate FAILED, so the timings stopped: {e}"
 
 
-def run_timings(frames_list, blocks, densities, rows=None):
+def flex_compiled(mode=None):
+    """FlexAttention compiled for the device (``mode``: torch.compile's), eager on the CPU (--tiny), or
+    "n/a (reason)"."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        if DEVICE == "cpu":
+            return flex_attention
+        torch._dynamo.config.cache_size_limit = 64  # one compile per shape; never fall back to eager Flex
+        return torch.compile(flex_attention, dynamic=False, mode=mode)
+    except Exception as e:
+        return f"n/a ({short_error(e)})"
+
+
+def run_timings(frames_list, blocks, densities, rows=None, backward=True, selection=True, flex_autotune=False):
+    """Per problem (frames x block): the gate at every density first (PBSA tuned, as then timed; its
+    failure raises ``GateFailed``), then the rows, appended to ``rows`` in place (a caller keeps the rows
+    of a stopped run): SDPA flash and cuDNN; per density PBSA's kernel and PBSA with its block selection
+    (fused and PyTorch; forward); then per density Flex (forward + backward), and Flex max-autotune
+    (forward), whose compiles take the longest."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    try:
-        from torch.nn.attention.flex_attention import BlockMask, flex_attention
-
-        torch._dynamo.config.cache_size_limit = 64  # one compile per shape; never fall back to eager Flex
-        flex = torch.compile(flex_attention, dynamic=False)
-    except Exception as e:
-        flex, flex_err = None, f"n/a ({type(e).__name__}: {e})"
-
-    rows = [] if rows is None else rows  # filled in place, so a caller keeps the rows of a stopped run
+    rows = [] if rows is None else rows
+    flexes = {"flex": flex_compiled()}
+    if flex_autotune:
+        flexes["flex max-autotune"] = flex_compiled("max-autotune-no-cudagraphs")
     flex_choice = {}  # block size -> (kernel_options,) Flex runs with, or None
-    dev, dtype = DEVICE, DTYPE
+    dev = DEVICE
     for frames in frames_list:
         for BLK in blocks:
-            p = make_problem(frames, BLK, dtype, dev)
+            p = make_problem(frames, BLK, DTYPE, dev)
             q, k, v = (p[n].requires_grad_() for n in ("q", "k", "v"))
             kp, vp = p["kp"].requires_grad_(), p["vp"].requires_grad_()
-            dout = torch.randn_like(q)
-            dense_pairs = HEADS * p["Tq"] * p["Lk"]
-            dense = {}
+            dout = torch.randn_like(q) if backward else None
+            NS, Lk = p["NSc"] + p["NQB"], p["Lk"]
+            problems = []
+            for density in densities:  # the gate, before anything of this problem is timed
+                index, count, K = make_lists(1, HEADS, p["NSc"], p["NQB"], density, dev)
+
+                def pbsa(index=index, count=count):
+                    return pbsa_attention(q, kp, vp, index, count, p["block_len"], impl="triton")
+
+                ref, base = reference64(p, index, count, dout), sdpa_same_dtype(p, index, count, dout)
+                ok, line = gate("PBSA", outputs(pbsa, [q, kp, vp], dout, Lk), base, ref)
+                print(f"  gate F={frames} BLK={BLK} d={K / NS:.3f}: {line}")
+                if not ok:
+                    raise GateFailed(f"F={frames} BLK={BLK} d={K / NS:.3f}: {line}")
+                problems.append((index, count, K, pbsa, ref, base))
+            first, dense_pairs = len(rows), HEADS * p["Tq"] * Lk
             for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
                 def fn(backend=backend):
                     with sdpa_kernel(backend):
                         return F.scaled_dot_product_attention(q, k, v)
-                dense[name] = timed(fn, [q, k, v], dout)
-                rows.append((frames, p["Lk"], BLK, 1.0, name, dense[name], dense_pairs))
-            flash = dense["sdpa-flash"]
-            for density in densities:
-                index, count, K = make_lists(1, HEADS, p["NSc"], p["NQB"], density, dev)
+                rows.append((frames, Lk, BLK, 1.0, name, timed(fn, [q, k, v], dout), dense_pairs))
+            for index, count, K, pbsa, ref, base in problems:
                 pairs = computed_pairs(index, count, p["block_len"], p["Tq"], BLK)
-                eff = K / (p["NSc"] + p["NQB"])
-
-                def pbsa():
-                    return pbsa_attention(q, kp, vp, index, count, p["block_len"], impl="triton")
-
-                with torch.no_grad():
-                    out_pbsa = pbsa()
-                    if density >= 1.0:
-                        err = (out_pbsa.float() - F.scaled_dot_product_attention(q, k, v).float()).abs().max().item()
-                        print(f"  check F={frames} BLK={BLK} d=1: PBSA vs SDPA max abs err {err:.2e}"
-                              + ("" if err <= FLEX_TOL else "  MISMATCH"))
-                rows.append((frames, p["Lk"], BLK, eff, "pbsa-triton", timed(pbsa, [q, kp, vp], dout), pairs))
-                with untuned():  # the first (default) configurations: what the tuner gains
-                    rows.append((frames, p["Lk"], BLK, eff, "pbsa-untuned", timed(pbsa, [q, kp, vp], dout), pairs))
-                if flex is None:
-                    rows.append((frames, p["Lk"], BLK, eff, "flex", flex_err, pairs))
-                    continue
-                try:
-                    kv_index = torch.zeros(1, HEADS, p["NQB"], p["NSc"] + p["NQB"], dtype=torch.int32, device=dev)
-                    kv_index[..., :K] = index
-                    mask = BlockMask.from_kv_blocks(
-                        torch.zeros_like(count), torch.zeros_like(kv_index), count, kv_index,
-                        BLOCK_SIZE=BLK, seq_lengths=(p["Tq"], p["Lk"]),
-                    )  # every listed block as a full block: no mask_mod evaluated
-                    if BLK not in flex_choice:  # per block size (the shapes recompile; the options do not change)
-                        choice = pick_flex_options(
-                            lambda opts: flex(q, k, v, block_mask=mask, kernel_options=opts), dout, BLK)
-                        if choice is None:  # not kept: the next problem tries again
-                            raise RuntimeError("no kernel_options tried compiles Flex's forward")
-                        flex_choice[BLK] = choice
-
-                    def fx(opts=flex_choice[BLK][0]):
-                        return flex(q, k, v, block_mask=mask, kernel_options=opts)
-
-                    with torch.no_grad():
-                        err = (fx().float() - out_pbsa.float()).abs().max().item()
-                    try:  # a backward Flex cannot compile leaves its forward timed (fwd+bwd: n/a)
-                        grads = grad_check(pbsa, fx, q, k, v, kp, vp, dout, p["Lk"])
-                    except Exception as e:
-                        grads = f"backward fails: {short_error(e, 400)}"
-                    print(f"  check F={frames} BLK={BLK} d={eff:.3f}: Flex vs PBSA max abs err {err:.2e}, {grads}")
-                    result = timed(fx, [q, k, v], dout) if err <= FLEX_TOL else f"n/a (differs from PBSA by {err:.2e})"
-                    rows.append((frames, p["Lk"], BLK, eff, "flex", result, pairs))
-                except Exception as e:
-                    rows.append((frames, p["Lk"], BLK, eff, "flex", f"n/a ({short_error(e)})", pairs))
-            print_rows(rows[-(2 + 3 * len(densities)):], flash)
-            torch.cuda.empty_cache()
+                rows.append((frames, Lk, BLK, K / NS, "pbsa kernel", timed(pbsa, [q, kp, vp], dout), pairs))
+                if selection and K < NS:
+                    for impl in ("Triton", "PyTorch"):
+                        rows.append((frames, Lk, BLK, K / NS, f"pbsa + {impl} selection", with_selection(p, K, impl), pairs))
+            for name, flex in flexes.items():  # last, the baselines that compile (max-autotune the longest)
+                for index, count, K, pbsa, ref, base in problems:
+                    d = None if name != "flex" else dout  # max-autotune: forward only
+                    result = flex if isinstance(flex, str) else flex_row(flex, p, index, count, K, d, ref, base,
+                                                                         flex_choice, name)
+                    pairs = computed_pairs(index, count, p["block_len"], p["Tq"], BLK)
+                    rows.append((frames, Lk, BLK, K / NS, name, result, pairs))
+            print_rows(rows[first:])
+            if dev == "cuda":
+                torch.cuda.empty_cache()
     return rows
+
+
+def with_selection(p, K, impl):
+    """(ms, "-") of PBSA's forward with the selection that makes its lists: pool the chunk's queries and
+    all keys, scores, top-K with the own block forced (the fused Triton kernel, its lists first checked
+    against fp64 scores, or the PyTorch ops)."""
+    from worldkit_kernels.topk_triton import topk_blocks_triton
+
+    q, k, kp, vp, BLK = p["q"], p["k"], p["kp"], p["vp"], p["kp"].shape[3]
+    own = p["NSc"] + torch.arange(p["NQB"], device=q.device)
+    select = topk_blocks_triton if impl == "Triton" else topk_blocks
+
+    def fn():
+        index, count = select(pool_blocks(q, BLK), pool_blocks(k, BLK), K, forced=own)
+        return pbsa_attention(q, kp, vp, index, count, p["block_len"], impl="triton")
+
+    with torch.no_grad():
+        try:
+            pq, pk = pool_blocks(q, BLK), pool_blocks(k, BLK)
+            if not lists_are_top_k(pq, pk, K, *select(pq, pk, K, forced=own), forced=own):
+                return "n/a (its lists fail the check against fp64 scores)"
+        except Exception as e:
+            return f"n/a ({short_error(e)})"
+        return bench(fn), "-"
+
+
+def flex_row(flex, p, index, count, K, dout, ref, base, flex_choice, name):
+    """Flex on a BlockMask of the same blocks, each a full block (the compiled kernels never evaluate the
+    mask_mod, which says the same for eager Flex, whose result comes from it alone): gated like PBSA
+    (output; gradients with ``dout``), then timed; "n/a (reason)" when it fails to compile or the gate."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    q, k, v, BLK, Lk = p["q"], p["k"], p["v"], p["kp"].shape[3], p["Lk"]
+    if dout is None:  # forward only: no graph (eager Flex on the CPU refuses inputs that require grad)
+        q, k, v = q.detach(), k.detach(), v.detach()
+    try:
+        kv_index = torch.zeros(1, HEADS, p["NQB"], p["NSc"] + p["NQB"], dtype=torch.int32, device=q.device)
+        kv_index[..., :K] = index
+        listed = torch.zeros(kv_index.shape, dtype=torch.bool, device=q.device).scatter_(3, index.long(), True)
+
+        def same_blocks(b, h, q_idx, kv_idx):  # what the blocks say, for whoever reads the mask (eager Flex)
+            return listed[b, h, q_idx // BLK, kv_idx // BLK]
+
+        mask = BlockMask.from_kv_blocks(torch.zeros_like(count), torch.zeros_like(kv_index), count, kv_index,
+                                        BLOCK_SIZE=BLK, mask_mod=same_blocks, seq_lengths=(p["Tq"], Lk))
+        if BLK not in flex_choice:  # per block size (the shapes recompile; the options do not change)
+            choice = pick_flex_options(lambda opts: flex(q, k, v, block_mask=mask, kernel_options=opts), dout, BLK)
+            if choice is None:  # not kept: the next problem tries again
+                raise RuntimeError("no kernel_options tried compiles Flex's forward")
+            flex_choice[BLK] = choice
+
+        def fx(opts=flex_choice[BLK][0]):
+            return flex(q, k, v, block_mask=mask, kernel_options=opts)
+
+        keys = ref.keys() if dout is not None else ["out"]
+        ok, line = gate(name, outputs(fx, [q, k, v], dout, Lk), base, {key: ref[key] for key in keys})
+        print(f"  gate F={p['frames']} BLK={BLK} d={K / (p['NSc'] + p['NQB']):.3f}: {line}")
+        return timed(fx, [q, k, v], dout) if ok else f"n/a (fails the gate: {line})"
+    except Exception as e:
+        return f"n/a ({short_error(e)})"
 
 
 def selection_timings(frames_list, blocks, rows, density=0.25):
@@ -449,7 +568,7 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     lines = ["| frames | block | candidates | K | pool + score + top-K ms | the same, top-K in Triton ms | "
              "auto keeps | transposed lists ms: PyTorch / Triton | PBSA fwd ms |", "|---|---|---|---|---|---|---|---|---|"]
     fwd = {(f, b): r[5][0] for r in rows for f, b in [(r[0], r[2])]
-           if r[4] == "pbsa-triton" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
+           if r[4] == "pbsa kernel" and abs(r[3] - density) < 0.02 and not isinstance(r[5], str)}
     for frames in frames_list:
         for BLK in blocks:
             p = make_problem(frames, BLK, DTYPE, DEVICE)
@@ -485,22 +604,13 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     return "\n".join(lines)
 
 
-def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
-    """Where PBSA's forward + backward spends its time, kernel by kernel (torch.profiler, after one warm-up
-    step that also runs the tuner): a markdown table of each kernel's total time per step, slowest first."""
+def profile_table(step, steps=None):
+    """Where ``step()`` spends its time, kernel by kernel (torch.profiler, after one warm-up step that also
+    runs the tuner): a markdown table of each kernel's total time per step, slowest first."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    p = make_problem(frames, BLK, DTYPE, DEVICE)
-    q, kp, vp = p["q"].requires_grad_(), p["kp"].requires_grad_(), p["vp"].requires_grad_()
-    index, count, _ = make_lists(1, HEADS, p["NSc"], p["NQB"], density, DEVICE)
-    dout = torch.randn_like(q)
-
-    def step():
-        for t in (q, kp, vp):
-            t.grad = None
-        pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl).backward(dout)
-
+    steps = steps or PROFILE_STEPS
     step()
     cuda = DEVICE == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -517,12 +627,43 @@ def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=5):
     total = sum(key(e) for e in events)
     lines = [f"| kernel ({'GPU' if cuda else 'CPU self'} time) | ms per step | share |", "|---|---|---|"]
     for e in events[:15]:
-        lines.append(f"| {e.key[:70]} | {key(e) / 1e3 / steps:.3f} | {key(e) / max(total, 1e-9):.0%} |")
+        lines.append(f"| {e.key[:70].replace('|', '/')} | {key(e) / 1e3 / steps:.3f} | {key(e) / max(total, 1e-9):.0%} |")
     lines.append(f"| all | {total / 1e3 / steps:.3f} | 100% |")
     return "\n".join(lines)
 
 
-def launch_cost(frames=21, BLK=128, density=0.0625, impl="triton", n=50):
+def profile(frames=21, BLK=128, density=0.25, impl="triton", steps=None):
+    """PBSA's forward + backward, kernel by kernel (``profile_table``)."""
+    p = make_problem(frames, BLK, DTYPE, DEVICE)
+    q, kp, vp = p["q"].requires_grad_(), p["kp"].requires_grad_(), p["vp"].requires_grad_()
+    index, count, _ = make_lists(1, HEADS, p["NSc"], p["NQB"], density, DEVICE)
+    dout = torch.randn_like(q)
+
+    def step():
+        for t in (q, kp, vp):
+            t.grad = None
+        pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl).backward(dout)
+
+    return profile_table(step, steps)
+
+
+def profile_selection(frames=21, BLK=128, density=0.25, steps=None):
+    """PBSA's forward with the fused block selection (the headline's row), kernel by kernel."""
+    from worldkit_kernels.topk_triton import topk_blocks_triton
+
+    p = make_problem(frames, BLK, DTYPE, DEVICE)
+    NS = p["NSc"] + p["NQB"]
+    K, own = min(NS, max(1, round(density * NS))), p["NSc"] + torch.arange(p["NQB"], device=DEVICE)
+
+    @torch.no_grad()
+    def step():
+        index, count = topk_blocks_triton(pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK), K, forced=own)
+        pbsa_attention(p["q"], p["kp"], p["vp"], index, count, p["block_len"], impl="triton")
+
+    return profile_table(step, steps)
+
+
+def launch_cost(frames=21, BLK=128, density=0.0625, impl="triton", n=None, backward=True):
     """CPU time to issue one PBSA call against its time with the GPU waited for, forward (no grad) and
     forward + backward: where the first is the larger, the step is bound by the CPU that launches the
     kernels, not by the kernels. A markdown table (ms per call, mean of ``n`` calls after a warm-up; 50
@@ -542,8 +683,9 @@ def launch_cost(frames=21, BLK=128, density=0.0625, impl="triton", n=50):
             t.grad = None
         pbsa_attention(q, kp, vp, index, count, p["block_len"], impl=impl).backward(dout)
 
+    n = n or LAUNCH_COST_CALLS
     lines = [f"| {frames} frames, block {BLK}, {density:.2%} | CPU ms to issue | ms with the GPU waited for |", "|---|---|---|"]
-    for name, fn in (("forward", forward), ("forward + backward", forward_backward)):
+    for name, fn in (("forward", forward), ("forward + backward", forward_backward))[: 2 if backward else 1]:
         fn()
         sync()
         start = time.perf_counter()
@@ -556,91 +698,173 @@ def launch_cost(frames=21, BLK=128, density=0.0625, impl="triton", n=50):
     return "\n".join(lines)
 
 
-def fmt(result, pairs, flash, i):
-    """'ms TFLOP/s speedup' for pass i (0 forward, 1 forward+backward)."""
+def fmt(result, pairs, bases, i):
+    """'ms, TFLOP/s, speedups' for pass i (0 forward, 1 forward+backward); ``bases``: {label: the result
+    of a method each speedup is taken against}."""
     ms = result if isinstance(result, str) else result[i]
     if isinstance(ms, str):
         return ms
     flops = 4 * HEAD_DIM * pairs * (1.0 if i == 0 else 3.5)
-    base = flash if isinstance(flash, str) else flash[i]
-    speed = "-" if isinstance(base, str) else f"{base / ms:.2f}x"
-    return f"{ms:.3f} ms {flops / ms / 1e9:.0f} TF/s {speed}"
+    speeds = [f"{b[i] / ms:.2f}x {label}" for label, b in bases.items()
+              if not isinstance(b, str) and not isinstance(b[i], str)]
+    return ", ".join([f"{ms:.3f} ms", f"{flops / ms / 1e9:.0f} TF/s"] + speeds)
+
+
+def dense_bases(rows):
+    """(frames, block) -> {"flash": its SDPA-flash result, "cuDNN": its cuDNN result}."""
+    bases = {}
+    for frames, _, blk, _, name, res, _ in rows:
+        if name in ("sdpa-flash", "sdpa-cudnn"):
+            bases.setdefault((frames, blk), {})["flash" if name == "sdpa-flash" else "cuDNN"] = res
+    return bases
 
 
 def table(rows):
-    """Markdown table of all rows; speedups against SDPA flash of the same frames and block size."""
+    """Markdown table of all rows; speedups against SDPA flash and cuDNN of the same frames and block."""
     lines = [
-        "| frames | KV tokens | block | density | method | fwd: ms, TFLOP/s, speedup | fwd+bwd: ms, TFLOP/s, speedup |",
+        "| frames | KV tokens | block | density | method | fwd: ms, TFLOP/s, speedup vs SDPA | "
+        "fwd+bwd: ms, TFLOP/s, speedup vs SDPA |",
         "|---|---|---|---|---|---|---|",
     ]
-    flash = {}
+    bases = dense_bases(rows)
     for frames, lk, blk, dens, name, res, pairs in rows:
-        if name == "sdpa-flash":
-            flash[(frames, blk)] = res
-        ref = flash.get((frames, blk), "-")
-        lines.append(f"| {frames} | {lk} | {blk} | {dens:.3f} | {name} | {fmt(res, pairs, ref, 0)} | {fmt(res, pairs, ref, 1)} |")
+        b = bases.get((frames, blk), {})
+        lines.append(f"| {frames} | {lk} | {blk} | {dens:.3f} | {name} | {fmt(res, pairs, b, 0)} | {fmt(res, pairs, b, 1)} |")
     return "\n".join(lines)
 
 
-def print_rows(rows, flash):
+def print_rows(rows):
+    bases = dense_bases(rows)
     for frames, lk, blk, dens, name, res, pairs in rows:
-        print(f"  F={frames:2d} KV={lk:6d} BLK={blk:3d} d={dens:.3f} {name:12s} fwd {fmt(res, pairs, flash, 0):32s} fwd+bwd {fmt(res, pairs, flash, 1)}")
+        b = bases.get((frames, blk), {})
+        print(f"  F={frames:2d} KV={lk:6d} BLK={blk:3d} d={dens:.3f} {name:24s} fwd {fmt(res, pairs, b, 0):48s} "
+              f"fwd+bwd {fmt(res, pairs, b, 1)}")
 
 
-def main() -> int:
+def targets(rows, frames=21, BLK=128) -> str:
+    """The issue's forward targets at ``frames`` and ``BLK``, met or not, as markdown lines: at 25 %
+    density PBSA with its selection >= 4.5x SDPA-flash and >= 2.7x cuDNN (the kernel alone beside it);
+    at full density PBSA within 1.1x of cuDNN's time."""
+    def fwd(name, density):
+        for f, _, blk, d, n, res, _ in rows:
+            if (f, blk, n) == (frames, BLK, name) and abs(d - density) < 0.02:
+                return None if isinstance(res, str) or isinstance(res[0], str) else res[0]
+        return None
+
+    def against(t, base, label, goal=None):
+        if base is None:
+            return f"{label} not measured"
+        verdict = "" if goal is None else f" (target >= {goal}x: {'met' if base / t >= goal else 'MISSED'})"
+        return f"{base / t:.2f}x {label} ({base:.3f} ms){verdict}"
+
+    flash, cudnn = fwd("sdpa-flash", 1.0), fwd("sdpa-cudnn", 1.0)
+    lines = []
+    for name in ("pbsa + Triton selection", "pbsa + PyTorch selection", "pbsa kernel"):
+        t = fwd(name, 0.25)
+        goals = (None, None) if name == "pbsa kernel" else (4.5, 2.7)
+        lines.append(f"- 25 %, {name}: " + ("not measured" if t is None else f"{t:.3f} ms, " + ", ".join(
+            (against(t, flash, "SDPA-flash", goals[0]), against(t, cudnn, "cuDNN", goals[1])))))
+    t = fwd("pbsa kernel", 1.0)
+    if t is not None and cudnn is not None:
+        lines.append(f"- full density, pbsa kernel: {t:.3f} ms, {t / cudnn:.2f}x cuDNN's time ({cudnn:.3f} ms; "
+                     f"target <= 1.1x: {'met' if t / cudnn <= 1.1 else 'MISSED'})")
+    else:
+        lines.append("- full density, pbsa kernel against cuDNN: not measured")
+    return "\n".join(lines)
+
+
+def tiny() -> None:
+    """The same code on the CPU at toy sizes: Triton under its interpreter, a wall-clock timer, eager Flex."""
+    global TOKENS_PER_FRAME, HEADS, HEAD_DIM, DTYPE, DEVICE, LAUNCH_COST_CALLS, PROFILE_STEPS, bench
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules are imported
+    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+    TOKENS_PER_FRAME, HEADS, HEAD_DIM, DTYPE, DEVICE = 20, 2, 16, torch.float32, "cpu"
+    LAUNCH_COST_CALLS, PROFILE_STEPS = 2, 1
+
+    def wall_ms(fn, grad_to_none=None, n=1):
+        try:
+            fn()
+            start = time.perf_counter()
+            for _ in range(n):
+                for t in grad_to_none or ():
+                    t.grad = None
+                fn()
+            return (time.perf_counter() - start) / n * 1e3
+        except Exception as e:
+            return f"n/a ({short_error(e)})"
+
+    bench = wall_ms
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="21 and 63 frames, block 128, densities 1 / 0.25 / 0.0625")
+    ap.add_argument("--headline", action="store_true",
+                    help="what the issue's targets need: 21 frames, block 128, densities 1 and 0.25, forward "
+                         "(--backward adds forward+backward), Flex max-autotune; no edge-case check")
+    ap.add_argument("--backward", action="store_true", help="with --headline: also forward+backward")
+    ap.add_argument("--flex-autotune", action="store_true", help="also Flex compiled with max-autotune (forward)")
     ap.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--out", type=Path, help="write the markdown section to this file")
     ap.add_argument("--frames", type=int, nargs="+", help="key-sequence lengths in frames (overrides the preset)")
     ap.add_argument("--blocks", type=int, nargs="+", help="block sizes (overrides the preset)")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile PBSA forward + backward at 21 frames, 25 %% density, kernel by kernel, "
-                         "and the CPU cost of issuing a call")
-    args = ap.parse_args()
+                    help="also profile PBSA kernel by kernel (forward with the fused selection; forward + "
+                         "backward unless --headline without --backward) and the CPU cost of issuing a call")
+    ap.add_argument("--tiny", action="store_true", help="on the CPU at toy sizes (a dry run of the code paths)")
+    args = ap.parse_args(argv)
     start = time.perf_counter()
-    if not torch.cuda.is_available():
-        print("kernel_bench needs a CUDA GPU (the CPU tests cover correctness under TRITON_INTERPRET=1)")
+    if args.tiny:
+        tiny()
+    elif not torch.cuda.is_available():
+        print("kernel_bench needs a CUDA GPU (--tiny runs its code on the CPU at toy sizes)")
         return 2
-    import triton
-
-    card = torch.cuda.get_device_name()
-    versions = f"torch {torch.__version__}, triton {triton.__version__}, CUDA {torch.version.cuda}"
-    print(f"{card}; {versions}")
+    machine = describe(DEVICE)
+    print(machine)
     with untuned():  # every kernel path once, in its default configuration (tests cover the others)
-        passed = correctness()
-        helpers, selection = helpers_correct()
+        passed = True if args.headline or args.tiny else correctness()
+        helpers, selection = helpers_correct(**(dict(NSc=5, NQB=3, candidates=(20,)) if args.tiny else {}))
     if not (passed and helpers):
         print("correctness check FAILED: no timings")
         return 1
     if not selection:
         print("the fused block selection FAILED its check: local_window's impl: auto keeps PyTorch")
     print(f"  ({time.perf_counter() - start:.0f} s)")
-    frames = args.frames or ((21, 63) if args.quick else (6, 12, 21, 63))
-    blocks = args.blocks or ((128,) if args.quick else (64, 128))
-    densities = (1.0, 0.25, 0.0625) if args.quick else (1.0, 0.5, 0.25, 0.125, 0.0625)
-    print("== timings (bf16, median ms)")
+    if args.headline:
+        frames, blocks, densities = (21,), (128,), (1.0, 0.25)
+        args.flex_autotune, args.backward = True, args.backward
+    else:
+        frames = (21, 63) if args.quick else (6, 12, 21, 63)
+        blocks = (128,) if args.quick else (64, 128)
+        densities = (1.0, 0.25, 0.0625) if args.quick else (1.0, 0.5, 0.25, 0.125, 0.0625)
+        args.backward = True
+    frames, blocks = args.frames or (((6,) if args.tiny else frames)), args.blocks or ((16,) if args.tiny else blocks)
+    print(f"== timings ({str(DTYPE).removeprefix('torch.')}, median ms), each problem gated first")
     with sigterm_stops():
-        return report(args, frames, blocks, densities, card, versions, start)
+        return report(args, frames, blocks, densities, machine, start)
 
 
-def report(args, frames, blocks, densities, card, versions, start) -> int:
-    """Timings, block-selection timings and the tuner's choices: printed, and appended to RESULTS.md
-    with --write (marked partial when stopped)."""
-    rows, stopped = timings_until_stopped(frames, blocks, densities)
+def report(args, frames, blocks, densities, machine, start) -> int:
+    """Timings, targets, block-selection timings and the tuner's choices: printed, and with --out / --write
+    written as a markdown section (marked partial when stopped; exit 1 when the gate failed)."""
+    rows, stopped = timings_until_stopped(frames, blocks, densities, backward=args.backward,
+                                          flex_autotune=args.flex_autotune)
     md = table(rows)
     if not stopped:
+        md += (f"\n\nAgainst the issue's targets ({frames[0]} frames, block {blocks[0]}, forward; speedups against "
+               "SDPA of the same run):\n\n" + targets(rows, frames[0], blocks[0]))
         print("== block selection at 25 % density")
         try:
             selection = selection_timings(frames, blocks, rows)
         except Stopped:
-            stopped = True
+            stopped = "stopped by SIGTERM before every row was measured"
         except Exception as e:  # the timings above are worth more than the selection's
             md += f"\n\n(Block selection timings failed: {short_error(e, 200)})"
         else:
             md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
                    "PBSA's forward (median ms), and which one `local_window`'s `impl: auto` keeps:\n\n" + selection)
     if stopped:
-        md += "\n\n(Partial: the run was stopped before every row was measured.)"
+        md += f"\n\n(Partial: {stopped}.)"
     chosen = kernel_choices()  # what the kernels loaded in this process kept
     ms = lambda t: "inf" if t is None else f"{t:.3f}"  # noqa: E731  (None: the candidate failed)
     tuned = [e for e in chosen["pbsa"] if e["tuned"]]
@@ -658,29 +882,42 @@ def report(args, frames, blocks, densities, card, versions, start) -> int:
         md += ("\n\nBlock selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "
                "(not the table's method: one call after an L2 flush), and the one kept:\n\n" + picks)
     if getattr(args, "profile", False) and not stopped:
-        print("== profile: PBSA forward + backward, 21 frames, block 128, 25 % density")
+        f0, b0 = frames[0], blocks[0]
+        print(f"== profile: {f0} frames, block {b0}, 25 % density")
         try:
-            md += ("\n\nPBSA forward + backward kernel by kernel (torch.profiler, 21 frames, block 128, 25 % density):"
-                   "\n\n" + profile())
-            md += "\n\nThe CPU cost of issuing PBSA calls:\n\n" + launch_cost() + "\n\n" + launch_cost(density=0.25)
+            md += (f"\n\nPBSA forward with the fused block selection, kernel by kernel (torch.profiler, {f0} frames, "
+                   f"block {b0}, 25 % density):\n\n" + profile_selection(f0, b0))
+            if args.backward:
+                md += (f"\n\nPBSA forward + backward kernel by kernel ({f0} frames, block {b0}, 25 % density):"
+                       "\n\n" + profile(f0, b0))
+            md += ("\n\nThe CPU cost of issuing PBSA calls:\n\n" + launch_cost(f0, b0, backward=args.backward) + "\n\n"
+                   + launch_cost(f0, b0, density=0.25, backward=args.backward))
         except Stopped:
             md += "\n\n(The profile was stopped before it finished.)"
         except Exception as e:  # the timings above are worth more than the profile
             md += f"\n\n(The profile failed: {short_error(e, 200)})"
     print(md)
     print(f"total {time.perf_counter() - start:.0f} s")
+    cmd = " ".join(["python benchmarks/kernel_bench.py"] + sys.argv[1:])
+    section = (
+        f"\n## PBSA kernel, {datetime.date.today()}\n\n{machine}; {str(DTYPE).removeprefix('torch.')}; `{cmd}`; chunk of "
+        f"{CHUNK_FRAMES} x {TOKENS_PER_FRAME} tokens, {HEADS} heads x {HEAD_DIM}; key sequence of F frames including the "
+        "chunk. " + ("The correctness gate FAILED (below): the timings stopped there. " if stopped and "gate" in stopped
+                     else "Every PBSA problem passed the gate before it was timed ") + "(gate: error against fp64 <= 2x "
+        "SDPA's in the same dtype + 2^-10 of the largest reference value; output" + (" and gradients" if args.backward
+                                                                                       else "") + "). "
+        "TFLOP/s: computed blocks only for PBSA and Flex, all keys for SDPA; forward+backward counted as 3.5x the "
+        "forward. Speedups against SDPA flash and cuDNN on the full keys, same pass, same process. `pbsa + ... "
+        "selection`: the forward including the block selection that makes its lists (all keys pooled).\n\n"
+        f"{md}\n"
+    )
+    if args.out:
+        args.out.write_text(section)
     if args.write:
-        cmd = " ".join(["python benchmarks/kernel_bench.py"] + sys.argv[1:])
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(
-                f"\n## PBSA kernel, {datetime.date.today()}: {card}\n\n{versions}; bf16; `{cmd}`; chunk of "
-                f"{CHUNK_FRAMES} x {TOKENS_PER_FRAME} tokens, {HEADS} heads x {HEAD_DIM}; key sequence of F frames "
-                "including the chunk. TFLOP/s: computed blocks only for PBSA and Flex, all keys for SDPA; "
-                "forward+backward counted as 3.5x the forward. Speedup against SDPA flash, same pass.\n\n"
-                f"{md}\n"
-            )
+            f.write(section)
         print("appended to benchmarks/RESULTS.md")
-    return 0
+    return 1 if stopped and "gate" in stopped else 0
 
 
 if __name__ == "__main__":
