@@ -264,7 +264,7 @@ def render(args, pr, geo, rows, header) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> str:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 12, 48], help="multiples of the training clip")
@@ -283,7 +283,11 @@ def main(argv=None) -> str:
                         "at the last horizon)")
     p.add_argument("--out", type=Path, help="write the markdown here (rewritten after every cell)")
     p.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> str:
+    args = parser().parse_args(argv)
     pr = PRESETS[args.preset]
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     vs = variants(pr["clip"], args.impl)

@@ -796,7 +796,7 @@ def tiny() -> None:
     bench = wall_ms
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="21 and 63 frames, block 128, densities 1 / 0.25 / 0.0625")
     ap.add_argument("--headline", action="store_true",
@@ -812,7 +812,11 @@ def main(argv=None) -> int:
                     help="also profile PBSA kernel by kernel (forward with the fused selection; forward + "
                          "backward unless --headline without --backward) and the CPU cost of issuing a call")
     ap.add_argument("--tiny", action="store_true", help="on the CPU at toy sizes (a dry run of the code paths)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     start = time.perf_counter()
     if args.tiny:
         tiny()
