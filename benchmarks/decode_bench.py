@@ -55,19 +55,20 @@ KV_TARGET = 0.55  # ... and its KV bytes against the window's
 
 
 def variants(clip: int, impl: str = "auto") -> dict[str, tuple[dict, dict, dict]]:
-    """name -> (memory, selector, attention) specs. The baseline is Self-Forcing's rolling window over
-    the training clip; Sparse Forcing keeps 1 sink frame, 2 frames' worth of persistent blocks and a
-    6-frame local window read at 25 % block density (``impl``: its selection's and PBSA's)."""
+    """name -> (memory, selector, attention) specs, in the order they run at each horizon (dense, the
+    slowest, last: a time limit cuts it first). The baseline is Self-Forcing's rolling window over the
+    training clip; Sparse Forcing keeps 1 sink frame, 2 frames' worth of persistent blocks and a 6-frame
+    local window read at 25 % block density (``impl``: its selection's and PBSA's)."""
     sdpa, every = {"type": "sdpa"}, {"type": "all"}
     return {
-        "dense": ({"type": "dense"}, every, sdpa),
         "sliding_window": ({"type": "sliding_window", "window_frames": clip}, every, sdpa),
-        "sink": ({"type": "sink", "sink_frames": 1, "window_frames": clip - 1}, every, sdpa),
         "sparse_forcing": (
             {"type": "persistent_block", "sink_frames": 1, "persistent_frames": 2, "window_frames": 6},
             {"type": "local_window", "top_k": 0.25, "impl": impl},
             {"type": "pbsa", "impl": impl},
         ),
+        "sink": ({"type": "sink", "sink_frames": 1, "window_frames": clip - 1}, every, sdpa),
+        "dense": ({"type": "dense"}, every, sdpa),
     }
 
 

@@ -12,7 +12,8 @@
    cuDNN on the full keys; PBSA (Triton, launch-tuned): the kernel alone, and (below full density) with
    the block selection that makes its lists (pool the chunk's queries and all keys, scores, top-K with the
    own block forced: the fused Triton kernel, or the PyTorch ops), forward only; FlexAttention compiled on a
-   BlockMask of the identical blocks, with its defaults and (--flex-autotune) max-autotune, forward only.
+   BlockMask of the identical blocks, with its defaults, and (--flex-autotune) with max-autotune, forward
+   only, after everything else (its compile takes the longest; the section is written before it starts).
    Densities: every row reads a persistent segment (the oldest cached blocks, half the budget) plus random
    local blocks with its own block kept, per head. TFLOP/s count only computed blocks for the sparse methods
    (PBSA, Flex) and all keys for the dense ones; forward+backward counts 3.5x the forward (FA convention).
@@ -439,18 +440,20 @@ def flex_compiled(mode=None):
         return f"n/a ({short_error(e)})"
 
 
-def run_timings(frames_list, blocks, densities, rows=None, backward=True, selection=True, flex_autotune=False):
+METHODS = ("sdpa", "pbsa", "selection", "flex")  # what run_timings times unless told; also "flex max-autotune"
+
+
+def run_timings(frames_list, blocks, densities, rows=None, backward=True, methods=METHODS):
     """Per problem (frames x block): the gate at every density first (PBSA tuned, as then timed; its
-    failure raises ``GateFailed``), then the rows, appended to ``rows`` in place (a caller keeps the rows
-    of a stopped run): SDPA flash and cuDNN; per density PBSA's kernel and PBSA with its block selection
-    (fused and PyTorch; forward); then per density Flex (forward + backward), and Flex max-autotune
-    (forward), whose compiles take the longest."""
+    failure raises ``GateFailed``), then the rows of ``methods``, appended to ``rows`` in place (a caller
+    keeps the rows of a stopped run): SDPA flash and cuDNN; per density PBSA's kernel and PBSA with its
+    block selection (fused and PyTorch; forward); then per density Flex (forward + backward) and Flex
+    max-autotune (forward)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     rows = [] if rows is None else rows
-    flexes = {"flex": flex_compiled()}
-    if flex_autotune:
-        flexes["flex max-autotune"] = flex_compiled("max-autotune-no-cudagraphs")
+    flexes = {name: flex_compiled(mode) for name, mode in (("flex", None), ("flex max-autotune", "max-autotune-no-cudagraphs"))
+              if name in methods}
     flex_choice = {}  # block size -> (kernel_options,) Flex runs with, or None
     dev = DEVICE
     for frames in frames_list:
@@ -474,15 +477,16 @@ def run_timings(frames_list, blocks, densities, rows=None, backward=True, select
                     raise GateFailed(f"F={frames} BLK={BLK} d={K / NS:.3f}: {line}")
                 problems.append((index, count, K, pbsa, ref, base))
             first, dense_pairs = len(rows), HEADS * p["Tq"] * Lk
-            for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+            dense = (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION))
+            for name, backend in dense if "sdpa" in methods else ():
                 def fn(backend=backend):
                     with sdpa_kernel(backend):
                         return F.scaled_dot_product_attention(q, k, v)
                 rows.append((frames, Lk, BLK, 1.0, name, timed(fn, [q, k, v], dout), dense_pairs))
-            for index, count, K, pbsa, ref, base in problems:
+            for index, count, K, pbsa, ref, base in problems if "pbsa" in methods else ():
                 pairs = computed_pairs(index, count, p["block_len"], p["Tq"], BLK)
                 rows.append((frames, Lk, BLK, K / NS, "pbsa kernel", timed(pbsa, [q, kp, vp], dout), pairs))
-                if selection and K < NS:
+                if "selection" in methods and K < NS:
                     for impl in ("Triton", "PyTorch"):
                         rows.append((frames, Lk, BLK, K / NS, f"pbsa + {impl} selection", with_selection(p, K, impl), pairs))
             for name, flex in flexes.items():  # last, the baselines that compile (max-autotune the longest)
@@ -836,7 +840,7 @@ def main(argv=None) -> int:
     print(f"  ({time.perf_counter() - start:.0f} s)")
     if args.headline:
         frames, blocks, densities = (21,), (128,), (1.0, 0.25)
-        args.flex_autotune, args.backward = True, args.backward
+        args.flex_autotune = True
     else:
         frames = (21, 63) if args.quick else (6, 12, 21, 63)
         blocks = (128,) if args.quick else (64, 128)
@@ -849,79 +853,92 @@ def main(argv=None) -> int:
 
 
 def report(args, frames, blocks, densities, machine, start) -> int:
-    """Timings, targets, block-selection timings and the tuner's choices: printed, and with --out / --write
-    written as a markdown section (marked partial when stopped; exit 1 when the gate failed)."""
-    rows, stopped = timings_until_stopped(frames, blocks, densities, backward=args.backward,
-                                          flex_autotune=args.flex_autotune)
-    md = table(rows)
+    """Timings, targets, block-selection timings, the tuner's choices and the profile, then (--flex-autotune)
+    Flex max-autotune, whose compile takes the longest, last: printed, and with --out / --write written as
+    a markdown section (with --out also before max-autotune starts; marked partial when stopped; exit 1
+    when the gate failed)."""
+    rows, stopped = timings_until_stopped(frames, blocks, densities, backward=args.backward)
+    notes = []  # the sections after the table, in order
     if not stopped:
-        md += (f"\n\nAgainst the issue's targets ({frames[0]} frames, block {blocks[0]}, forward; speedups against "
-               "SDPA of the same run):\n\n" + targets(rows, frames[0], blocks[0]))
         print("== block selection at 25 % density")
         try:
-            selection = selection_timings(frames, blocks, rows)
+            notes.append("Block selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
+                         "PBSA's forward (median ms), and which one `local_window`'s `impl: auto` keeps:\n\n"
+                         + selection_timings(frames, blocks, rows))
         except Stopped:
             stopped = "stopped by SIGTERM before every row was measured"
         except Exception as e:  # the timings above are worth more than the selection's
-            md += f"\n\n(Block selection timings failed: {short_error(e, 200)})"
-        else:
-            md += ("\n\nBlock selection at 25 % density (PyTorch; and with the fused Triton top-K kernel), beside "
-                   "PBSA's forward (median ms), and which one `local_window`'s `impl: auto` keeps:\n\n" + selection)
-    if stopped:
-        md += f"\n\n(Partial: {stopped}.)"
-    chosen = kernel_choices()  # what the kernels loaded in this process kept
-    ms = lambda t: "inf" if t is None else f"{t:.3f}"  # noqa: E731  (None: the candidate failed)
-    tuned = [e for e in chosen["pbsa"] if e["tuned"]]
-    md += "\n\nLaunch configurations the tuner kept (per problem class):\n\n" + (
-        "\n".join(dict.fromkeys(f"- {e['class']}: {e['kept']}" for e in tuned)) or "- none (tuning off)")
-    times = "\n".join(f"- {e['class']}: " + "; ".join(
-        f"{c} {ms(t)}" for c, t in sorted(e["timings_ms"].items(), key=lambda r: float("inf") if r[1] is None else r[1]))
-        for e in tuned if "timings_ms" in e)
-    if times:
-        md += "\n\nEvery candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 flush):\n\n" + times
-    picks = "\n".join(
-        f"- {e['class']}: " + ", ".join(f"{impl} {ms(t)}" for impl, t in e["timings_ms"].items()) + f"; keeps {e['kept']}"
-        + (f" ({e['kernel_failed']})" if "kernel_failed" in e else "") for e in chosen["selection"])
-    if picks:
-        md += ("\n\nBlock selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "
-               "(not the table's method: one call after an L2 flush), and the one kept:\n\n" + picks)
+            notes.append(f"(Block selection timings failed: {short_error(e, 200)})")
     if getattr(args, "profile", False) and not stopped:
         f0, b0 = frames[0], blocks[0]
         print(f"== profile: {f0} frames, block {b0}, 25 % density")
         try:
-            md += (f"\n\nPBSA forward with the fused block selection, kernel by kernel (torch.profiler, {f0} frames, "
-                   f"block {b0}, 25 % density):\n\n" + profile_selection(f0, b0))
+            notes.append(f"PBSA forward with the fused block selection, kernel by kernel (torch.profiler, {f0} frames, "
+                         f"block {b0}, 25 % density):\n\n" + profile_selection(f0, b0))
             if args.backward:
-                md += (f"\n\nPBSA forward + backward kernel by kernel ({f0} frames, block {b0}, 25 % density):"
-                       "\n\n" + profile(f0, b0))
-            md += ("\n\nThe CPU cost of issuing PBSA calls:\n\n" + launch_cost(f0, b0, backward=args.backward) + "\n\n"
-                   + launch_cost(f0, b0, density=0.25, backward=args.backward))
+                notes.append(f"PBSA forward + backward kernel by kernel ({f0} frames, block {b0}, 25 % density):"
+                             "\n\n" + profile(f0, b0))
+            notes.append("The CPU cost of issuing PBSA calls:\n\n" + launch_cost(f0, b0, backward=args.backward)
+                         + "\n\n" + launch_cost(f0, b0, density=0.25, backward=args.backward))
         except Stopped:
-            md += "\n\n(The profile was stopped before it finished.)"
+            notes.append("(The profile was stopped before it finished.)")
         except Exception as e:  # the timings above are worth more than the profile
-            md += f"\n\n(The profile failed: {short_error(e, 200)})"
-    print(md)
+            notes.append(f"(The profile failed: {short_error(e, 200)})")
+    section = write_section(args, rows, stopped, notes, frames, blocks, machine)
+    if args.flex_autotune and not stopped:
+        print("== Flex compiled with max-autotune (forward), last: its compile takes the longest")
+        more, stopped = timings_until_stopped(frames, blocks, densities, backward=False, methods=("flex max-autotune",))
+        rows += more
+        section = write_section(args, rows, stopped, notes, frames, blocks, machine)
+    print(section)
     print(f"total {time.perf_counter() - start:.0f} s")
-    cmd = " ".join(["python benchmarks/kernel_bench.py"] + sys.argv[1:])
-    section = (
-        f"\n## PBSA kernel, {datetime.date.today()}\n\n{machine}; {str(DTYPE).removeprefix('torch.')}; `{cmd}`; chunk of "
-        f"{CHUNK_FRAMES} x {TOKENS_PER_FRAME} tokens, {HEADS} heads x {HEAD_DIM}; key sequence of F frames including the "
-        "chunk. " + ("The correctness gate FAILED (below): the timings stopped there. " if stopped and "gate" in stopped
-                     else "Every PBSA problem passed the gate before it was timed ") + "(gate: error against fp64 <= 2x "
-        "SDPA's in the same dtype + 2^-10 of the largest reference value; output" + (" and gradients" if args.backward
-                                                                                       else "") + "). "
-        "TFLOP/s: computed blocks only for PBSA and Flex, all keys for SDPA; forward+backward counted as 3.5x the "
-        "forward. Speedups against SDPA flash and cuDNN on the full keys, same pass, same process. `pbsa + ... "
-        "selection`: the forward including the block selection that makes its lists (all keys pooled).\n\n"
-        f"{md}\n"
-    )
-    if args.out:
-        args.out.write_text(section)
     if args.write:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
             f.write(section)
         print("appended to benchmarks/RESULTS.md")
     return 1 if stopped and "gate" in stopped else 0
+
+
+def write_section(args, rows, stopped, notes, frames, blocks, machine) -> str:
+    """The markdown section: what ran where, the table, the targets, ``notes``, the kernels' choices;
+    written to --out when given."""
+    chosen = kernel_choices()  # what the kernels loaded in this process kept
+    ms = lambda t: "inf" if t is None else f"{t:.3f}"  # noqa: E731  (None: the candidate failed)
+    tuned = [e for e in chosen["pbsa"] if e["tuned"]]
+    parts = [table(rows), f"Against the issue's targets ({frames[0]} frames, block {blocks[0]}, forward; speedups "
+             "against SDPA of the same run):\n\n" + targets(rows, frames[0], blocks[0])]
+    if stopped:
+        parts.append(f"(Partial: {stopped}.)")
+    parts += notes
+    parts.append("Launch configurations the tuner kept (per problem class):\n\n" + (
+        "\n".join(dict.fromkeys(f"- {e['class']}: {e['kept']}" for e in tuned)) or "- none (tuning off)"))
+    times = "\n".join(f"- {e['class']}: " + "; ".join(
+        f"{c} {ms(t)}" for c, t in sorted(e["timings_ms"].items(), key=lambda r: float("inf") if r[1] is None else r[1]))
+        for e in tuned if "timings_ms" in e)
+    if times:
+        parts.append("Every candidate the tuner timed, fastest first (median ms of 10 launches, each after an L2 "
+                     "flush):\n\n" + times)
+    picks = "\n".join(
+        f"- {e['class']}: " + ", ".join(f"{impl} {ms(t)}" for impl, t in e["timings_ms"].items()) + f"; keeps {e['kept']}"
+        + (f" ({e['kernel_failed']})" if "kernel_failed" in e else "") for e in chosen["selection"])
+    if picks:
+        parts.append("Block selection with `impl: auto`, per problem class: ms per call of 20 calls back to back "
+                     "(not the table's method: one call after an L2 flush), and the one kept:\n\n" + picks)
+    cmd = " ".join(["python benchmarks/kernel_bench.py"] + sys.argv[1:])
+    gated = ("The correctness gate FAILED (below): the timings stopped there. " if stopped and "gate" in stopped
+             else "Every PBSA problem passed the gate before it was timed ")
+    section = (
+        f"\n## PBSA kernel, {datetime.date.today()}\n\n{machine}; {str(DTYPE).removeprefix('torch.')}; `{cmd}`; chunk of "
+        f"{CHUNK_FRAMES} x {TOKENS_PER_FRAME} tokens, {HEADS} heads x {HEAD_DIM}; key sequence of F frames including the "
+        f"chunk. {gated}(gate: error against fp64 <= 2x SDPA's in the same dtype + 2^-10 of the largest reference "
+        f"value; output{' and gradients' if args.backward else ''}). TFLOP/s: computed blocks only for PBSA and Flex, "
+        "all keys for SDPA; forward+backward counted as 3.5x the forward. Speedups against SDPA flash and cuDNN on "
+        "the full keys, same pass, same process. `pbsa + ... selection`: the forward including the block selection "
+        "that makes its lists (all keys pooled).\n\n" + "\n\n".join(parts) + "\n"
+    )
+    if args.out:
+        args.out.write_text(section)
+    return section
 
 
 if __name__ == "__main__":
