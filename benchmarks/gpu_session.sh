@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One GPU session, in order (PHASE: a comma list of kernels, decode, main; default all three):
+# One GPU session, in order (PHASE: a comma list of kernels, decode, bases; default all three):
 #   kernels  kernel_bench.py --headline: the PBSA kernel headline of issue 23, each problem gated first
 #            (about 2 min on an H200; bounded by KERNEL_S, default 150 s)
 #   decode   decode_bench.py --preset wan: end-to-end decode at Wan2.1-1.3B shapes, dense / sliding window /
 #            sink / Sparse Forcing at 1x, 4x and 12x the 21-frame clip (about 2.5 min; DECODE_S, default 170 s)
-#   main     the main job with a longer self-forcing stage than the CPU affords (regression and DMD side by
-#            side, in parallel on the one GPU); STEPS and MINUTES bound each self-forcing stage
+#   bases    the revisit room's base checkpoints, trained at two sizes at once (MINUTES each, default 3),
+#            each then scored zero-shot under every memory policy of experiments/revisit_memory.yaml
+#            (benchmarks/gpu_train_bases.sh; about 5 minutes: run it as a call of its own)
 # Written for the lent H100/H200 machine (Python 3.12 with torch, triton, lightning; no index): pydantic
 # arrives as wheels in .whl/ (../shared/gpu-wheels.sh .whl) and the episodes as a prepared cache in
-# .gpucache/ (worldkit data experiments/sparse_forcing.yaml --set data.cache_dir=$PWD/.gpucache), so no
+# .gpucache/ (worldkit data experiments/pretrain_revisit.yaml --set data.cache_dir=$PWD/.gpucache), so no
 # MuJoCo is needed. Results land in $OUT (default ./gpu_out), few files: kernels.log, decode.log and
 # RESULTS_gpu.md (the phases' markdown sections, ready to paste, each naming card, driver, versions and
-# commit), and main_*.log / main_*.tgz. A copy of the tree without git history names its commit through
+# commit), and bases-* (weights in half precision, logs, the runs and evaluations as one archive). A copy of the tree without git history names its commit through
 # WORLDKIT_COMMIT (e.g. WORLDKIT_COMMIT=$(git rev-parse HEAD) where the copy is made).
 # KERNEL_ARGS / DECODE_ARGS replace the phases' arguments (e.g. KERNEL_ARGS="--headline --backward").
 # DRY=1 runs the kernels and decode phases on the CPU at toy sizes through the same code (Triton under its
@@ -21,7 +22,7 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PHASE=${PHASE:-all}
-[ "$PHASE" = all ] && PHASE=kernels,decode,main
+[ "$PHASE" = all ] && PHASE=kernels,decode,bases
 has() { [[ ",$PHASE," == *",$1,"* ]]; }
 PY=${PYTHON:-python3}
 MD="$OUT/RESULTS_gpu.md"
@@ -30,7 +31,7 @@ if [ -n "${DRY:-}" ]; then
   export TRITON_INTERPRET=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
   KERNEL_ARGS=${KERNEL_ARGS:---tiny --headline --profile}
   DECODE_ARGS=${DECODE_ARGS:---preset tiny --device cpu --dtype float32 --horizons 1 4 12 --reps 1 --impl triton --profile}
-  PHASE=${PHASE//main/}  # no main job on the CPU
+  PHASE=${PHASE//bases/}  # no training on the CPU
   echo "# Dry run of the GPU session on the CPU, $(date -u +%F)" > "$MD"
 else
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -67,20 +68,7 @@ has kernels && run kernels "${KERNEL_S:-150}" benchmarks/kernel_bench.py $KERNEL
 # 2. end-to-end decode at Wan2.1-1.3B shapes (DECODE_SKIP: cells to leave out, e.g. "dense@12")
 has decode && run decode "${DECODE_S:-170}" benchmarks/decode_bench.py $DECODE_ARGS --skip ${DECODE_SKIP:-}
 
-# 3. the main job with STEPS steps of self forcing, regression and DMD at once (small models leave the
-#    GPU mostly idle; each process gets a few CPU threads: a thread per core each made CPU ops crawl)
-if has main; then
-  for obj in regression dmd; do
-    extra=()
-    [ "$obj" = dmd ] && extra=(--set 'stages.0.trainer.dmd={critic_ratio: 5}' --set 'compare.0.trainer.dmd={critic_ratio: 5}')
-    OMP_NUM_THREADS=4 $PY -m worldkit run experiments/sparse_forcing.yaml --out "/tmp/runs/$obj" \
-      --set train.accelerator=gpu --set "data.cache_dir=$PWD/.gpucache" --set train.max_steps=${STEPS:-2000} \
-      --set train.val_every=500 --set train.max_minutes=${MINUTES:-3} "${extra[@]}" >"$OUT/main_$obj.log" 2>&1 &
-  done
-  wait
-  for obj in regression dmd; do
-    tail -c 3000 "$OUT/main_$obj.log"
-    tar czf "$OUT/main_$obj.tgz" --exclude=checkpoints -C /tmp/runs "$obj" || echo "tar of $obj failed"
-  done
-fi
+# 3. the revisit room's base checkpoints trained on the GPU (benchmarks/gpu_train_bases.sh: both sizes at
+#    once, MINUTES each), then each scored zero-shot under experiments/revisit_memory.yaml's memory policies
+has bases && OUT="$OUT" bash benchmarks/gpu_train_bases.sh
 ls -la "$OUT"

@@ -7,7 +7,7 @@
 #   worldkit data experiments/pretrain_revisit.yaml --set data.cache_dir=$PWD/.gpucache
 # ), so the GPU machine needs no MuJoCo; pydantic arrives as wheels in .whl/ (benchmarks/gpu_session.sh
 # installs them). What comes back in $OUT: each model.pt in half precision (bases-<name>.pt), the run
-# folders without Lightning checkpoints (bases-runs.tgz) and the logs.
+# folders without Lightning checkpoints and the zero-shot evaluations (bases-runs.tgz) and the logs.
 #   MINUTES=3.5 bash benchmarks/gpu_train_bases.sh
 set -u
 OUT=${OUT:-$PWD/gpu_out}
@@ -16,6 +16,7 @@ export PYTHONUNBUFFERED=1
 CACHE=${CACHE:-$PWD/.gpucache}
 ACC=${ACCELERATOR:-gpu}
 EXTRA=("$@")  # extra --set overrides for both runs (the CPU dry run makes them tiny)
+EVAL_EXTRA=(${EVAL_SETS:-})  # extra --set overrides for the evaluations
 for name in pretrain_revisit pretrain_revisit_large; do
   OMP_NUM_THREADS=${THREADS:-4} timeout ${RUN_S:-420} python3 -m worldkit run "experiments/$name.yaml" --out "/tmp/bases/$name" \
     --set train.accelerator=$ACC --set "data.cache_dir=$CACHE" --set data.workers=0 \
@@ -34,6 +35,19 @@ blob["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in bl
 torch.save(blob, out / f"bases-{name}.pt")
 print(name, "->", out / f"bases-{name}.pt", round((out / f"bases-{name}.pt").stat().st_size / 2**20, 2), "MiB")
 PY
+done
+# each base read zero-shot under every memory policy of experiments/revisit_memory.yaml, both at once
+for name in pretrain_revisit pretrain_revisit_large; do
+  weights=/tmp/bases/$name/stages/0-train/model.pt
+  [ -f "$weights" ] || continue
+  OMP_NUM_THREADS=${THREADS:-4} timeout ${EVAL_S:-150} python3 -m worldkit eval "$weights" experiments/revisit_memory.yaml \
+    --out "/tmp/bases/eval-$name" --set "data.cache_dir=$CACHE" --set data.workers=0 "${EVAL_EXTRA[@]}" \
+    >"$OUT/bases-eval-$name.log" 2>&1 &
+done
+wait
+for name in pretrain_revisit pretrain_revisit_large; do
+  [ -f "/tmp/bases/eval-$name/results.md" ] && { echo "== eval of $name"; cat "/tmp/bases/eval-$name/results.md"; } \
+    || { echo "== eval of $name failed"; tail -c 1500 "$OUT/bases-eval-$name.log"; }
 done
 tar czf "$OUT/bases-runs.tgz" --exclude=checkpoints --exclude=model.pt -C /tmp/bases . || echo "tar of the runs failed"
 ls -la "$OUT"
