@@ -11,6 +11,7 @@ import yaml
 
 from worldkit import config as wk_config
 from worldkit import experiment
+from worldkit.training import ema_decay
 from worldkit.experiment import RunData, fit_stage, make_module, resolve_stages
 
 
@@ -481,7 +482,7 @@ def test_ema_follows_each_optimizer_step_once(cache, run_data, tmp_path):
     for step in (1, 2, 3):
         for k in expected:
             if expected[k].is_floating_point():
-                expected[k].lerp_(after_steps[step][k], 0.5)
+                expected[k].lerp_(after_steps[step][k], 1 - ema_decay(0.5, step))
     for k, v in module.ema_model.state_dict().items():
         torch.testing.assert_close(v, expected[k], msg=k)
     module._micro = 0
@@ -490,6 +491,17 @@ def test_ema_follows_each_optimizer_step_once(cache, run_data, tmp_path):
     b = torch.rand(4, generator=module.generator())
     module._micro = 0
     assert not torch.equal(a, b) and torch.equal(a, torch.rand(4, generator=module.generator()))
+
+
+def test_ema_warms_up_so_the_starting_weights_fade():
+    """With a fixed 0.999 a run stopped after 1,500 steps keeps 22 % of its random start in the EMA;
+    warmed up, the start is gone."""
+    assert ema_decay(0.999, 1) == pytest.approx(2 / 11) and ema_decay(0.999, 10**6) == 0.999
+    assert ema_decay(0.5, 3) == pytest.approx(4 / 13) and ema_decay(0.5, 100) == 0.5
+    share = 1.0
+    for step in range(1, 1501):
+        share *= ema_decay(0.999, step)
+    assert share < 0.01 < 0.999**1500
 
 
 def test_dmd_refuses_a_random_teacher_and_fsdp(cache, run_data, tmp_path):

@@ -189,7 +189,8 @@ class TrainConfig(Section):
         "auto", description="ddp_find_unused_parameters_true: DDP when some steps leave parameters unused "
                             "(self_forcing with dmd: the generator sits out the critic-only steps)")
     num_nodes: PositiveInt = 1
-    ema: Optional[float] = Field(None, gt=0, lt=1)
+    ema: Optional[float] = Field(None, gt=0, lt=1, description="EMA decay of the weights evaluated and saved, "
+                                 "warmed up as min(ema, (1 + step) / (10 + step))")
     log_every: PositiveInt = 10
     val_every: PositiveInt = 200
     eval_every: Optional[PositiveInt] = None
