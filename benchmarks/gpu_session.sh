@@ -5,7 +5,7 @@
 #   decode   decode_bench.py --preset wan: end-to-end decode at Wan2.1-1.3B shapes, dense / sliding window /
 #            sink / Sparse Forcing at 1x, 4x and 12x the 21-frame clip (about 2.5 min; DECODE_S, default 170 s)
 #   bases    the revisit room's base checkpoints, trained at two sizes at once (MINUTES each, default 3),
-#            each then scored zero-shot under every memory policy of experiments/revisit_memory.yaml
+#            each then scored zero-shot under every memory policy of experiments/sparse_forcing.yaml
 #            (benchmarks/gpu_train_bases.sh; about 5 minutes: run it as a call of its own)
 # Written for the lent H100/H200 machine (Python 3.12 with torch, triton, lightning; no index): pydantic
 # arrives as wheels in .whl/ (../shared/gpu-wheels.sh .whl) and the episodes as a prepared cache in
@@ -69,6 +69,6 @@ has kernels && run kernels "${KERNEL_S:-150}" benchmarks/kernel_bench.py $KERNEL
 has decode && run decode "${DECODE_S:-170}" benchmarks/decode_bench.py $DECODE_ARGS --skip ${DECODE_SKIP:-}
 
 # 3. the revisit room's base checkpoints trained on the GPU (benchmarks/gpu_train_bases.sh: both sizes at
-#    once, MINUTES each), then each scored zero-shot under experiments/revisit_memory.yaml's memory policies
+#    once, MINUTES each), then each scored zero-shot under experiments/sparse_forcing.yaml's memory policies
 has bases && OUT="$OUT" bash benchmarks/gpu_train_bases.sh
 ls -la "$OUT"

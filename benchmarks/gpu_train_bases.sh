@@ -36,12 +36,13 @@ torch.save(blob, out / f"bases-{name}.pt")
 print(name, "->", out / f"bases-{name}.pt", round((out / f"bases-{name}.pt").stat().st_size / 2**20, 2), "MiB")
 PY
 done
-# each base read zero-shot under every memory policy of experiments/revisit_memory.yaml, both at once
+# each base read zero-shot under every memory policy of experiments/sparse_forcing.yaml, both at once
 for name in pretrain_revisit pretrain_revisit_large; do
   weights=/tmp/bases/$name/stages/0-train/model.pt
   [ -f "$weights" ] || continue
-  OMP_NUM_THREADS=${THREADS:-4} timeout ${EVAL_S:-150} python3 -m worldkit eval "$weights" experiments/revisit_memory.yaml \
-    --out "/tmp/bases/eval-$name" --set "data.cache_dir=$CACHE" --set data.workers=0 "${EVAL_EXTRA[@]}" \
+  OMP_NUM_THREADS=${THREADS:-4} timeout ${EVAL_S:-150} python3 -m worldkit eval "$weights" experiments/sparse_forcing.yaml \
+    --out "/tmp/bases/eval-$name" --set "data.cache_dir=$CACHE" --set data.workers=0 \
+    --set data.train_episodes=2048 --set data.val_episodes=16 "${EVAL_EXTRA[@]}" \
     >"$OUT/bases-eval-$name.log" 2>&1 &
 done
 wait

@@ -232,7 +232,7 @@ def test_ctrl_c_during_parallel_generation_prints_no_worker_tracebacks(tmp_path)
     from pathlib import Path
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MUJOCO_GL="egl")
-    main = Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml"
+    main = Path(__file__).parents[1] / "experiments" / "self_forcing_pendulum.yaml"
     proc = subprocess.Popen(
         [sys.executable, "-m", "worldkit", "data", str(main), "--set", f"data.cache_dir={tmp_path}",
          "--set", "data.train_episodes=4000", "--set", "data.workers=2"],

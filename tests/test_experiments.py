@@ -1,7 +1,9 @@
 """The shipped experiment YAMLs validate against the real built-in plugins."""
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from worldkit import config
 
@@ -21,7 +23,7 @@ def test_every_shipped_experiment_starts_from_a_shipped_checkpoint(path):
         assert resolve_init(cfg.model.init).exists()
 
 
-MAIN = Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml"
+MAIN = Path(__file__).parents[1] / "experiments" / "self_forcing_pendulum.yaml"  # trains Sparse Forcing natively
 
 
 @pytest.mark.parametrize("override, path", [
@@ -56,8 +58,8 @@ def test_run_refuses_an_unreadable_init_before_making_a_folder(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
-def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline():
-    cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
+def test_self_forcing_pendulum_compares_sparse_forcing_with_the_self_forcing_baseline():
+    cfg = config.load(MAIN)
     assert (cfg.memory.type, cfg.selector.type, cfg.attention.type, cfg.stages[0].trainer.type) == (
         "persistent_block", "local_window", "pbsa", "self_forcing")
     assert cfg.warnings() == []  # no top-level setting that the stages replace
@@ -68,12 +70,46 @@ def test_main_experiment_compares_sparse_forcing_with_the_self_forcing_baseline(
     assert base.trainer.type == "self_forcing" and not base.train
 
 
-def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_path, capsys):
-    import importlib.util
+def test_main_job_reads_one_base_under_every_memory_policy_at_one_kv_budget():
+    """The main job evaluates the shipped base zero-shot (no training, so no damage) under Sparse Forcing
+    and baselines that hold the same cached blocks, a window shorter than every gap, and dense."""
+    from worldkit import registry
+    from worldkit.stages import resolve_stages
+    from worldkit_plugins.envs.revisit import RevisitRoom, tour_frames
 
+    cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
+    assert cfg.env.type == "revisit_room" and cfg.model.init == "base/revisit_room"
+    stages = resolve_stages(cfg)
+    assert all(st.train.max_steps == 0 for st in stages)
+    assert cfg.eval.context_frames == tour_frames(cfg.env.config)  # the tour shows every object
+    # a whole round of the gaps fits in the generated frames
+    assert max(cfg.eval.horizons) * cfg.train.clip_frames >= sum(cfg.env.config.gaps) + 35
+    by_name = {st.name: st for st in stages}
+    sparse = by_name["sparse_forcing"]
+    assert (sparse.memory["type"], sparse.selector["type"], sparse.attention["type"]) == (
+        "persistent_block", "local_window", "pbsa")
+    assert cfg.eval.reference == "window_9"
+
+    def cached_blocks(st):  # the cache's blocks once full, one 4-block frame at a time
+        from worldkit.interfaces import CacheSpec
+
+        mem = registry.build("memory", st.memory["type"], {k: v for k, v in st.memory.items() if k != "type"})
+        mem.reset(CacheSpec(layers=1, batch=1, heads=1, head_dim=6, block_tokens=1, blocks_per_frame=4,
+                            chunk_frames=2, train_frames=cfg.train.clip_frames))
+        sink, hist, persistent = mem.sink_frames, mem.history_frames, mem.persistent_cap
+        return sink * 4 + (hist or 0) * 4 + persistent
+
+    budget = cached_blocks(sparse)
+    for name in ("persistent_block", "persistent_block_absolute", "window_9", "sink_9"):
+        assert cached_blocks(by_name[name]) == budget, name
+    assert by_name["window_4"].memory["window_frames"] <= min(cfg.env.config.gaps)  # the chunk included
+    assert by_name["dense"].memory["type"] == "dense"
+
+
+def _tiny_experiment(tmp_path):
     import yaml
 
-    from worldkit.experiment import make_module, save_weights
+    from worldkit.experiment import RunData, make_module, resolve_stages, save_weights
 
     raw = {"name": "t", "seed": 0, "env": {"type": "pendulum", "size": 16},
            "data": {"train_episodes": 4, "val_episodes": 1, "test_episodes": 2, "episode_frames": 10,
@@ -83,31 +119,60 @@ def test_eval_checkpoint_scores_a_checkpoint_with_every_variants_plugins(tmp_pat
            "train": {"clip_frames": 6},
            "eval": {"horizons": [1], "episodes": 2, "context_frames": 2, "probe_steps": 20},
            "stages": [{"name": "a", "trainer": {"type": "diffusion_forcing"}}],
-           "compare": [{"name": "w", "trainer": {"type": "diffusion_forcing"}, "memory": {"type": "sliding_window", "window_frames": 4}}]}
+           "compare": [{"name": "w", "trainer": {"type": "diffusion_forcing"},
+                        "memory": {"type": "sliding_window", "window_frames": 4}},
+                       {"name": "p", "memory": {"type": "persistent_block", "sink_frames": 1,
+                                                "persistent_frames": 1, "window_frames": 4}}]}
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw))
-    from worldkit.experiment import RunData, resolve_stages
+    cfg = config.load(path, ["compare[1].trainer={type: self_forcing}"])  # persistent blocks train by rollout
+    model = make_module(cfg, resolve_stages(cfg)[0], RunData(cfg)).model
+    torch.nn.init.normal_(model.final.weight, std=0.1)  # not the zero-initialised output: rollouts differ
+    save_weights(model, tmp_path / "m.pt")
+    return raw, path, model
 
-    cfg = config.load(path)
-    save_weights(make_module(cfg, resolve_stages(cfg)[0], RunData(cfg)).model, tmp_path / "m.pt")
-    spec = importlib.util.spec_from_file_location("eval_checkpoint", Path(__file__).parents[1] / "benchmarks" / "eval_checkpoint.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main([str(path), "base/nope"]) == 2  # bad input: one line, no traceback
-    assert "base/nope" in capsys.readouterr().err
-    grid_path = tmp_path / "grid.yaml"
-    grid_path.write_text(yaml.safe_dump({**raw, "grid": {"seed": [0, 1]}}))
-    assert mod.main([str(grid_path), str(tmp_path / "m.pt")]) == 2
-    assert "a grid experiment" in capsys.readouterr().err
-    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.episodes=5"]) == 0
-    out = capsys.readouterr().out
-    rows = [ln for ln in out.splitlines() if ln.startswith("| 0-a") or ln.startswith("| 1-w")]
-    assert len(rows) == 2 and all(ln.count("±") == 2 for ln in rows)
-    assert "2 held-out episodes" in out  # the ones there are, not the 5 asked for
-    # without a state probe: no state-error columns, no crash
-    assert mod.main([str(path), str(tmp_path / "m.pt"), "--set", "eval.probe_steps=0"]) == 0
-    out = capsys.readouterr().out
-    assert "state err" not in out and [ln.count("±") for ln in out.splitlines() if ln.startswith("| 0-a")] == [1]
+
+def test_worldkit_eval_scores_one_checkpoint_under_every_variants_plugins(tmp_path, capsys):
+    """`worldkit eval WEIGHTS X.yaml`: every stage and variant evaluates the same weights, untrained (the
+    persistent-block variant needs no trainer that could train it), with the full report."""
+    import yaml
+
+    from worldkit.cli import main
+
+    raw, path, model = _tiny_experiment(tmp_path)
+    assert main(["eval", "base/nope", str(path), "--out", str(tmp_path / "x")]) == 2  # one line, no traceback
+    assert "base/nope" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({**raw, "grid": {"seed": [0, 1]}}))
+    assert main(["eval", str(tmp_path / "m.pt"), str(grid)]) == 2 and "a grid experiment" in capsys.readouterr().err
+    out = tmp_path / "ev"
+    assert main(["eval", str(tmp_path / "m.pt"), str(path), "--out", str(out), "--set", "eval.episodes=5"]) == 0
+    md = (out / "results.md").read_text()
+    for name in ("0-a", "1-w", "2-p"):
+        assert f"| `{name}` | done |" in md
+        ev = json.loads((out / "stages" / name / "eval.json").read_text())
+        assert ev["episodes"] == 2  # the ones there are, not the 5 asked for
+        assert not (out / "stages" / name / "checkpoints").exists()  # nothing trained
+    assert "| trainer |" not in md  # eval trains nothing: no trainer column
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.items())
+    assert (out / "psnr_vs_horizon.png").exists() and (out / "config.yaml").exists()
+
+
+def test_a_stage_of_zero_steps_evaluates_its_starting_weights(tmp_path):
+    """train.max_steps: 0 in `worldkit run`: the stage saves and scores the weights it starts from."""
+    from worldkit.cli import main
+
+    _, path, model = _tiny_experiment(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--set", "train.max_steps=0",
+                 "--set", f"model.init={tmp_path / 'm.pt'}", "--set", "compare=[]"]) == 0
+    stage = out / "stages" / "0-a"
+    saved = torch.load(stage / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+    assert (stage / "eval.json").exists() and (stage / "summary.json").exists()
+    assert not (stage / "checkpoints").exists()
+    assert "0-a" in (out / "results.md").read_text()
 
 
 def test_readme_override_example_validates():

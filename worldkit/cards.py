@@ -87,7 +87,7 @@ last frame. The state-probe error reads back from the frames what one frame show
 (the environment's `observable` state; a CNN trained on ground-truth frames; in training-set standard
 deviations); its floor is its error on the true frames.
 Reproduce the table with the command above (it evaluates at the end of training), or score these weights
-as they are, without training, under any experiment's plugins: `python benchmarks/eval_checkpoint.py X.yaml base/{name}`.
+as they are, without training, under any experiment's plugins: `worldkit eval base/{name} X.yaml`.
 
 {eval_table(ev)}
 

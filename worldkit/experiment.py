@@ -249,6 +249,21 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
     return module
 
 
+def _untrained(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]):
+    """A stage with ``train.max_steps: 0``: the weights it starts from, its TensorBoard logger, step 0."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if init is None:  # validation refuses this; a guard for configs built in code
+        raise WorldkitError(f"stage {stage.name}: train.max_steps=0 evaluates the starting weights, but there are "
+                            "none (set model.init)")
+    (run_dir / "stages" / stage.dirname).mkdir(parents=True, exist_ok=True)
+    model = make_module(cfg, stage, d).model
+    load_weights(model, init)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage.dirname, default_hp_metric=False)
+    return model, logger, 0
+
+
 def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
     """Run every stage of ``cfg`` in ``run_dir``, evaluating after each; returns the summary rows.
     Ctrl-C anywhere (training, evaluation, the state probe) says how to resume."""
@@ -278,24 +293,30 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
             rows.append(json.loads((stage_dir / "summary.json").read_text()))
             init = final
             continue
-        print(f"== stage {stage.dirname}: {stage.trainer['type']} with memory={stage.memory['type']} "
+        what = "evaluates its starting weights" if stage.train.max_steps == 0 else stage.trainer["type"]
+        print(f"== stage {stage.dirname}: {what} with memory={stage.memory['type']} "
               f"selector={stage.selector['type']} attention={stage.attention['type']}", flush=True)
-        module = fit_stage(cfg, stage, d, run_dir, init, resume)
-        model = module.inference_model().to(module.train_device)
-        if module.trainer.is_global_zero:
+        if stage.train.max_steps == 0:  # no training: the stage scores the weights it starts from
+            model, logger, step = _untrained(cfg, stage, d, run_dir, init)
             save_weights(model, final)
-        module.trainer.strategy.barrier("stage weights saved")
-        if not module.trainer.is_global_zero:  # other DDP ranks: rank 0 evaluates
-            init = final
-            continue
+        else:
+            module = fit_stage(cfg, stage, d, run_dir, init, resume)
+            model = module.inference_model().to(module.train_device)
+            if module.trainer.is_global_zero:
+                save_weights(model, final)
+            module.trainer.strategy.barrier("stage weights saved")
+            if not module.trainer.is_global_zero:  # other DDP ranks: rank 0 evaluates
+                init = final
+                continue
+            logger, step = module._logger_for_eval, module.global_step
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
                              desc=f"eval {stage.name}", train_frames=stage.train.clip_frames)
         res.save(stage_dir / "eval.json")
         choices = kernel_choices()
         if choices["pbsa"] or choices["selection"]:  # what the Triton paths ran with (a CUDA run)
             atomic_write(stage_dir / "kernels.json", json.dumps(choices, indent=1))
-        log_eval(module._logger_for_eval, res, module.global_step)
-        report.log_stage(module._logger_for_eval, cfg, stage.index, res, stage_dir, module.global_step)
+        log_eval(logger, res, step)
+        report.log_stage(logger, cfg, stage.index, res, stage_dir, step)
         row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],
                "selector": stage.selector["type"], "attention": stage.attention["type"], **res.summary()}
         atomic_write(stage_dir / "summary.json", json.dumps(row))

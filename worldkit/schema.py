@@ -173,7 +173,8 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Optimisation and the Lightning trainer."""
 
-    max_steps: PositiveInt = 1000
+    max_steps: int = Field(1000, ge=0, description="optimizer steps; 0: no training, the stage evaluates the "
+                                                    "weights it starts from")
     batch_size: PositiveInt = 32
     clip_frames: PositiveInt = 16
     lr: PositiveFloat = 3e-4
@@ -277,9 +278,16 @@ class ExperimentConfig(Section):
         if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
             problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
         names = [s.name for s in (*self.stages, *self.compare)] or ["train"]
-        if e.reference is not None and e.reference not in names:
-            problems.append(_problem(("eval", "reference"), e.reference,
-                                     f"names no stage or variant; choices: {', '.join(names)}"))
+        if m.init is None:  # a stage that starts from random weights must train
+            base = self.train.model_dump()
+            first = {**base, **(self.stages[0].train if self.stages else {})}
+            fresh = [(("stages", 0, "train") if self.stages else ("train",), first)]
+            if len(self.stages) <= 1:  # variants start where the last stage starts: here, nowhere
+                fresh += [(("compare", i, "train"), {**first, **v.train}) for i, v in enumerate(self.compare)]
+            for loc, train in fresh:
+                if train.get("max_steps") == 0:
+                    problems.append(_problem((*loc, "max_steps"), 0, "0 evaluates the starting weights, but there "
+                                             "are none: set model.init (a checkpoint or a shipped base)"))
         seen: set[str] = set()
         plugins = not self.grid  # a grid's cells are checked one by one: a cell may set what the base lacks
         if not self.stages and plugins:
@@ -317,6 +325,8 @@ class ExperimentConfig(Section):
         is reported where the plugin was set (the stage's override, else the top level)."""
         problems = []
         for kind in ("memory", "selector", "attention", "trainer"):
+            if kind == "trainer" and exp.train.max_steps == 0:  # an evaluation-only stage trains nothing
+                continue
             spec = getattr(exp, kind)
             where = (*loc, kind) if getattr(stage, kind, None) is not None else (kind,)
             for field, value, message in spec.cls.check(spec.config, exp):
