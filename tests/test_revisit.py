@@ -160,3 +160,20 @@ def test_frechet_distance_of_gaussians_matches_the_formula():
     # N(0, I) vs N(1, 4I): |mu|^2 = 3, traces 3 + 12, cross term 2 * tr((4I)^1/2) = 12 -> 3 + 15 - 12 = 6
     assert quality.frechet_distance(a, b) == pytest.approx(6.0, rel=0.1)
     assert math.isfinite(quality.frechet_distance(a[:1], b))
+
+
+def test_the_heading_step_is_the_simulators(episodes):
+    """observable_step turns the heading by the action: on recorded states it predicts the next
+    frame's heading exactly; the physics residual of the truth's own readings is then zero."""
+    _, states, actions, _ = episodes
+    c = RevisitRoom.Config()
+    obs = RevisitRoom.observable(c, states)  # (N, T, S')
+    pred, dims = RevisitRoom.observable_step(c, obs[:, :-1], actions[:, 1:])
+    assert dims == [0, 1]
+    np.testing.assert_allclose(pred, obs[:, 1:, :2], atol=1e-5)
+    res = quality.physics_residual(torch.as_tensor(obs, dtype=torch.float64), actions,
+                                   lambda o, a: RevisitRoom.observable_step(c, o, a))
+    assert torch.isnan(res[:, 0]).all() and res[:, 1:].max() < 1e-5
+    frozen = torch.as_tensor(obs, dtype=torch.float64)[:, :1].expand(-1, obs.shape[1], -1)  # a heading that never turns
+    stuck = quality.physics_residual(frozen, actions, lambda o, a: RevisitRoom.observable_step(c, o, a))
+    assert stuck[:, 1:].mean() > 0.1

@@ -18,7 +18,9 @@ import torch
 BASE_DIR = Path(__file__).parent / "base"
 WHO = {"model": "model", "persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
 METRICS = {"psnr": "PSNR dB", "fg_psnr": "foreground PSNR dB", "ssim": "SSIM", "skill": "skill vs persistence",
-           "state_err": "state-probe error (std)"}
+           "state_err": "state-probe error (std)", "fd": "Fréchet distance (probe features)",
+           "sharpness": "sharpness / truth's", "motion": "motion / truth's",
+           "physics": "physics residual / truth's"}
 
 
 def training_facts(stage_dir: Path) -> dict:
@@ -37,15 +39,26 @@ def eval_table(ev: dict) -> str:
     hs = ev["horizons"]
     lines = ["| metric | forecast | " + " | ".join(f"{h}x ({h * ev['clip_frames']} frames)" for h in hs) + " |",
              "|---|---|" + "---|" * len(hs)]
+    per_horizon = {**ev["buckets"], **ev.get("quality", {})}
     for metric, label in METRICS.items():
         for who, wlabel in WHO.items():
-            rows = ev["buckets"].get(metric, {}).get(who)
+            rows = per_horizon.get(metric, {}).get(who)
             if rows:
                 lines.append(f"| {label} | {wlabel} | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in rows) + " |")
-        floor = ev["buckets"].get(metric, {}).get("truth")
+        floor = ev["buckets"].get(metric, {}).get("truth") or (ev.get("quality", {}).get("fd", {}).get("truth")
+                                                              if metric == "fd" else None)
         if floor:
-            lines.append(f"| {label} | ground truth (probe floor) | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in floor) + " |")
+            lines.append(f"| {label} | ground truth (floor) | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in floor) + " |")
     return "\n".join(lines)
+
+
+def recall_section(ev: dict) -> str:
+    """The recall-by-gap table of an env with recall targets (empty otherwise)."""
+    if not ev.get("recall"):
+        return ""
+    from worldkit import memory_metrics
+
+    return "\n## Recall by gap (dense cache)\n\n" + memory_metrics.markdown([("model", "dense", ev["recall"])])
 
 
 def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str = "0-train") -> Path:
@@ -60,7 +73,7 @@ def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str
     cfg = wk_config.load(Path(run_dir) / "config.yaml")
     st = next(x for x in resolve_stages(cfg) if x.dirname == stage)
     method = (f"{st.trainer['type'].replace('_', ' ')} with the `{st.memory['type']}` KV-cache policy, "
-              f"{cfg.model.prediction}-prediction")
+              f"{cfg.model.prediction}-prediction" + (f", starting from `{cfg.model.init}`" if cfg.model.init else ""))
     BASE_DIR.mkdir(exist_ok=True)
     dst = BASE_DIR / f"{name}.pt"
     shutil.copyfile(stage_dir / "model.pt", dst)
@@ -90,7 +103,7 @@ Reproduce the table with the command above (it evaluates at the end of training)
 as they are, without training, under any experiment's plugins: `worldkit eval base/{name} X.yaml`.
 
 {eval_table(ev)}
-
+{recall_section(ev)}
 ## Resolved configuration
 
 ```yaml

@@ -66,7 +66,7 @@ class EvalResult:
             for h, (m, se) in zip(self.horizons, self.buckets[metric]["model"]):
                 out[f"{metric}@{h}x"] = m
                 out[f"{metric}_se@{h}x"] = se
-        for metric in ("fd", "sharpness", "motion"):
+        for metric in ("fd", "sharpness", "motion", "physics"):
             for h, (m, se) in zip(self.horizons, self.quality.get(metric, {}).get("model", [])):
                 out[f"{metric}@{h}x"] = m
                 out[f"{metric}_se@{h}x"] = se
@@ -110,6 +110,7 @@ def evaluate(
     states: Optional[np.ndarray] = None,
     targets=None,
     reference: Optional[Tensor] = None,
+    step=None,
 ) -> EvalResult:
     """Roll out every episode of ``frames`` (N, T, H, W, 3) uint8 / ``actions`` (N, T, A) and score it.
 
@@ -117,7 +118,8 @@ def evaluate(
     reference for the foreground PSNR (default: ``mean_frame``). Strips are saved under ``out_dir``.
     With a state ``probe`` and the episodes' ``states`` (N, T, S), the state error of every forecast
     (and of the ground truth itself, the probe's floor) is scored as ``state_err``; with ``reference``
-    probe features of real frames too, the Fréchet distance per bucket (``quality``). With the
+    probe features of real frames too, the Fréchet distance per bucket (``quality``); with ``step`` (an
+    env's ``observable_step``, config bound), the physics residual. With the
     episodes' recall ``targets`` (an env's ``recall_targets`` over their first ``context + n_gen``
     frames), recall by gap is scored (``memory_metrics``) for the model, the truth, the baselines and
     the oracle that pastes the last real sighting."""
@@ -198,7 +200,8 @@ def evaluate(
     gen = {"model": pred_all, "truth": target_all,
            "persistence": metrics.persistence_forecast(ctx_all, n_gen),
            "mean_frame": metrics.mean_frame_forecast(mean_frame.cpu(), n, n_gen)}
-    res.quality = quality.quality(gen, target_all, ctx_all[:, -1], slices, probe=probe, reference=reference)
+    res.quality = quality.quality(gen, target_all, ctx_all[:, -1], slices, probe=probe, reference=reference,
+                                  actions=actions[:n, context_frames:need], step=step)
     if targets is not None:
         whole = {who: torch.cat([ctx_all, f], 1) for who, f in gen.items()}
         whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, context_frames)

@@ -19,6 +19,7 @@ import torch
 from worldkit import data as wk_data
 from worldkit import registry, report
 from worldkit.errors import WorldkitError
+from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, stage_finished  # noqa: F401  (re-exported)
@@ -106,6 +107,9 @@ class RunData:
         self.seen_states = {split: env_cls.observable(env_config, s.states) for split, s in self.sets.items()}
         # where the objects to recall are in the test episodes (None: the env has nothing to recall)
         self.recall_targets = env_cls.recall_targets(env_config, self.sets["test"].states)
+        # the simulator's step on what a frame shows, for the physics residual (None: the env has none)
+        stepped = env_cls.observable_step.__func__ is not Environment.observable_step.__func__
+        self.observable_step = (lambda obs, act: env_cls.observable_step(env_config, obs, act)) if stepped else None
         self._reference = None
 
     @property
@@ -165,7 +169,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
         rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
         strips=cfg.eval.strips, desc=desc, probe=d.probe, states=d.seen_states["test"][:n],
-        targets=_first(d.recall_targets, n), reference=d.reference_features(),
+        targets=_first(d.recall_targets, n), reference=d.reference_features(), step=d.observable_step,
     )
 
 

@@ -96,6 +96,14 @@ class Environment(Plugin):
         return states
 
     @classmethod
+    def observable_step(cls, config: PluginConfig, obs: np.ndarray, actions: np.ndarray) -> Optional[tuple[np.ndarray, list[int]]]:
+        """The simulator's step on what a frame shows: from observable states ``obs`` (..., S') and the
+        actions that follow them (..., A), the next frames' observable values on the dimensions the
+        step determines, and those dimensions: ``(pred (..., k), dims)``. Scores the physics residual
+        of a forecast (``worldkit.quality``). ``None`` (the default): not available."""
+        return None
+
+    @classmethod
     def recall_targets(cls, config: PluginConfig, states: np.ndarray) -> Any:
         """Where the env's remembered objects are in each recorded frame (``(N, T, S)`` states), for
         scoring recall by gap (``worldkit.memory_metrics``); ``None`` (the default) when the env has

@@ -12,6 +12,11 @@ What can still be judged is whether the forecast is a valid world:
 - **Sharpness** (mean squared spatial gradient) and **motion** (mean absolute change from the frame
   before), each as a ratio to the truth's on the same frames: 1 is like the truth, below 1 blurs or
   freezes.
+- **Physics residual**, for envs whose simulator step is known on what a frame shows
+  (``Environment.observable_step``): the probe's reading of frame t-1 stepped with the true action,
+  against its reading of frame t (RMS over the stepped dimensions), as a ratio to the same residual on
+  the real frames. It asks whether the forecast still obeys the world's dynamics, not whether it tracks
+  the truth; in the revisit room it is the heading following the turns (1: as consistent as real frames).
 """
 from __future__ import annotations
 
@@ -70,6 +75,27 @@ def motion(frames: Tensor, first_prev: Tensor) -> Tensor:
     return (frames.float() - prev).abs().flatten(2).mean(-1)
 
 
+@torch.no_grad()
+def probe_readings(probe, frames: Tensor, first_prev: Tensor) -> Tensor:
+    """What the probe reads from each frame, in the observable state's own units: (B, T, S')."""
+    from worldkit.probe import frame_pairs
+
+    dev = next(probe.parameters()).device
+    pairs = frame_pairs(frames.float(), first_prev.float())  # (B, T, 2, 3, H, W)
+    B, T = pairs.shape[:2]
+    out = torch.cat([probe(p.to(dev)) for p in pairs.flatten(0, 1).split(512)]) * probe.std + probe.mean
+    return out.view(B, T, -1).double().cpu()
+
+
+def physics_residual(readings: Tensor, actions: np.ndarray, step) -> Tensor:
+    """Per frame t >= 1: RMS over the stepped dimensions of readings[t] - step(readings[t-1], actions[t]);
+    frame 0 is NaN. readings: (B, T, S'); actions: (B, T, A), actions[t] leads to frame t; step: an env's
+    ``observable_step`` (config bound) -> (B, T)."""
+    pred, dims = step(readings[:, :-1].numpy(), actions[:, 1:])  # (B, T-1, k)
+    err = (readings[:, 1:, dims] - torch.as_tensor(pred, dtype=readings.dtype)).square().mean(-1).sqrt()
+    return torch.cat([torch.full_like(err[:, :1], math.nan), err], 1)
+
+
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -78,13 +104,15 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def quality(forecasts: dict[str, Tensor], truth: Tensor, first_prev: Tensor, slices: list[slice], probe=None,
-            reference: Optional[Tensor] = None, seed: int = 0) -> dict:
+            reference: Optional[Tensor] = None, seed: int = 0, actions: Optional[np.ndarray] = None,
+            step=None) -> dict:
     """Per forecast and horizon bucket: Fréchet distance to ``reference`` features (with a probe),
     sharpness and motion ratios to the truth, each (mean, standard error).
 
     forecasts: name -> (N, T, 3, H, W) generated frames (the truth among them gives the floor);
     truth: (N, T, 3, H, W); first_prev: (N, 3, H, W) the last context frame; slices: the horizon
-    buckets over T; reference: (M, F) probe features of real frames."""
+    buckets over T; reference: (M, F) probe features of real frames; actions (N, T, A) and ``step`` (an
+    env's ``observable_step``, config bound): the physics residual ratio, with a probe."""
     out: dict[str, dict] = {"sharpness": {}, "motion": {}}
     sharp_t, motion_t = sharpness(truth), motion(truth, first_prev)  # (N, T)
     for name, f in forecasts.items():
@@ -93,6 +121,13 @@ def quality(forecasts: dict[str, Tensor], truth: Tensor, first_prev: Tensor, sli
                                   for sl in slices]
         out["motion"][name] = [_mean_se((m[:, sl].mean(1) / motion_t[:, sl].mean(1).clamp_min(1e-12)).numpy())
                                for sl in slices]
+    if probe is not None and step is not None and actions is not None:
+        real = physics_residual(probe_readings(probe, truth, first_prev), actions, step)  # (N, T)
+        out["physics"] = {}
+        for name, f in forecasts.items():
+            res = physics_residual(probe_readings(probe, f, first_prev), actions, step)
+            out["physics"][name] = [_mean_se((torch.nanmean(res[:, sl], 1) / torch.nanmean(real[:, sl], 1)
+                                              .clamp_min(1e-12)).numpy()) for sl in slices]
     if probe is None or reference is None:
         return out
     g = np.random.default_rng(seed)

@@ -310,7 +310,8 @@ def columns(cells: list[CellResult]) -> list[Column]:
              Column(f"state err@{h}x", f"state_err@{h}x", f"state_err_se@{h}x", False, ".3f"),
              Column(f"FD@{h}x", f"fd@{h}x", f"fd_se@{h}x", False, ".3f"),
              Column(f"sharpness@{h}x", f"sharpness@{h}x", f"sharpness_se@{h}x", False, ".2f", target=1.0),
-             Column(f"motion@{h}x", f"motion@{h}x", f"motion_se@{h}x", False, ".2f", target=1.0)]
+             Column(f"motion@{h}x", f"motion@{h}x", f"motion_se@{h}x", False, ".2f", target=1.0),
+             Column(f"physics@{h}x", f"physics@{h}x", f"physics_se@{h}x", False, ".2f", target=1.0)]
     gaps = sorted({int(k.split("@")[1]) for c in cells for k in c.summary if k.startswith("recall@")})
     if gaps:
         cols += [Column(f"recall@gap {gaps[-1]}", f"recall@{gaps[-1]}", f"recall_se@{gaps[-1]}", True, ".2f"),

@@ -206,6 +206,14 @@ class RevisitRoom(MujocoEnv):
         return np.concatenate(parts, axis=-1).astype(np.float32)
 
     @classmethod
+    def observable_step(cls, config: "RevisitRoom.Config", obs: np.ndarray, actions: np.ndarray):
+        """The heading (cos, sin), turned by the action's yaw: what the step determines of a frame."""
+        turn = np.deg2rad(np.clip(actions[..., 0], -1, 1) * config.max_turn)  # (...,)
+        c, s = obs[..., 0], obs[..., 1]
+        pred = np.stack([c * np.cos(turn) - s * np.sin(turn), s * np.cos(turn) + c * np.sin(turn)], -1)
+        return pred, [0, 1]
+
+    @classmethod
     def recall_targets(cls, config: "RevisitRoom.Config", states: np.ndarray) -> RecallTargets:
         """Per frame and object: inside the inner 80 % of the view, the column in pixels, the palette
         index; per frame: no object can show (every centre further out than half the view plus the
