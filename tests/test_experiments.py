@@ -100,7 +100,7 @@ def test_main_job_reads_one_base_under_every_memory_policy_at_one_kv_budget():
         return sink * 4 + (hist or 0) * 4 + persistent
 
     budget = cached_blocks(sparse)
-    for name in ("persistent_block", "persistent_block_absolute", "window_9", "sink_9"):
+    for name in ("persistent_block", "persistent_block_absolute", "persistent_block_ordered", "window_9", "sink_9"):
         assert cached_blocks(by_name[name]) == budget, name
     assert by_name["window_4"].memory["window_frames"] <= min(cfg.env.config.gaps)  # the chunk included
     assert by_name["dense"].memory["type"] == "dense"

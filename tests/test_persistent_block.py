@@ -130,3 +130,41 @@ def test_sparse_forcing_rollout_pbsa_equals_sdpa():
         outs[name] = r.run(ctx, act, 12, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(outs["pbsa"], outs["sdpa"], rtol=1e-7, atol=1e-7)
     assert any(c < nl for c, nl in counts if nl)  # fewer local blocks read than the window holds
+
+
+def test_each_position_mode_at_100x_the_clip():
+    """Read positions after 100 clips: absolute reads true frame indices (distances grow without bound);
+    before_window puts all of P one frame before the window; ordered keeps P's frames in their order,
+    newest just before the window, and both bounded modes keep every read distance within the window
+    plus what P and the sink can hold."""
+    s = spec(chunk=2, nb=2, layers=1, batch=2)
+    g = torch.Generator().manual_seed(0)
+    train_frames, cap = 8, 3
+    seen = {}
+    for mode in ("absolute", "before_window", "ordered"):
+        policy = make(sink=1, window=4, blocks=cap, position=mode)
+        policy.reset(s)
+        g.manual_seed(0)
+        for c in range(100 * train_frames // 2):
+            policy.commit(*random_chunk(s, 2 * c, g))
+        view = policy.view(0)
+        q = view.query_pos
+        pos = view.slot_pos  # (B, NS)
+        p_pos, p_frame = pos[:, view.persistent], policy.slot_frame[0][:, view.persistent].float()
+        sink_pos, local_pos = pos[:, view.sink], pos[:, view.local]
+        assert torch.equal(local_pos, policy.slot_frame[0][:, view.local].float())  # the window is never moved
+        seen[mode] = (q, p_pos, p_frame, sink_pos)
+        if mode == "absolute":
+            assert torch.equal(p_pos, p_frame) and (sink_pos == 0).all()
+            continue
+        window_start = q - 2  # 2 cached frames of the 4-frame window
+        assert (q - sink_pos).max() <= 4 + cap + 1 and (p_pos < window_start).all()
+        if mode == "before_window":
+            assert (p_pos == window_start - 1).all()
+        else:
+            for b in range(s.batch):  # newer frame -> larger position, one apart, the newest right before
+                frames = sorted(set(p_frame[b].tolist()), reverse=True)
+                want = {f: window_start - 1 - r for r, f in enumerate(frames)}
+                assert p_pos[b].tolist() == [want[f] for f in p_frame[b].tolist()]
+            assert (sink_pos < p_pos.min()).all()
+    assert seen["absolute"][0] - seen["absolute"][3].min() > 700  # what the bounded modes avoid

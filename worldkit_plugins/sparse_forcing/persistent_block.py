@@ -41,9 +41,11 @@ class PersistentBlock(BlockMemory):
         persistent_blocks: Optional[int] = Field(None, ge=1, description="capacity C in blocks (overrides persistent_frames)")
         window_frames: int = Field(6, ge=1, description="recent frames visible, the current chunk included")
         pooling: Literal["mean", "max"] = Field("mean", description="how a candidate block's keys are pooled for scoring")
-        position: Literal["before_window", "absolute"] = Field(
+        position: Literal["before_window", "absolute", "ordered"] = Field(
             "before_window",
-            description="read P (and the sink, before it) just before the window, or at true frame indices",
+            description="where P (and the sink, before it) is read: all of P one frame before the window; at "
+                        "true frame indices; or ordered: P's frames in their order, newest just before the "
+                        "window, one position apart, the sink before the most P can hold (distances bounded)",
         )
 
     @classmethod
@@ -95,10 +97,24 @@ class PersistentBlock(BlockMemory):
     def persistent_pos(self, layer: int, frame_pos: Tensor) -> Tensor:
         if self.config.position == "absolute":
             return frame_pos
-        return torch.full_like(frame_pos, float(self._window_start() - 1))  # one frame before the window
+        start = float(self._window_start())
+        if self.config.position == "ordered":
+            return start - 1 - newer_frames(frame_pos)  # (B, n): the newest frame just before the window
+        return torch.full_like(frame_pos, start - 1)  # one frame before the window
 
     def sink_shift(self, query_frame: int) -> float:
         if self.config.position == "absolute":
             return 0.0
-        gap = 1 if self.persistent_cap else 0  # the frame position P occupies
+        # the positions P may occupy: one frame (before_window), or one per block it can hold (ordered)
+        gap = 0 if not self.persistent_cap else self.persistent_cap if self.config.position == "ordered" else 1
         return float(max(0, self._window_start() - gap - self.sink_frames))
+
+
+def newer_frames(frame_pos: Tensor) -> Tensor:
+    """Per entry, how many distinct frames of its row are newer: (B, n) -> (B, n) float (0 = the newest)."""
+    newer = frame_pos[:, None, :] > frame_pos[:, :, None]  # (B, n, n): entry j newer than entry i
+    # count each distinct newer frame once: at the first entry of the row that holds it
+    same = frame_pos[:, :, None] == frame_pos[:, None, :]  # (B, n, n)
+    earlier = torch.ones(frame_pos.shape[1], frame_pos.shape[1], dtype=torch.bool, device=frame_pos.device).tril(-1)
+    first = ~(same & earlier[None]).any(-1)  # (B, n): entry is the first of its frame in the row
+    return (newer & first[:, None, :]).sum(-1).to(frame_pos.dtype)
