@@ -1,7 +1,9 @@
 """The ``worldkit`` command: run, eval, validate, plugins, data, report, analyze.
 
 User errors (bad YAML, a missing file, validation issues, a broken plugin) print ``error: ...`` lines
-to stderr and exit 2 without a traceback; Ctrl-C exits 130. Heavy modules (the experiment runner,
+to stderr and exit 2 without a traceback. Ctrl-C and SIGTERM stop a command the same way (a run saves
+its checkpoint at the last completed step and names its resume command; ``worldkit.signals``) and exit
+130 and 143. Heavy modules (the experiment runner,
 data generation) are imported only by the commands that need them.
 """
 from __future__ import annotations
@@ -17,14 +19,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
 
-from worldkit import config, registry
+from worldkit import config, registry, signals
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import KINDS
 from worldkit.schema import ExperimentConfig
 from worldkit.stages import check_accelerator
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C; SIGTERM exits 143 (128 + the signal number)
 RUN_DIR_VAR = "WORLDKIT_RUN_DIR"  # the run folder, for worker processes relaunched by DDP
 
 
@@ -148,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         experiment.evaluate_weights(cfg, args.weights, run_dir)
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"stopped; the stages evaluated so far are in {run_dir}/stages") from None
+        raise signals.interrupt(f"stopped; the stages evaluated so far are in {run_dir}/stages") from None
     return 0
 
 
@@ -278,11 +280,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help / --version exit 0
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     try:
-        return args.func(args)
+        with signals.handled():
+            return args.func(args)
     except WorldkitError as err:
         for line in err.lines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as stop:
-        print(f"worldkit: interrupted{f' ({stop})' if str(stop) else ''}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"worldkit: {signals.describe()}{f' ({stop})' if str(stop) else ''}", file=sys.stderr)
+        return signals.exit_code(EXIT_INTERRUPTED)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from worldkit import data as wk_data
-from worldkit import registry, report
+from worldkit import registry, report, signals
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
@@ -245,9 +245,13 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
     try:
         trainer.fit(module, datamodule=datamod, ckpt_path=ckpt_path)
     except SystemExit:
-        if saver.interrupted:  # Lightning turns Ctrl-C into exit(1) after our checkpoint
-            raise KeyboardInterrupt(f"stopped; resume with: worldkit run --resume {run_dir}") from None
+        # Lightning turns Ctrl-C into exit(1), and a SIGTERM it handled itself into SIGTERMException,
+        # after our checkpoint
+        if saver.interrupted:
+            raise signals.interrupt(f"stopped; resume with: worldkit run --resume {run_dir}") from None
         raise
+    finally:
+        signals.release(raise_pending=False)  # a step cut short by an error leaves no hold behind
     module._logger_for_eval = logger
     module.train_device = trainer.strategy.root_device  # Lightning moves the module back to the CPU at teardown
     return module
@@ -276,7 +280,7 @@ def run(cfg, run_dir: os.PathLike, resume: bool = False) -> list[dict]:
     except KeyboardInterrupt as stop:
         if str(stop):  # already says where it stopped
             raise
-        raise KeyboardInterrupt(f"stopped; finished stages are kept; resume with: worldkit run --resume {run_dir}") from None
+        raise signals.interrupt(f"stopped; finished stages are kept; resume with: worldkit run --resume {run_dir}") from None
 
 
 def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 
-from worldkit import config, report
+from worldkit import config, report, signals
 from worldkit.errors import MISSING, ConfigError, Issue
 from worldkit.schema import ExperimentConfig
 
@@ -408,7 +408,7 @@ def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., A
         try:
             runner(cfg, folder, resume=started)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(
+            raise signals.interrupt(
                 f"stopped in cell {cell.name}; finished cells are kept; resume with: worldkit run --resume {grid_dir}"
             ) from None
         except Exception as err:  # a failing cell is recorded; the grid goes on

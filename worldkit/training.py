@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from worldkit import registry
+from worldkit import registry, signals
 from worldkit.errors import WorldkitError
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
@@ -142,6 +142,11 @@ class WorldModule(L.LightningModule):
         loss, _ = self.trainer_plugin.loss(self, batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["frames"].shape[0], sync_dist=True)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # from here to the end of on_train_batch_end the step is applied (weights, schedule, EMA): a
+        # stop signal waits until it is whole, so the interrupt checkpoint is a completed step
+        signals.hold()
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # EMA once per optimizer step, and only when the model was updated (not on a DMD critic-only step)
         stepped, self._ema_step = self.global_step != self._ema_step, self.global_step
@@ -151,6 +156,7 @@ class WorldModule(L.LightningModule):
             with torch.no_grad():
                 for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
                     pe.lerp_(p, 1 - d)
+        signals.release()  # the last hook of the step: a stop signal that arrived during it is raised here
 
     def _networks(self) -> list[tuple[torch.nn.Module, float]]:
         """The trained networks with their learning-rate multiples: the model, then the trainer's own."""
@@ -222,16 +228,21 @@ class ResumableData(L.LightningDataModule):
 
 
 class SaveOnInterrupt(L.Callback):
-    """Ctrl-C: save ``last.ckpt`` so the run can be resumed."""
+    """Ctrl-C or SIGTERM: save ``last.ckpt`` so the run can be resumed. (Without ``worldkit.signals``'
+    handlers, Lightning answers SIGTERM by stopping at the end of the step with ``SIGTERMException``;
+    that is saved too.)"""
 
     def __init__(self, path: Path):
         self.path = path
         self.interrupted = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self.interrupted = True
-            trainer.save_checkpoint(self.path)
+            with signals.deferred():  # a second signal does not cut the checkpoint short
+                trainer.save_checkpoint(self.path)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """An interrupt checkpoint restarts at the last optimizer step: its batch counters go back to that
