@@ -120,6 +120,55 @@ def test_crash_during_write_leaves_no_file(tmp_path, monkeypatch):
     assert files(tmp_path) == []  # neither the final file nor the temporary one
 
 
+def test_a_damaged_cache_file_is_recorded_anew_with_a_one_line_notice(tmp_path, capsys):
+    """Truncated (a killed copy, a full disk), altered in place, or not an npz: read with a notice and
+    the episodes recorded again, never a traceback; an intact file is read without a word."""
+    first = load(tmp_path)
+    (path,) = tmp_path.iterdir()
+    intact = path.read_bytes()
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    altered = {**arrays, "states": arrays["states"] + 1.0}  # a valid npz whose contents are not the ones checked
+
+    def alter(f):
+        with open(f, "wb") as out:
+            np.savez_compressed(out, **altered)
+
+    damages = {"truncated": lambda f: f.write_bytes(intact[:1000]), "altered": alter,
+               "not an npz": lambda f: f.write_text("hello"), "empty": lambda f: f.write_bytes(b"")}
+    for what, damage in damages.items():
+        damage(path)
+        again = load(tmp_path)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"warning: {path}: damaged cache file (") and "recording it anew" in err, what
+        np.testing.assert_array_equal(again.states, first.states)
+        assert path.read_bytes() != b"" and files(tmp_path) == [path.name], what
+        load(tmp_path)
+        assert capsys.readouterr().err == ""  # recorded whole: read quietly from then on
+
+
+def test_ensure_split_verifies_what_it_lists(tmp_path, capsys):
+    """``worldkit data`` lists a split as present only when it reads whole."""
+    path = D.ensure_split(ENV, SMALL, "train", 4, 10, tmp_path, workers=1, progress=False)
+    good = D._read(path)
+    path.write_bytes(path.read_bytes()[:1000])
+    assert D.ensure_split(ENV, SMALL, "train", 4, 10, tmp_path, workers=1, progress=False) == path
+    assert "damaged cache file" in capsys.readouterr().err
+    np.testing.assert_array_equal(D._read(path).frames, good.frames)
+
+
+def test_a_cache_file_from_before_checksums_is_read_as_it_is(tmp_path, monkeypatch):
+    first = load(tmp_path)
+    (path,) = tmp_path.iterdir()
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "sha256"}
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    monkeypatch.setattr(D, "generate", lambda *a, **k: pytest.fail("recorded a readable file again"))
+    np.testing.assert_array_equal(load(tmp_path).frames, first.frames)
+    assert D.checksum(first) == D.checksum(D._read(path))  # the checksum is of the contents, not the file
+
+
 def test_cache_key_follows_the_request(tmp_path):
     def path(config=SMALL, split="train", episodes=4, frames=10):
         return D.cache_path(ENV, config, split, episodes, frames, tmp_path)

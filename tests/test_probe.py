@@ -67,3 +67,20 @@ def test_runs_score_the_state_a_frame_shows_and_key_the_probe_by_it(tmp_path):
     states = d.seen_states["train"]
     a, b = probe_path(Path("x.npz"), 10, 0, states), probe_path(Path("x.npz"), 10, 0, states + 1)
     assert a != b and a == probe_path(Path("x.npz"), 10, 0, states.copy())
+
+
+def test_a_damaged_probe_file_is_trained_anew(tmp_path, capsys):
+    from worldkit.probe import cached_probe, probe_path
+
+    frames, states = square_world(n=4, t=4)
+    data = tmp_path / "episodes.npz"
+    first = cached_probe(data, frames, states, steps=2)
+    path = probe_path(data, 2, 0, states)
+    path.write_bytes(path.read_bytes()[:100])
+    again = cached_probe(data, frames, states, steps=2)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: damaged probe file (") and err.count("\n") == 1
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)  # the same seed trains the same probe
+    cached_probe(data, frames, states, steps=2)
+    assert capsys.readouterr().err == ""

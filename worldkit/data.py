@@ -7,7 +7,9 @@ action that produced it.
 
 Splits are seed ranges (train from 0, val from 1_000_000, test from 2_000_000). A split request
 (env name, resolved env config, split, episodes, frames, format version) is hashed into the name of
-one ``.npz`` in the cache folder, written atomically; the same request later reads that file.
+one ``.npz`` in the cache folder, written atomically with a checksum of its contents; the same request
+later reads that file and verifies it. A damaged file (truncated by a killed copy or a full disk, or
+altered) is recorded anew with a one-line notice.
 
 MuJoCo is never imported here: envs are built through the registry, inside the env plugins.
 """
@@ -18,6 +20,7 @@ import json
 import multiprocessing as mp
 import signal
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,13 +200,32 @@ def cache_path(name: str, config: dict, split: str, episodes: int, frames: int, 
     return Path(cache_dir).expanduser() / f"{name}-{split}-{episodes}x{frames}-{digest}.npz"
 
 
+ARRAYS = ("frames", "actions", "states", "seeds")
+
+
+class DamagedFile(Exception):
+    """A cache file that cannot be read whole or does not match its checksum; the message says how."""
+
+
+def checksum(data: EpisodeSet) -> bytes:
+    """SHA-256 of the episodes' arrays (names, dtypes, shapes and contents): the same episodes give the
+    same checksum whatever file holds them."""
+    h = hashlib.sha256()
+    for name in ARRAYS:
+        a = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.data)
+    return h.digest()
+
+
 def _write_atomic(path: Path, data: EpisodeSet) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` and its checksum to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, frames=data.frames, actions=data.actions, states=data.states, seeds=data.seeds)
+            np.savez_compressed(f, **{name: getattr(data, name) for name in ARRAYS},
+                                sha256=np.frombuffer(checksum(data), dtype=np.uint8))
         os.chmod(tmp, 0o644)  # mkstemp creates the file private
         os.replace(tmp, path)
     except BaseException:
@@ -212,8 +234,30 @@ def _write_atomic(path: Path, data: EpisodeSet) -> None:
 
 
 def _read(path: Path) -> EpisodeSet:
-    with np.load(path) as z:
-        return EpisodeSet(z["frames"], z["actions"], z["states"], z["seeds"])
+    """The episodes of a cache file, read whole and checked against the checksum written with them (a
+    file from before checksums is only read whole); raises ``DamagedFile``."""
+    try:
+        with np.load(path) as z:
+            data = EpisodeSet(*(z[name] for name in ARRAYS))
+            stored = z["sha256"].tobytes() if "sha256" in z.files else None
+    except Exception as err:  # truncated zip, bad CRC, a member missing, not an npz at all, ...
+        detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise DamagedFile(f"unreadable: {type(err).__name__}{': ' + detail if detail else ''}") from None
+    if stored is not None and stored != checksum(data):
+        raise DamagedFile("its contents do not match the checksum written with them")
+    return data
+
+
+def _cached(path: Path) -> Optional[EpisodeSet]:
+    """The verified episodes of a cache file; None when there is none, or when it is damaged (said in
+    one line on stderr; the caller records it anew)."""
+    if not path.exists():
+        return None
+    try:
+        return _read(path)
+    except DamagedFile as why:
+        print(f"warning: {path}: damaged cache file ({why}); recording it anew", file=sys.stderr, flush=True)
+        return None
 
 
 def ensure_split(
@@ -226,14 +270,21 @@ def ensure_split(
     workers: int = 2,
     progress: bool = True,
 ) -> Path:
-    """The cache file of a split request, generating it first when it is not there yet."""
+    """The cache file of a split request, verified, generating it first when it is not there yet (or damaged)."""
+    return _split(env_spec_name, env_config, split, episodes, frames, cache_dir, workers, progress)[0]
+
+
+def _split(name: str, env_config: dict, split: str, episodes: int, frames: int, cache_dir: PathLike,
+           workers: int, progress: bool) -> tuple[Path, EpisodeSet]:
+    """The cache file of a split request and its episodes: read and verified, or recorded and written."""
     seeds = split_seeds(split, episodes)
-    path = cache_path(env_spec_name, env_config, split, episodes, frames, cache_dir)
-    if not path.exists():
-        config = resolve_config(env_spec_name, env_config)
-        data = generate(env_spec_name, config, seeds, frames, workers, f"{env_spec_name} {split}", progress)
+    path = cache_path(name, env_config, split, episodes, frames, cache_dir)
+    data = _cached(path)
+    if data is None:
+        config = resolve_config(name, env_config)
+        data = generate(name, config, seeds, frames, workers, f"{name} {split}", progress)
         _write_atomic(path, data)
-    return path
+    return path, data
 
 
 def load_split(
@@ -247,8 +298,7 @@ def load_split(
     progress: bool = True,
 ) -> EpisodeSet:
     """``episodes`` episodes of ``frames`` frames from ``split``, read from the cache (generated once)."""
-    path = ensure_split(env_spec_name, env_config, split, episodes, frames, cache_dir, workers, progress)
-    return _read(path)
+    return _split(env_spec_name, env_config, split, episodes, frames, cache_dir, workers, progress)[1]
 
 
 def eval_episode_frames(cfg: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -89,13 +90,18 @@ def probe_path(dataset_file: Path, steps: int, seed: int, states: Optional[np.nd
 
 
 def cached_probe(dataset_file: Path, frames: np.ndarray, states: np.ndarray, steps: int = 1500, seed: int = 0) -> StateProbe:
-    """The probe of a cached dataset, trained on first use and stored beside it (atomically)."""
+    """The probe of a cached dataset, trained on first use and stored beside it (atomically). A stored
+    probe that cannot be read (a damaged file) is said in one line and trained again."""
     path = probe_path(Path(dataset_file), steps, seed, states)
     if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        probe = StateProbe(blob["state_dim"], blob["frame_size"])
-        probe.load_state_dict(blob["state_dict"])
-        return probe.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+            probe = StateProbe(blob["state_dim"], blob["frame_size"])
+            probe.load_state_dict(blob["state_dict"])
+            return probe.eval().to("cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as err:  # truncated, not a torch file, other keys
+            print(f"warning: {path}: damaged probe file ({type(err).__name__}); training it anew", file=sys.stderr,
+                  flush=True)
     probe = train_probe(frames, states, steps=steps, seed=seed, device="cuda" if torch.cuda.is_available() else "cpu")
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save({"state_dim": states.shape[-1], "frame_size": frames.shape[2], "state_dict": probe.state_dict()}, tmp)
