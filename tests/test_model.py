@@ -142,6 +142,31 @@ def test_rollout_is_deterministic_and_reports_timing():
     assert kv == sorted(kv) and kv[0] < kv[-1]  # dense grows with every commit
 
 
+def test_teacher_forced_chunks_are_one_chunk_forecasts_from_the_true_history():
+    """run(truth=...) commits the true frames: chunk c equals a fresh rollout of one chunk from the
+    context plus the true frames before it, with the same noise."""
+    m = tiny_model(torch.float64)
+    r = Rollout(m, SlidingWindow(SlidingWindow.Config(window_frames=4)), AllBlocks(), SDPA(), steps=2, train_frames=6,
+                renoise=False)  # the initial noise is then all the randomness of a chunk
+    ctx = torch.randn(1, 2, 3, 16, 16, dtype=torch.float64)
+    truth = torch.randn(1, 6, 3, 16, 16, dtype=torch.float64)
+    act = torch.randn(1, 8, 2, dtype=torch.float64)
+    noise = [torch.randn(1, 2, 3, 16, 16, dtype=torch.float64) for _ in range(3)]
+    r.reset(1, dtype=torch.float64)
+    r.commit_frames(ctx, act[:, :2])
+    forced = [r.chunk(act[:, 2 + 2 * c : 4 + 2 * c], noise=noise[c], commit=truth[:, 2 * c : 2 * c + 2]) for c in range(3)]
+    for c in range(3):
+        history = torch.cat([ctx, truth[:, : 2 * c]], 1)
+        r.reset(1, dtype=torch.float64)
+        r.commit_frames(history, act[:, : 2 + 2 * c])
+        torch.testing.assert_close(r.chunk(act[:, 2 + 2 * c : 4 + 2 * c], noise=noise[c]), forced[c])
+    free = Rollout(m, SlidingWindow(SlidingWindow.Config(window_frames=4)), AllBlocks(), SDPA(), steps=2, train_frames=6)
+    a = free.run(ctx, act, 6, generator=torch.Generator().manual_seed(0))
+    b = free.run(ctx, act, 6, generator=torch.Generator().manual_seed(0), truth=truth)
+    torch.testing.assert_close(a[:, :2], b[:, :2])  # the first chunk sees the same context
+    assert not torch.allclose(a[:, 2:], b[:, 2:])  # later chunks read the true frames instead
+
+
 def test_bounded_policy_rolls_out_100x_with_flat_memory():
     """A bounded policy runs 100x the training clip: no error, KV bytes flat once the window is full."""
     m = WorldModel(frame_size=8, action_dim=1, patch=4, width=24, layers=1, heads=2, block_patches=1, chunk_frames=4)

@@ -111,6 +111,7 @@ def evaluate(
     targets=None,
     reference: Optional[Tensor] = None,
     step=None,
+    teacher_forced: bool = False,
 ) -> EvalResult:
     """Roll out every episode of ``frames`` (N, T, H, W, 3) uint8 / ``actions`` (N, T, A) and score it.
 
@@ -122,7 +123,8 @@ def evaluate(
     env's ``observable_step``, config bound), the physics residual. With the
     episodes' recall ``targets`` (an env's ``recall_targets`` over their first ``context + n_gen``
     frames), recall by gap is scored (``memory_metrics``) for the model, the truth, the baselines and
-    the oracle that pastes the last real sighting."""
+    the oracle that pastes the last real sighting. ``teacher_forced``: each chunk commits the true frames
+    instead of its own (``Rollout.run``'s ``truth``)."""
     from worldkit import memory_metrics, quality
     from worldkit.probe import state_error
 
@@ -147,7 +149,8 @@ def evaluate(
             act = torch.from_numpy(actions[s : s + batch_size, :need]).float().to(device)  # (B, T, A)
             g = torch.Generator(device="cpu").manual_seed(1_000_003 * seed + s)
             ctx, target = gt[:, :context_frames], gt[:, context_frames:]
-            pred = rollout.run(ctx, act, n_gen, generator=g, progress=lambda k, b=gt.shape[0]: bar.update(k * b))
+            pred = rollout.run(ctx, act, n_gen, generator=g, progress=lambda k, b=gt.shape[0]: bar.update(k * b),
+                               truth=target if teacher_forced else None)
             timings.append(list(rollout.timings))  # one entry per generated chunk
             if not kv:  # the cache holds the batch; its bytes are exactly B times one sequence's
                 batch = gt.shape[0]

@@ -170,6 +170,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
         strips=cfg.eval.strips, desc=desc, probe=d.probe, states=d.seen_states["test"][:n],
         targets=_first(d.recall_targets, n), reference=d.reference_features(), step=d.observable_step,
+        teacher_forced=cfg.eval.cache == "truth",
     )
 
 

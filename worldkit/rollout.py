@@ -92,9 +92,11 @@ class Rollout:
         noise: Optional[Tensor] = None,
         exit_step: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        commit: Optional[Tensor] = None,
     ) -> Tensor:
         """Generate and commit one chunk. actions: (B, Fc, A). Returns the clean chunk (B, Fc, C, H, W)
-        as estimated at ``exit_step`` (default: the last step); only that step is differentiable."""
+        as estimated at ``exit_step`` (default: the last step); only that step is differentiable.
+        ``commit`` (B, Fc, C, H, W): frames the cache takes instead of the generated ones."""
         model = self.model
         geo = model.geometry
         B, fc = actions.shape[:2]
@@ -121,7 +123,7 @@ class Rollout:
                 x = diffusion.step(x0, x, t, tn, randn() if self.renoise else None)
         _sync(dev)
         t1 = time.perf_counter()
-        self._commit(x0, actions)
+        self._commit(x0 if commit is None else commit, actions)
         _sync(dev)
         t2 = time.perf_counter()
         self.timings.append(
@@ -136,11 +138,14 @@ class Rollout:
         frames: int,
         generator: Optional[torch.Generator] = None,
         progress: Optional[Callable[[int], None]] = None,
+        truth: Optional[Tensor] = None,
     ) -> Tensor:
         """Roll out ``frames`` new frames after ``context``.
 
         context: (B, Fctx, C, H, W) ground-truth frames; actions: (B, Fctx + frames, A) the actions
-        that lead to every frame. Returns (B, frames, C, H, W)."""
+        that lead to every frame. With ``truth`` (B, frames, C, H, W) each chunk commits the true frames
+        instead of its own (teacher forced): every chunk is then a one-chunk forecast from a cache of real
+        history. Returns (B, frames, C, H, W)."""
         B, fctx = context.shape[:2]
         if frames % self.chunk_frames:
             raise ValueError(f"frames={frames} is not a whole number of {self.chunk_frames}-frame chunks")
@@ -150,7 +155,8 @@ class Rollout:
         out = []
         with torch.no_grad():
             for s in range(fctx, fctx + frames, fc):
-                out.append(self.chunk(actions[:, s : s + fc], generator=generator))
+                real = None if truth is None else truth[:, s - fctx : s - fctx + fc]
+                out.append(self.chunk(actions[:, s : s + fc], generator=generator, commit=real))
                 if progress is not None:
                     progress(fc)
         return torch.cat(out, dim=1)[:, :frames]

@@ -207,6 +207,10 @@ class EvalConfig(Section):
     seeds: PositiveInt = 1  # sampling seeds per episode, averaged within the episode (standard errors are over episodes)
     strips: int = Field(4, ge=0)  # episodes drawn as image strips
     probe_steps: int = Field(1500, ge=0)  # training steps of the state probe (0: no state error)
+    cache: Literal["rollout", "truth"] = Field(
+        "rollout", description="what each chunk commits to the cache: its own frames (a rollout), or the true "
+        "ones (teacher forced: each chunk is a one-chunk forecast from real history, which tests what a memory "
+        "policy keeps without the drift of the model's own frames)")
     # a stage or variant name: in the recall table every other row is compared with it, episode by
     # episode (e.g. the sliding window with the same KV budget)
     reference: Optional[str] = None
