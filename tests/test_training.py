@@ -510,6 +510,12 @@ def test_dmd_refuses_a_random_teacher_and_fsdp(cache, run_data, tmp_path):
     cfg = wk_config.validate(dmd_raw(cache, max_steps=2))
     with pytest.raises(WorldkitError, match="teacher would be random"):
         fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path / "a", init=None, resume=False)
-    cfg = wk_config.validate(dmd_raw(cache, dmd={"teacher": "base/pendulum"}, max_steps=2, strategy="fsdp"))
+    from worldkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.dmd: trains a critic beside the model, which train.strategy=fsdp"):
+        wk_config.validate(dmd_raw(cache, dmd={"teacher": "base/pendulum"}, max_steps=2, strategy="fsdp"))
+    # a trainer without that check (a config built in code): refused when its networks are attached
+    cfg = wk_config.validate(dmd_raw(cache, dmd={"teacher": "base/pendulum"}, max_steps=2))
+    cfg.train.strategy = "fsdp"
     with pytest.raises(WorldkitError, match="fsdp"):
         fit_stage(cfg, resolve_stages(cfg)[0], run_data, tmp_path / "b", init=None, resume=False)

@@ -40,18 +40,30 @@ def new_run_dir(cfg: ExperimentConfig, out: Optional[str] = None) -> Path:
                 f"{path}: already exists and is not empty; a run never overwrites earlier results "
                 "(pick another --out, or leave it out for a fresh timestamped folder)"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        _make_folder(path, "--out", parents=True, exist_ok=True)
         return path
     base = Path(cfg.out_root) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    base.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(base.parent, "out_root", parents=True, exist_ok=True)
     for i in itertools.count():
         path = base if i == 0 else base.with_name(f"{base.name}-{i}")
         try:
-            path.mkdir()  # atomic: two runs starting in the same second get different folders
+            _make_folder(path, "out_root")  # atomic: two runs starting in the same second get different folders
             return path
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+def _make_folder(path: Path, field: str, **kw) -> None:
+    """``path.mkdir(**kw)``; a folder that cannot be made (not writable, a file in the way) is a user error."""
+    try:
+        path.mkdir(**kw)
+    except FileExistsError:
+        if path.is_dir():
+            raise  # taken: the caller tries another name
+        raise WorldkitError(f"{field}: cannot make the folder {path}: a file is in the way") from None
+    except OSError as err:
+        raise WorldkitError(f"{field}: cannot make the folder {path} ({err.strerror or err})") from None
 
 
 def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg: ExperimentConfig,
@@ -61,6 +73,7 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
     g = grid.load(path, overrides)
     if grid_dir is None:
         warn_cells(g.cells, path)
+        check_cells(g.cells, path, out)
         grid_dir = new_run_dir(cfg, out)
         grid.save_config(g, grid_dir)
         print(f"grid folder: {grid_dir} ({len(g.cells)} cells)", file=sys.stderr)
@@ -87,6 +100,22 @@ def warn_cells(cells, source) -> None:
     for cell in cells:
         for message in cell.config.warnings():
             print(f"warning: {source} cell {cell.name}: {message}", file=sys.stderr)
+
+
+def check_cells(cells, source, out: Optional[str] = None) -> None:
+    """What a run would refuse in any cell (``worldkit.preflight``), every problem of every cell at once."""
+    preflight = import_module("worldkit.preflight")
+    found = [f"{source} cell {c.name}: {p}" for c in cells for p in preflight.problems(c.config, out)]
+    if found:
+        raise WorldkitError("\n".join(found))
+
+
+def warn_accelerator(cfg: ExperimentConfig, source) -> None:
+    """validate: a train.accelerator this machine lacks is said (the config may be meant for another)."""
+    try:
+        check_accelerator(cfg)
+    except WorldkitError as err:
+        print(f"warning: {source}: {str(err).split('; run with')[0]}: run refuses it on this machine", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,10 +146,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_accelerator(cfg)
     if cfg.grid:
         return run_grid(Path(args.config), args.overrides, None, cfg, args.out)
-    experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
-    if cfg.model.init:  # a missing or unreadable starting checkpoint fails before a folder is made
-        experiment.read_checkpoint(experiment.resolve_init(cfg.model.init))
     inherited = os.environ.get(RUN_DIR_VAR)
+    if not inherited:  # a missing checkpoint, a trainer that cannot start, ...: refused before a folder is made
+        import_module("worldkit.preflight").check(cfg, args.out, args.config)
+    experiment = import_module("worldkit.experiment")  # before the folder, so a failed import leaves none
     if inherited:  # a worker that multi-device training relaunched with this command line
         experiment.run(cfg, Path(inherited), resume=True)
         return 0
@@ -155,11 +184,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print the resolved config, or every error; for a grid, also validate and list every cell."""
+    """Print the resolved config, or every error: the config's, and what a run would refuse before it
+    starts (``worldkit.preflight``); for a grid, also validate and list every cell."""
     cfg = config.load(args.config, args.overrides)
     warn_unused(cfg, args.config)
     cells = import_module("worldkit.grid").load(args.config, args.overrides).cells if cfg.grid else []
     warn_cells(cells, args.config)
+    if cells:
+        check_cells(cells, args.config)
+    else:
+        import_module("worldkit.preflight").check(cfg, source=args.config)
+    for c in cells or [None]:
+        warn_accelerator(c.config if c else cfg, f"{args.config} cell {c.name}" if c else args.config)
     sys.stdout.write(config.to_yaml(cfg))
     if cells:
         sys.stdout.write(f"# {len(cells)} cells, each valid:\n" + "".join(f"#   {c.name}\n" for c in cells))

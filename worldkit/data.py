@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from worldkit import registry
+from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 
 FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes
@@ -220,8 +221,11 @@ def checksum(data: EpisodeSet) -> bytes:
 
 def _write_atomic(path: Path, data: EpisodeSet) -> None:
     """Write ``data`` and its checksum to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as err:  # not a folder, not writable
+        raise WorldkitError(f"data.cache_dir: cannot write the episodes into {path.parent} ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **{name: getattr(data, name) for name in ARRAYS},

@@ -42,8 +42,9 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def resolve_init(name: str) -> Path:
-    """A checkpoint path, or a shipped base checkpoint by name (``base/pendulum``)."""
+def resolve_init(name: str, field: str = "model.init") -> Path:
+    """A checkpoint path, or a shipped base checkpoint by name (``base/pendulum``); ``field`` is the
+    config field that names it, for the error."""
     p = Path(name).expanduser()
     if p.exists():
         return p
@@ -52,32 +53,38 @@ def resolve_init(name: str) -> Path:
         if shipped.exists():
             return shipped
         have = sorted(f"base/{q.stem}" for q in BASE_DIR.glob("*.pt"))
-        raise WorldkitError(f"model.init: no shipped checkpoint {name!r}; shipped: {', '.join(have) or 'none'}")
-    raise WorldkitError(f"model.init: {name!r} is neither a file nor a shipped name (base/...)")
+        raise WorldkitError(f"{field}: no shipped checkpoint {name!r}; shipped: {', '.join(have) or 'none'}")
+    raise WorldkitError(f"{field}: {name!r} is neither a file nor a shipped name (base/...)")
 
 
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, field: str = "model.init") -> dict:
     """A checkpoint's contents; a file that is not one is a user error naming it."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # not a torch file, truncated, a folder, ...
-        raise WorldkitError(f"model.init: {path} is not a readable checkpoint ({type(err).__name__}: "
+        raise WorldkitError(f"{field}: {path} is not a readable checkpoint ({type(err).__name__}: "
                             f"{str(err).strip().splitlines()[0][:120] if str(err).strip() else ''})") from None
     if not isinstance(blob, dict) or not isinstance(blob.get("state_dict", blob), dict):
-        raise WorldkitError(f"model.init: {path} holds no state_dict (a model.pt or a Lightning .ckpt is expected)")
+        raise WorldkitError(f"{field}: {path} holds no state_dict (a model.pt or a Lightning .ckpt is expected)")
     return blob
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    blob = read_checkpoint(path)
-    state = blob.get("state_dict", blob)
-    mismatch = {k: v for k, v in blob.get("hparams", {}).items() if model.hparams.get(k) != v}
-    if mismatch:
-        raise WorldkitError(
-            f"model.init: {path} was trained with other model settings: "
-            + ", ".join(f"{k}={v} (config has {model.hparams.get(k)})" for k, v in mismatch.items())
-        )
-    model.load_state_dict(state)
+def settings_mismatch(blob: dict, expected: dict, path: Path, field: str = "model.init") -> Optional[str]:
+    """The error line when a checkpoint's model settings (``hparams``) differ from ``expected`` (only the
+    settings both give are compared); None when they agree."""
+    mismatch = {k: v for k, v in blob.get("hparams", {}).items() if k in expected and expected[k] != v}
+    if not mismatch:
+        return None
+    return (f"{field}: {path} was trained with other model settings: "
+            + ", ".join(f"{k}={v} (config has {expected[k]})" for k, v in mismatch.items()))
+
+
+def load_weights(model: torch.nn.Module, path: Path, field: str = "model.init") -> None:
+    blob = read_checkpoint(path, field)
+    problem = settings_mismatch(blob, {k: model.hparams.get(k) for k in blob.get("hparams", {})}, path, field)
+    if problem:
+        raise WorldkitError(problem)
+    model.load_state_dict(blob.get("state_dict", blob))
 
 
 # --------------------------------------------------------------------------------------------------

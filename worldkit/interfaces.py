@@ -46,6 +46,13 @@ class Plugin(ABC):
         anything runs. Returns (field of config, its value, what is wrong) per problem."""
         return []
 
+    @classmethod
+    def checkpoints(cls, config: PluginConfig) -> dict[str, str]:
+        """The checkpoints the plugin reads, by the field of ``config`` that names each (a path or a shipped
+        name such as ``base/pendulum``): ``worldkit validate`` and ``worldkit run`` check before anything
+        runs that each can be read and was trained with the experiment's model settings."""
+        return {}
+
 
 # --------------------------------------------------------------------------------------------------
 # Environments

@@ -282,6 +282,9 @@ class ExperimentConfig(Section):
         if any(b <= a for a, b in zip(e.horizons, e.horizons[1:])):
             problems.append(_problem(("eval", "horizons"), e.horizons, "must be increasing (multiples of train.clip_frames)"))
         names = [s.name for s in (*self.stages, *self.compare)] or ["train"]
+        if e.reference is not None and e.reference not in names:
+            problems.append(_problem(("eval", "reference"), e.reference,
+                                     f"not a stage or variant of this experiment; choices: {', '.join(names)}"))
         if m.init is None:  # a stage that starts from random weights must train
             base = self.train.model_dump()
             first = {**base, **(self.stages[0].train if self.stages else {})}

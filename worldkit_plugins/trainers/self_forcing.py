@@ -72,7 +72,7 @@ class DMDNets(nn.Module):
         else:
             from worldkit.experiment import load_weights, resolve_init
 
-            load_weights(self.teacher, resolve_init(teacher))
+            load_weights(self.teacher, resolve_init(teacher, "trainer.dmd.teacher"), "trainer.dmd.teacher")
         self.critic.load_state_dict(self.teacher.state_dict())
         self.ready.fill_(True)
 
@@ -148,7 +148,15 @@ class SelfForcing(RolloutTrainer):
                              f"must be a multiple of model.chunk_frames={chunk} below train.clip_frames={clip}"))
         if config.dmd is None and config.regression_weight == 0:
             problems.append(("regression_weight", 0.0, "is the only loss when dmd is off: make it positive, or set dmd"))
+        if config.dmd is not None and experiment.train.strategy == "fsdp":
+            problems.append(("dmd", config.dmd.model_dump(), "trains a critic beside the model, which train.strategy=fsdp "
+                                                             "does not shard and clip correctly yet; use ddp (or "
+                                                             "ddp_find_unused_parameters_true)"))
         return problems
+
+    @classmethod
+    def checkpoints(cls, config) -> dict:
+        return {"dmd.teacher": config.dmd.teacher} if config.dmd is not None and config.dmd.teacher else {}
 
     def check_start(self, init) -> None:
         if self.config.dmd is not None and self.config.dmd.teacher is None and init is None:
