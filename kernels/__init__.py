@@ -2,13 +2,14 @@
 
 Triton is imported only when a Triton path is used (``impl="triton"``, or ``"auto"`` on CUDA).
 """
-from .blocks import build_transposed, lists_are_top_k, pool_blocks, resolve_top_k, topk_blocks
+from .blocks import build_transposed, check_lists, lists_are_top_k, pool_blocks, resolve_top_k, topk_blocks
 from .pbsa import pbsa_attention, pbsa_attention_with_lse
 from .pbsa_reference import reference
 from .pbsa_torch import pbsa_torch
 
 __all__ = [
     "build_transposed",
+    "check_lists",
     "lists_are_top_k",
     "pbsa_attention",
     "pbsa_attention_with_lse",

@@ -106,6 +106,32 @@ def lists_are_top_k(
     return bool((high <= low + atol).all())
 
 
+def check_lists(index: Tensor, count: Tensor, num_slots: int) -> None:
+    """Raise ``ValueError`` naming the first row whose list is not a set of slots: a count outside
+    [0, MAXK], an entry outside [0, num_slots), or a slot listed twice (the dense reference would read it
+    once, a gathering kernel twice). index: (B, Hi, NQB, MAXK); count: (B, Hi, NQB). Reads the lists on
+    the host: on CUDA it waits for the device."""
+    MAXK = index.shape[-1]
+    bad = (count < 0) | (count > MAXK)  # (B, Hi, NQB)
+    if bool(bad.any()):
+        b, h, r = bad.nonzero()[0].tolist()
+        raise ValueError(f"count: row (batch {b}, head {h}, query block {r}) has {int(count[b, h, r])} entries; "
+                         f"must be in 0..{MAXK} (the list's length)")
+    valid = torch.arange(MAXK, device=index.device) < count[..., None].long()  # (B, Hi, NQB, MAXK)
+    idx = torch.where(valid, index.long(), -1)
+    outside = valid & ((idx < 0) | (idx >= num_slots))
+    if bool(outside.any()):
+        b, h, r, j = outside.nonzero()[0].tolist()
+        raise ValueError(f"index: row (batch {b}, head {h}, query block {r}) lists slot {int(idx[b, h, r, j])}; "
+                         f"slots are 0..{num_slots - 1}")
+    ordered = idx.sort(-1).values
+    twice = (ordered[..., 1:] == ordered[..., :-1]) & (ordered[..., 1:] >= 0)  # (B, Hi, NQB, MAXK - 1)
+    if bool(twice.any()):
+        b, h, r, j = twice.nonzero()[0].tolist()
+        raise ValueError(f"index: row (batch {b}, head {h}, query block {r}) lists slot {int(ordered[b, h, r, j])} "
+                         "twice; each slot at most once per row")
+
+
 def build_transposed(index: Tensor, count: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:
     """Invert per-row slot lists into per-slot row lists, on the device (no host sync).
 

@@ -7,6 +7,9 @@ index: (B, Hi, NQB, MAXK) int32 or int64, Hi in {1, H} (1 = one list per row sha
     first, then the local one, each sorted, no duplicates within a row.
 count: (B, Hi, NQB). block_len: (B, NS) valid tokens per slot (ragged tails), None = all BLK valid.
 There is no causal mask inside a block: a chunk attends to itself fully.
+Lists that break the contract (a slot twice in a row, a slot outside the pool, a count past the list)
+are refused with ``ValueError`` (``check``: by default on CPU tensors; on CUDA the check would wait for
+the device, so it runs there only when asked).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Literal, Optional
 
 from torch import Tensor
 
+from .blocks import check_lists
 from .pbsa_torch import pbsa_torch
 
 Impl = Literal["auto", "torch", "triton"]
@@ -28,11 +32,13 @@ def pbsa_attention_with_lse(
     block_len: Optional[Tensor] = None,
     scale: Optional[float] = None,
     impl: Impl = "auto",
+    check: Optional[bool] = None,
 ) -> tuple[Tensor, Tensor]:
     """Block-sparse attention; returns out (B, H, Tq, D) in q.dtype and lse (B, H, Tq), the natural
     log-sum-exp in fp32 (-inf on rows that read nothing; their output is 0).
 
     impl: "auto" = Triton on CUDA tensors, the PyTorch path elsewhere; "triton" / "torch" force one.
+    check: refuse lists that are not sets of pool slots (``check_lists``); None = on CPU tensors only.
     """
     B, H, Tq, D = q.shape
     NS, BLK = k.shape[1], k.shape[3]
@@ -45,6 +51,8 @@ def pbsa_attention_with_lse(
         raise ValueError(f"count must be {tuple(index.shape[:3])}; got {tuple(count.shape)}")
     if block_len is not None and block_len.shape != (B, NS):
         raise ValueError(f"block_len must be (B, NS) = {(B, NS)}; got {tuple(block_len.shape)}")
+    if check or (check is None and not index.is_cuda):
+        check_lists(index, count, NS)
     if impl == "auto":
         impl = "triton" if q.is_cuda else "torch"
     if impl == "torch":
@@ -65,6 +73,7 @@ def pbsa_attention(
     block_len: Optional[Tensor] = None,
     scale: Optional[float] = None,
     impl: Impl = "auto",
+    check: Optional[bool] = None,
 ) -> Tensor:
     """Block-sparse attention output (B, H, Tq, D); see ``pbsa_attention_with_lse``."""
-    return pbsa_attention_with_lse(q, k, v, index, count, block_len, scale, impl)[0]
+    return pbsa_attention_with_lse(q, k, v, index, count, block_len, scale, impl, check)[0]

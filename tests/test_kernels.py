@@ -442,6 +442,33 @@ def test_auto_dispatch_and_validation():
             pbsa_attention(q, k, v, index, count, scale=0.0, impl="triton")
 
 
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_lists_that_are_not_sets_of_slots_are_refused(impl):
+    """A slot listed twice in a row would be read twice by the gathering paths and once by the dense
+    reference: refused, as are slots outside the pool and counts past the list, naming the row."""
+    (q, k, v), index, count, _ = make_case(2, 2, 2, 8, 16, 5, 4, 1, 1.0, 0.0, False, torch.float32, 0)
+    pbsa_attention(q, k, v, index, count, impl=impl)  # the case itself is fine
+    twice = index.clone()
+    twice[1, 0, 1, 1] = twice[1, 0, 1, 0]  # batch 1, head 0, query block 1: its first slot again
+    slot = int(twice[1, 0, 1, 0])
+    with pytest.raises(ValueError, match=rf"row \(batch 1, head 0, query block 1\) lists slot {slot} twice"):
+        pbsa_attention(q, k, v, twice, count, impl=impl)
+    out, ref = pbsa_attention(q, k, v, twice, count, impl="torch", check=False), reference(q, k, v, twice, count)[0]
+    assert rel_err(out, ref) > 1e-3  # what the refusal prevents
+    outside = index.clone()
+    outside[0, 1, 0, 0] = 5
+    with pytest.raises(ValueError, match=r"row \(batch 0, head 1, query block 0\) lists slot 5; slots are 0..4"):
+        pbsa_attention(q, k, v, outside, count, impl=impl)
+    too_many = count.clone()
+    too_many[0, 0, 1] = index.shape[-1] + 1
+    with pytest.raises(ValueError, match=r"count: row \(batch 0, head 0, query block 1\) has 6 entries"):
+        pbsa_attention(q, k, v, index, too_many, impl=impl)
+    padded, shorter = index.clone(), count.clone()
+    shorter[0, 0, 0] = 2
+    padded[0, 0, 0, 2:] = padded[0, 0, 0, 0]  # entries past the count are not read: repeats there are fine
+    pbsa_attention(q, k, v, padded, shorter, impl=impl)
+
+
 def test_torch_path_chunks_rows(monkeypatch):
     """Bounding the gather memory splits rows into chunks without changing the result."""
     mod = importlib.import_module("worldkit_kernels.pbsa_torch")  # the module, not the function
