@@ -149,3 +149,46 @@ def test_visibility_mask_matches_what_the_cache_holds(make):
         for slot in view.visible:
             assert key_pos[c, view.slot_frame[0, slot]] == view.slot_pos[0, slot]
         policy.commit(*tagged_chunk(s, 2 * c))
+
+
+BUILT_IN_MEMORY = {
+    "dense": {}, "sliding_window": {"window_frames": 4}, "sink": {"sink_frames": 1, "window_frames": 4},
+    "persistent_block": {"sink_frames": 1, "window_frames": 4, "persistent_blocks": 5},
+}
+
+
+def test_every_built_in_memory_policy_is_tested_for_its_bytes():
+    from worldkit import registry
+
+    built_in = {e.name for e in registry.entries("memory") if e.origin.startswith("worldkit ")}
+    assert built_in == set(BUILT_IN_MEMORY)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("name", sorted(BUILT_IN_MEMORY))
+def test_nbytes_is_the_bytes_of_the_keys_and_values_every_layer_reads(name, dtype):
+    """After every commit, nbytes() equals the bytes of K and V in the slots the views expose (sink,
+    persistent, local: each slot once), summed over layers: what the KV figures of a run report."""
+    from dataclasses import replace
+
+    from worldkit import registry
+
+    s = replace(spec(chunk=2, nb=3, layers=2, batch=2), dtype=dtype)
+    policy = registry.build("memory", name, BUILT_IN_MEMORY[name])
+    policy.reset(s)
+    g = torch.Generator().manual_seed(0)
+    sizes = []
+    for c in range(12):
+        k, v, _ = tagged_chunk(s, 2 * c)
+        pq = torch.randn(s.layers, s.batch, s.heads, s.chunk_frames * s.blocks_per_frame, s.head_dim, generator=g)
+        policy.commit(k + torch.randn(k.shape, generator=g), v, pq)
+        held = 0
+        for layer in range(s.layers):
+            view = policy.view(layer)
+            ids = view.visible
+            assert ids.unique().numel() == ids.numel()
+            held += view.k[:, ids].numel() * view.k.element_size() + view.v[:, ids].numel() * view.v.element_size()
+        assert policy.nbytes() == held, c
+        sizes.append(held)
+    blocks = sizes[-1] // (2 * s.layers * s.batch * s.heads * s.block_tokens * s.head_dim * torch.tensor([], dtype=dtype).element_size())
+    assert blocks == {"dense": 24 * 3, "sliding_window": 2 * 3, "sink": 3 + 2 * 3, "persistent_block": 3 + 5 + 2 * 3}[name]

@@ -1,4 +1,5 @@
 """Sparse Forcing's persistent-block memory: P <- TopC(P u E), sink kept, positions bounded."""
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,3 +169,65 @@ def test_each_position_mode_at_100x_the_clip():
                 assert p_pos[b].tolist() == [want[f] for f in p_frame[b].tolist()]
             assert (sink_pos < p_pos.min()).all()
     assert seen["absolute"][0] - seen["absolute"][3].min() > 700  # what the bounded modes avoid
+
+
+def oracle_scores(pq: torch.Tensor, keys: list[torch.Tensor], pooling: str) -> torch.Tensor:
+    """An independent fp64 TopC score for one layer and batch element: each candidate's keys (H, BLK, D)
+    pooled over its tokens, attended by every pooled query, one softmax over the candidates per head and
+    query block, the attention each candidate receives summed over heads and query blocks. pq: (H, NQB, D)."""
+    q = pq.double()
+    pooled = torch.stack([kk.double().mean(1) if pooling == "mean" else kk.double().amax(1) for kk in keys])  # (n, H, D)
+    out = torch.zeros(len(keys), dtype=torch.float64)
+    for h in range(q.shape[0]):
+        for r in range(q.shape[1]):
+            logits = torch.stack([q[h, r] @ pooled[n, h] for n in range(len(keys))]) / q.shape[-1] ** 0.5
+            out += torch.exp(logits - logits.max()) / torch.exp(logits - logits.max()).sum()
+    return out
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_top_c_against_an_fp64_oracle_over_many_commits(pooling):
+    """Every commit that evicts: for each layer and batch element, P is a top-C set of P u E under the
+    oracle's scores (up to fp32 rounding: no block left out scores clearly above one kept), and each kept
+    slot holds that block's own keys and values. Layers and batch elements choose differently."""
+    s = spec(chunk=2, nb=3, layers=2, batch=2, heads=2, blk=3, dim=8)
+    cap = 4
+    policy = make(sink=1, window=4, blocks=cap, pooling=pooling)
+    policy.reset(s)
+    g = torch.Generator().manual_seed(1)
+    blocks = {}  # (frame, block) -> (k, v), each (L, B, H, BLK, D), as committed
+    held = {(l, b): [] for l in range(s.layers) for b in range(s.batch)}  # P per layer and batch element
+    ring: list[tuple[int, int]] = []
+    checked, differ = 0, 0
+    for c in range(30):
+        k = torch.randn(s.layers, s.batch, s.heads, s.chunk_frames * s.blocks_per_frame * s.block_tokens, s.head_dim,
+                        generator=g)
+        v = torch.randn(k.shape, generator=g)
+        pq = torch.randn(s.layers, s.batch, s.heads, s.chunk_frames * s.blocks_per_frame, s.head_dim, generator=g)
+        ids = [(2 * c + i // s.blocks_per_frame, i % s.blocks_per_frame) for i in range(s.chunk_frames * s.blocks_per_frame)]
+        for i, key in enumerate(ids):
+            tok = slice(i * s.block_tokens, (i + 1) * s.block_tokens)
+            blocks[key] = (k[:, :, :, tok], v[:, :, :, tok])
+        ring += [key for key in ids if key[0] >= 1]  # frame 0 is the sink
+        evicted, ring = ring[:max(0, len(ring) - 2 * s.blocks_per_frame)], ring[-2 * s.blocks_per_frame:]
+        policy.commit(k, v, pq)
+        if not evicted:
+            continue
+        chosen = {}
+        for (l, b), before in held.items():
+            cand = before + evicted
+            score = oracle_scores(pq[l, b], [blocks[key][0][l, b] for key in cand], pooling)
+            p = range(policy.p_base, policy.p_base + policy.n_persistent)
+            kept = meta(policy, l, b, p)
+            assert len(kept) == min(cap, len(cand)) and set(kept) <= set(cand)
+            inside = torch.tensor([key in kept for key in cand])
+            if (~inside).any():
+                assert score[~inside].max() <= score[inside].min() + 1e-5, (c, l, b)
+            for slot, key in zip(p, kept):  # the block's own keys and values, for this layer and element
+                assert torch.equal(policy.k[l, b, slot], blocks[key][0][l, b])
+                assert torch.equal(policy.v[l, b, slot], blocks[key][1][l, b])
+            held[(l, b)] = kept
+            chosen[(l, b)] = set(kept)
+            checked += 1
+        differ += len({frozenset(x) for x in chosen.values()}) > 1
+    assert checked >= 100 and differ >= 10
