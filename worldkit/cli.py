@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
 
-from worldkit import config, registry, signals
+from worldkit import config, quiet, registry, signals
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import KINDS
 from worldkit.schema import ExperimentConfig
@@ -315,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help / --version exit 0
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
+    quiet.install()  # Lightning's advertisement and known harmless notices left out; real warnings kept
     try:
         with signals.handled():
             return args.func(args)

@@ -242,7 +242,7 @@ class SaveOnInterrupt(L.Callback):
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             self.interrupted = True
             with signals.deferred():  # a second signal does not cut the checkpoint short
-                trainer.save_checkpoint(self.path)
+                trainer.save_checkpoint(self.path, weights_only=False)  # (said, so Lightning does not say it)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         """An interrupt checkpoint restarts at the last optimizer step: its batch counters go back to that
