@@ -157,6 +157,12 @@ def test_worldkit_eval_scores_one_checkpoint_under_every_variants_plugins(tmp_pa
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.items())
     assert (out / "psnr_vs_horizon.png").exists() and (out / "config.yaml").exists()
+    from PIL import Image
+
+    gif = Image.open(out / "rollouts.gif")  # the truth beside each stage, frame by frame
+    assert gif.is_animated and gif.n_frames == 2 + 6  # context + one 6-frame clip
+    tile = 16 * 3 + 4  # a 16-pixel frame drawn 3x, and its margin
+    assert gif.size == (4 * tile + 4, 14 + 2 * tile + 4)  # truth + three stages, two episodes
 
 
 def test_a_stage_of_zero_steps_evaluates_its_starting_weights(tmp_path):

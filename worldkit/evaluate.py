@@ -217,6 +217,11 @@ def evaluate(
     res.batch = batch
     if out_dir is not None and first_pred is not None:
         save_strip(first_pred[0], first_pred[1], Path(out_dir) / "strips.png", clip_frames)
+        from worldkit.animation import save_rollouts
+
+        k = max(strips, 1)
+        save_rollouts(Path(out_dir) / "rollouts.npz", tensor_to_frames(truth[:k]), tensor_to_frames(pred_all[:k]),
+                      context_frames)
     return res
 
 

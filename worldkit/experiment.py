@@ -378,6 +378,11 @@ def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Opt
     if not cells:
         return ""
     md = report.markdown(cells, title)
+    from worldkit.animation import rollouts_gif
+
+    if rollouts_gif([(c.name, run_dir / "stages" / c.stage / "rollouts.npz") for c in cells], run_dir / "rollouts.gif"):
+        md += ("\nAnimation: rollouts.gif (the truth beside every row's forecast, two test episodes, "
+               "context frames marked).\n")
     if recall_rows:
         md += "\n## Recall by gap\n\n" + memory_metrics.markdown(recall_rows, reference)
         md += ("\nPlot: recall_vs_gap.png. Strips of returns (the last real sighting, the truth and the "
