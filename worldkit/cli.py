@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional, Sequence
 
-from worldkit import config, quiet, registry, signals
+from worldkit import config, quiet, registry, signals, threads
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import KINDS
 from worldkit.schema import ExperimentConfig
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``worldkit`` console script; returns the exit code."""
+    threads.configure()  # before torch is imported: waiting OpenMP threads sleep (worldkit.threads)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: usage errors exit 2, --help / --version exit 0
