@@ -251,3 +251,35 @@ def test_without_the_handlers_lightnings_own_sigterm_stop_is_saved_too(ema_run, 
 
 def last_step_of(run_dir: Path, stage) -> int:
     return torch.load(run_dir / "stages" / stage.dirname / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+
+
+def test_a_damaged_checkpoint_is_resumed_from_the_one_before_or_the_stage_starts_over(ema_run, tmp_path, monkeypatch,
+                                                                                      capfd):
+    """A last.ckpt cut short (a kill during the save, a full disk) is said in one line; the stage resumes
+    from best.ckpt (the last validation) and trains the steps after it again, to the same weights; with no
+    readable checkpoint it starts over, to the same weights too."""
+    cfg, d, full = ema_run
+    stage = resolve_stages(cfg)[0]
+    ckpts = tmp_path / "stages" / stage.dirname / "checkpoints"
+    orig = experiment.make_trainer
+    monkeypatch.setattr(experiment, "make_trainer", lambda tr, sd, cbs, lg, val_batches=None: orig(
+        tr, sd, [*cbs, SignalAt("on_train_batch_start", 5)], lg, val_batches))
+    with signals.handled(), pytest.raises(signals.Terminated):
+        fit_stage(cfg, stage, d, tmp_path, init=None, resume=False)
+    monkeypatch.undo()
+    assert last_step(tmp_path) == 4 and torch.load(ckpts / "best.ckpt", weights_only=False)["global_step"] == 3
+    (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:5000])
+    capfd.readouterr()
+    assert_same_weights(fit_stage(cfg, stage, d, tmp_path, init=None, resume=True).state_dict(), full)
+    err = capfd.readouterr().err
+    assert f"warning: {ckpts / 'last.ckpt'}: damaged checkpoint (BadZipFile" in err
+    assert f"resuming from {ckpts / 'best.ckpt'} instead" in err and "Traceback" not in err
+    for name in ("last.ckpt", "best.ckpt"):
+        (ckpts / name).write_bytes(b"")
+    assert_same_weights(fit_stage(cfg, stage, d, tmp_path, init=None, resume=True).state_dict(), full)
+    assert "no other to resume from; the stage starts over" in capfd.readouterr().err
+    from worldkit.stages import checkpoint_step
+
+    assert checkpoint_step(ckpts / "missing.ckpt") is None
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 not a whole zip")
+    assert checkpoint_step(ckpts / "last.ckpt") is None  # a budget check on resume reads it as no checkpoint

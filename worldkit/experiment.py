@@ -22,7 +22,7 @@ from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
 from worldkit.rollout import Rollout
-from worldkit.stages import Stage, resolve_stages, stage_finished  # noqa: F401  (re-exported)
+from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer
 from worldkit_kernels.choices import kernel_choices
 
@@ -230,7 +230,8 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
     stage_dir.mkdir(parents=True, exist_ok=True)
     module = make_module(cfg, stage, d)
     last = stage_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if resume and last.exists() else None
+    found = resumable_checkpoint(last.parent) if resume else None  # a damaged last.ckpt: best.ckpt, or over
+    ckpt_path = str(found) if found else None
     if ckpt_path is None:
         module.trainer_plugin.check_start(init)
     if stage.train.strategy == "fsdp" and any(p.requires_grad for p in module.aux.parameters()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from worldkit.errors import WorldkitError
 from worldkit.schema import TrainConfig
@@ -95,9 +96,44 @@ def check_resume_budget(old, new, run_dir: Path) -> None:
 
 
 def checkpoint_step(path: Path):
-    """The optimizer steps a Lightning checkpoint has taken, or None when there is none."""
-    if not path.exists():
+    """The optimizer steps a Lightning checkpoint has taken, or None when there is none (or it is damaged)."""
+    if not path.exists() or checkpoint_damage(path):
         return None
     import torch
 
     return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+
+
+def checkpoint_damage(path: Path) -> Optional[str]:
+    """What is wrong with a checkpoint file (torch's zip format, every member's CRC read), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return f"member {bad} does not match its CRC" if bad else None
+
+
+def resumable_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint a resumed stage continues from: ``last.ckpt``, or ``best.ckpt`` (an earlier step:
+    the steps after it are trained again, to the same weights) when ``last.ckpt`` is damaged; None when
+    there is none to read (the stage starts over). A damaged file is said in one line on stderr."""
+    import sys
+
+    said = []
+    for name in ("last.ckpt", "best.ckpt"):
+        path = folder / name
+        problem = checkpoint_damage(path) if path.exists() else None
+        if path.exists() and problem is None:
+            if said:
+                print(f"warning: {said[0]}: damaged checkpoint ({said[1]}); resuming from {path} instead",
+                      file=sys.stderr, flush=True)
+            return path
+        if problem and not said:
+            said = [path, problem]
+    if said:
+        print(f"warning: {said[0]}: damaged checkpoint ({said[1]}) and no other to resume from; the stage "
+              "starts over", file=sys.stderr, flush=True)
+    return None
