@@ -29,8 +29,10 @@ def files(tmp_path: Path) -> dict:
     save_weights(WorldModel(**HPARAMS), tmp_path / "good.pt")
     save_weights(WorldModel(**{**HPARAMS, "action_dim": 2}), tmp_path / "two_actions.pt")
     (tmp_path / "cam.xml").write_text(MJCF)
+    (tmp_path / "broken.xml").write_text("<mujoco><worldbody")
     return {"{notes}": str(tmp_path / "notes.txt"), "{good}": str(tmp_path / "good.pt"),
-            "{two}": str(tmp_path / "two_actions.pt"), "{xml}": str(tmp_path / "cam.xml")}
+            "{two}": str(tmp_path / "two_actions.pt"), "{xml}": str(tmp_path / "cam.xml"),
+            "{broken}": str(tmp_path / "broken.xml")}
 
 
 def fill(value, names: dict):
@@ -66,6 +68,8 @@ CASES = [
     ({"eval": {"reference": "nope"}}, "eval.reference: not a stage or variant of this experiment; choices: train"),
     ({"env": {"type": "mjcf", "path": "{xml}", "camera": "back", "size": 16}},
      "env: camera: no camera named 'back' in {xml}; choices: ['front']"),
+    ({"env": {"type": "mjcf", "path": "{broken}", "camera": "c", "size": 16}},
+     "env: XML parse error"),  # MuJoCo's message of several lines, on one
     ({"memory": {"type": "persistent_block", "window_frames": 1}, "trainer": {"type": "self_forcing"}},
      "memory.window_frames: must be at least the chunk length"),
 ]
@@ -84,6 +88,7 @@ def test_validate_refuses_what_run_would_and_run_refuses_it_before_making_a_fold
         assert code == 2 and out == "", (command[0], err)
         lines = err.splitlines()
         assert any(line.startswith(f"error: {path}") and words in line for line in lines), (command[0], err)
+        assert all(line.startswith(("error: ", "warning: ")) for line in lines), err  # one line per problem
         assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

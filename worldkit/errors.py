@@ -45,10 +45,21 @@ class ConfigError(WorldkitError):
         for issue in self.issues:
             where = [p for p in (issue.source or self.source, issue.path) if p]
             shown = "" if issue.value is MISSING else _show(issue.value)
-            said = shown and issue.message.rstrip().endswith((f"got {shown}", f": {shown}"))  # already in the message
+            message = _one_line(issue.message)
+            said = shown and message.endswith((f"got {shown}", f": {shown}"))  # already in the message
             got = "" if issue.value is MISSING or said else f" (got {shown})"
-            out.append(": ".join(where + [issue.message + got]))
+            out.append(": ".join(where + [message + got]))
         return out
+
+
+def _one_line(message: str) -> str:
+    """A message on one line (one line per issue, whatever a plugin or library says): its lines joined
+    by "; ", or by a space after a colon."""
+    out = ""
+    for part in (p.strip() for p in message.splitlines()):
+        if part:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + part
+    return out
 
 
 def _show(value: Any) -> str:
