@@ -10,7 +10,9 @@ shipped base) in a fresh process whose environment sets ``OMP_NUM_THREADS`` and 
 worldkit/threads.py). After ``--warmup`` steps it times ``--steps`` steps from the start to the end of
 each training batch; a cell that runs past ``--cell-seconds`` reports the steps it finished. "busy":
 one process spinning on the CPU for the whole cell. Prints a markdown table (steps/s, idle and busy, and
-the slowdown) and writes it to ``--out`` when given. ``--tiny``: a toy model and data, for tests.
+the slowdown) and writes it to ``--out`` when given; the load average at the start of each cell says
+whether the cores were idle indeed (another job running makes every cell a busy one). ``--tiny``: a toy
+model and data, for tests.
 """
 from __future__ import annotations
 
@@ -68,11 +70,13 @@ def child(config: str, overrides: list[str], steps: int, warmup: int, workdir: s
 
 
 def cell(args, threads: int, policy: str, busy: bool) -> dict:
-    """Run one cell in a fresh process; returns {"steps": n, "seconds": s, "cut": bool}."""
+    """Run one cell in a fresh process; returns {"steps": n, "seconds": s, "cut": bool, "load": the 1-minute
+    load average when it started (what else the machine was running)}."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env["OMP_NUM_THREADS"] = str(threads)
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy
+    load = os.getloadavg()[0]
     hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
     times, cut = [], False
     try:
@@ -96,7 +100,7 @@ def cell(args, threads: int, policy: str, busy: bool) -> dict:
         if hog is not None:
             hog.kill()
             hog.wait()
-    return {"steps": len(times), "seconds": sum(times), "cut": cut}
+    return {"steps": len(times), "seconds": sum(times), "cut": cut, "load": load}
 
 
 def rate(r: dict) -> str:
@@ -108,7 +112,8 @@ def rate(r: dict) -> str:
 
 
 def table(results: dict, threads: list[int], policies: list[str]) -> str:
-    lines = ["| threads | wait policy | idle cores: steps/s | one busy core: steps/s | slowdown |", "|---|---|---|---|---|"]
+    lines = ["| threads | wait policy | idle cores: steps/s | one busy core: steps/s | slowdown | load avg at start |",
+             "|---|---|---|---|---|---|"]
     for t in threads:
         for p in policies:
             none = {"steps": 0, "seconds": 0.0, "cut": False, "skipped": True}
@@ -116,7 +121,8 @@ def table(results: dict, threads: list[int], policies: list[str]) -> str:
             slow = "-"
             if idle["steps"] and busy["steps"]:
                 slow = f"{(busy['seconds'] / busy['steps']) / (idle['seconds'] / idle['steps']):.1f}x"
-            lines.append(f"| {t} | {p} | {rate(idle)} | {rate(busy)} | {slow} |")
+            loads = " / ".join(f"{r['load']:.1f}" for r in (idle, busy) if "load" in r)
+            lines.append(f"| {t} | {p} | {rate(idle)} | {rate(busy)} | {slow} | {loads} |")
     return "\n".join(lines)
 
 

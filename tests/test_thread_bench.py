@@ -31,15 +31,17 @@ def test_a_busy_cell_trains_beside_a_spinning_process(bench, tmp_path, monkeypat
     (row,) = [line for line in md.splitlines() if line.startswith("| 1 | PASSIVE |")]
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[2] == "-" and float(cells[3]) > 0 and cells[4] == "-"  # busy only: no idle rate, no slowdown
+    assert float(cells[5]) >= 0  # the load average when the cell started
 
 
 def test_the_table_gives_the_slowdown_of_a_busy_core(bench):
-    results = {(2, "default", False): {"steps": 4, "seconds": 4.0, "cut": False},
-               (2, "default", True): {"steps": 2, "seconds": 100.0, "cut": True},
-               (2, "PASSIVE", False): {"steps": 4, "seconds": 4.0, "cut": False},
-               (2, "PASSIVE", True): {"steps": 4, "seconds": 6.0, "cut": False}}
+    results = {(2, "default", False): {"steps": 4, "seconds": 4.0, "cut": False, "load": 0.1},
+               (2, "default", True): {"steps": 2, "seconds": 100.0, "cut": True, "load": 1.04},
+               (2, "PASSIVE", False): {"steps": 4, "seconds": 4.0, "cut": False, "load": 0.2},
+               (2, "PASSIVE", True): {"steps": 4, "seconds": 6.0, "cut": False, "load": 1.0}}
     rows = bench.table(results, [2], ["default", "PASSIVE"]).splitlines()[2:]
-    assert rows == ["| 2 | default | 1 | 0.02 (2 steps, cut) | 50.0x |", "| 2 | PASSIVE | 1 | 0.667 | 1.5x |"]
+    assert rows == ["| 2 | default | 1 | 0.02 (2 steps, cut) | 50.0x | 0.1 / 1.0 |",
+                    "| 2 | PASSIVE | 1 | 0.667 | 1.5x | 0.2 / 1.0 |"]
 
 
 def test_the_worldkit_command_sets_the_wait_policy_unless_the_environment_says_one():
