@@ -172,12 +172,13 @@ def test_a_stage_of_zero_steps_evaluates_its_starting_weights(tmp_path):
     _, path, model = _tiny_experiment(tmp_path)
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--set", "train.max_steps=0",
-                 "--set", f"model.init={tmp_path / 'm.pt'}", "--set", "compare=[]"]) == 0
+                 "--set", f"model.init={tmp_path / 'm.pt'}", "--set", "compare=[]", "--set", "eval.strips=0"]) == 0
     stage = out / "stages" / "0-a"
     saved = torch.load(stage / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
     assert (stage / "eval.json").exists() and (stage / "summary.json").exists()
     assert not (stage / "checkpoints").exists()
+    assert not (stage / "strips.png").exists() and (out / "rollouts.gif").exists()  # strips: 0 draws none
     assert "0-a" in (out / "results.md").read_text()
 
 

@@ -248,7 +248,7 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys
     assert "`worldkit run tiny.yaml`" in text and "3 optimizer steps" in text
     assert "model of the `pendulum` environment" in text and "diffusion forcing with the `dense` KV-cache policy" in text
     assert "to 2x the" in text  # the run's longest horizon
-    assert "| skill vs persistence | model |" in text and "| state-probe error (std) | ground truth (probe floor) |" in text
+    assert "| skill vs persistence | model |" in text and "| state-probe error (std) | ground truth (floor) |" in text
     monkeypatch.setattr(experiment, "BASE_DIR", tmp_path / "base")
     assert experiment.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run

@@ -216,10 +216,11 @@ def evaluate(
     res.peak_kv_bytes = max(kv) if kv else 0
     res.batch = batch
     if out_dir is not None and first_pred is not None:
-        save_strip(first_pred[0], first_pred[1], Path(out_dir) / "strips.png", clip_frames)
+        if strips:
+            save_strip(first_pred[0], first_pred[1], Path(out_dir) / "strips.png", clip_frames)
         from worldkit.animation import save_rollouts
 
-        k = max(strips, 1)
+        k = max(strips, 2)  # the animation shows two episodes
         save_rollouts(Path(out_dir) / "rollouts.npz", tensor_to_frames(truth[:k]), tensor_to_frames(pred_all[:k]),
                       context_frames)
     return res
