@@ -240,6 +240,7 @@ def plot(rows: list[tuple[str, str, dict]], path) -> None:
     """``recall_vs_gap.png``: colour recall against gap per row (error bars: one standard error), the
     references dashed."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -261,6 +262,7 @@ def plot(rows: list[tuple[str, str, dict]], path) -> None:
     ax.set(xlabel="gap: frames the object was out of view", ylabel="recall (right colour, right place)",
            xscale="log", ylim=(-0.03, 1.03))
     ax.set_xticks(gaps, [str(g) for g in gaps])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the configured gaps are labelled
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
     _save(fig, path)
