@@ -161,8 +161,8 @@ def test_worldkit_eval_scores_one_checkpoint_under_every_variants_plugins(tmp_pa
 
     gif = Image.open(out / "rollouts.gif")  # the truth beside each stage, frame by frame
     assert gif.is_animated and gif.n_frames == 2 + 6  # context + one 6-frame clip
-    tile = 16 * 3 + 4  # a 16-pixel frame drawn 3x, and its margin
-    assert gif.size == (4 * tile + 4, 14 + 2 * tile + 4)  # truth + three stages, two episodes
+    tile = 16 * 2 + 4  # a 16-pixel frame drawn 2x, and its margin
+    assert gif.size == (4 * tile + 4, 24 + 2 * tile + 4)  # truth + three stages, two episodes
 
 
 def test_a_stage_of_zero_steps_evaluates_its_starting_weights(tmp_path):

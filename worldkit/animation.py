@@ -7,12 +7,13 @@ one row per episode and one labelled column per forecast, the truth first, and w
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-SCALE = 3  # pixels per frame pixel in the animation
+SCALE = 2  # pixels per frame pixel in the animation
 FPS = 8
 
 
@@ -38,7 +39,7 @@ def rollouts_gif(stages: Sequence[tuple[str, Path]], path: Path, episodes: int =
     T, H, W = truth.shape[1:4]
     columns = [("truth", truth[:n])] + [
         (label, np.concatenate([truth[:n, :context], k["forecast"][:n, : T - context]], 1)) for label, k in kept]
-    h, w, pad, head = H * SCALE, W * SCALE, 4, 14
+    h, w, pad, head = H * SCALE, W * SCALE, 4, 24
     size = (len(columns) * (w + pad) + pad, head + n * (h + pad) + pad)
     frames = []
     for t in range(T):
@@ -46,13 +47,14 @@ def rollouts_gif(stages: Sequence[tuple[str, Path]], path: Path, episodes: int =
         draw = ImageDraw.Draw(canvas)
         for c, (label, video) in enumerate(columns):
             x = pad + c * (w + pad)
-            draw.text((x, 1), label[: max(4, w // 6)], fill=(0, 0, 0))
+            for i, line in enumerate(textwrap.wrap(label.replace("_", " "), max(4, w // 6))[:2]):
+                draw.text((x, 1 + 11 * i), line, fill=(0, 0, 0))
             for e in range(n):
                 tile = Image.fromarray(video[e, t]).resize((w, h), Image.NEAREST)
                 canvas.paste(tile, (x, head + pad + e * (h + pad)))
         note = f"t={t}" + (" (context)" if t < context else "")
         draw.text((size[0] - 6 * len(note) - pad, size[1] - 12), note, fill=(90, 90, 90))
-        frames.append(canvas)
+        frames.append(canvas.quantize(colors=64, dither=Image.Dither.NONE))  # flat colours: small files
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.gif")
     frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / FPS), loop=0)
