@@ -1,4 +1,4 @@
-"""The revisit room and the recall and quality metrics: known answers on real rendered episodes."""
+"""The revisit room, the recall and quality metrics, and the envs' observable steps: known answers on real rendered episodes."""
 import math
 
 import numpy as np
@@ -177,3 +177,18 @@ def test_the_heading_step_is_the_simulators(episodes):
     frozen = torch.as_tensor(obs, dtype=torch.float64)[:, :1].expand(-1, obs.shape[1], -1)  # a heading that never turns
     stuck = quality.physics_residual(frozen, actions, lambda o, a: RevisitRoom.observable_step(c, o, a))
     assert stuck[:, 1:].mean() > 0.1
+
+
+def test_the_pendulum_step_is_mujocos():
+    """The pendulum's observable_step reproduces its recorded next states from the recorded ones."""
+    from worldkit_plugins.envs.pendulum import Pendulum
+
+    env = Pendulum()
+    ep = wk_data.record_episode(env, 3, 12)
+    env.close()
+    c = Pendulum.Config()
+    pred, dims = Pendulum.observable_step(c, ep.states[:-1], ep.actions[1:])
+    assert dims == [0, 1, 2]
+    np.testing.assert_allclose(pred, ep.states[1:], atol=1e-4)
+    wrong, _ = Pendulum.observable_step(c, ep.states[:-1], -ep.actions[1:])  # the other torque
+    assert np.abs(wrong[:, 2] - ep.states[1:, 2]).max() > 0.05

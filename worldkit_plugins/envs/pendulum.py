@@ -44,3 +44,21 @@ class Pendulum(MujocoEnv):
     def state(self) -> np.ndarray:
         theta, omega = self.data.qpos[0], self.data.qvel[0]  # angle 0 = hanging down
         return np.array([np.sin(theta), np.cos(theta), omega], dtype=np.float32)  # (3,)
+
+    @classmethod
+    def observable_step(cls, config: "Pendulum.Config", obs: np.ndarray, actions: np.ndarray):
+        """MuJoCo's step from what a frame shows: the angle (sin, cos) and angular velocity set, the
+        action's torque applied for one frame; the next (sin, cos, omega). (..., 3), (..., 1) -> (..., 3)."""
+        from worldkit_plugins.envs.base import mujoco
+
+        model = mujoco.MjModel.from_xml_string(XML.replace("{gear}", str(config.max_torque)))
+        data = mujoco.MjData(model)
+        flat_obs, flat_act = obs.reshape(-1, 3), actions.reshape(-1, actions.shape[-1])
+        out = np.empty_like(flat_obs, dtype=np.float64)
+        for i, ((s, c, omega), a) in enumerate(zip(flat_obs, flat_act)):
+            mujoco.mj_resetData(model, data)
+            data.qpos[0], data.qvel[0] = np.arctan2(s, c), omega
+            data.ctrl[0] = float(np.clip(a[0], -1.0, 1.0))  # ctrlrange -1..1: the action as it is
+            mujoco.mj_step(model, data, nstep=config.frame_skip)
+            out[i] = np.sin(data.qpos[0]), np.cos(data.qpos[0]), data.qvel[0]
+        return out.reshape(obs.shape), [0, 1, 2]
