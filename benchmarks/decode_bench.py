@@ -37,7 +37,7 @@ from worldkit.model import WorldModel  # noqa: E402
 from worldkit.rollout import Rollout  # noqa: E402
 from worldkit.training import build_plugin  # noqa: E402
 
-PRESETS = {  # DESIGN.md "Sizes"; frame_size in pixels and block_patches in patches: a side or (rows, cols)
+PRESETS = {  # docs/design.md "Sizes"; frame_size in pixels and block_patches in patches: a side or (rows, cols)
     "cpu": dict(frame_size=64, patch=4, block_patches=4, chunk_frames=2, clip=16, layers=6, width=256, heads=8),
     "cpu_quality": dict(frame_size=32, patch=8, block_patches=2, chunk_frames=2, clip=16, layers=4, width=128, heads=4),
     "gpu": dict(frame_size=64, patch=2, block_patches=8, chunk_frames=3, clip=21, layers=12, width=512, heads=8),

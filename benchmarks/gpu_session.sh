@@ -8,7 +8,9 @@
 #            each then scored zero-shot under every memory policy of experiments/sparse_forcing.yaml
 #            (benchmarks/gpu_train_bases.sh; about 5 minutes: run it as a call of its own)
 # Written for the lent H100/H200 machine (Python 3.12 with torch, triton, lightning; no index): pydantic
-# arrives as wheels in .whl/ (../shared/gpu-wheels.sh .whl) and the episodes as a prepared cache in
+# arrives as wheels in .whl/ (downloaded where an index is reachable: python3 -m pip download --no-deps
+# --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl pydantic pydantic-core
+# annotated-types typing-inspection) and the episodes as a prepared cache in
 # .gpucache/ (worldkit data experiments/pretrain_revisit.yaml --set data.cache_dir=$PWD/.gpucache), so no
 # MuJoCo is needed. Results land in $OUT (default ./gpu_out), few files: kernels.log, decode.log and
 # RESULTS_gpu.md (the phases' markdown sections, ready to paste, each naming card, driver, versions and

@@ -2,7 +2,7 @@
 
 A plugin field (``env``, ``memory``, ``selector``, ``attention``, ``trainer``) is written
 ``{type: NAME, ...}``: validation finds ``NAME`` in the registry, then the plugin's own ``Config``
-validates the remaining keys, and the field becomes a ``PluginSpec``. Defaults follow DESIGN.md
+validates the remaining keys, and the field becomes a ``PluginSpec``. Defaults follow docs/design.md
 "Sizes", row "CPU quality default".
 """
 from __future__ import annotations
