@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import datetime
 import gc
-import statistics
 import sys
 import time
 import traceback

@@ -2,7 +2,6 @@
 four variants, the rehearsed and timed chunks, the selection / attention / rest split, the table with its
 ratios and targets, the profile, and (under the Triton interpreter) Sparse Forcing's Triton selection
 and PBSA."""
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -11,16 +10,14 @@ os.environ["TRITON_INTERPRET"] = "1"  # the Triton paths run on the CPU, through
 
 import pytest
 import torch
+from tests.benchmark_scripts import load
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("decode_bench", ROOT / "benchmarks" / "decode_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("decode_bench")
 
 
 def table_rows(md):

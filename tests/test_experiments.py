@@ -75,7 +75,7 @@ def test_main_job_reads_one_base_under_every_memory_policy_at_one_kv_budget():
     and baselines that hold the same cached blocks, a window shorter than every gap, and dense."""
     from worldkit import registry
     from worldkit.stages import resolve_stages
-    from worldkit_plugins.envs.revisit import RevisitRoom, tour_frames
+    from worldkit_plugins.envs.revisit import tour_frames
 
     cfg = config.load(Path(__file__).parents[1] / "experiments" / "sparse_forcing.yaml")
     assert cfg.env.type == "revisit_room" and cfg.model.init == "base/revisit_room"

@@ -1,25 +1,18 @@
 """benchmarks/gpu_session.sh, the script a lent GPU runs once: its syntax, the arguments it passes on the
 GPU (parsed by the benchmarks' own parsers, every phase within the device's 10-minute call), and a dry run
 of its kernel and decode phases on the CPU at toy sizes through the same code."""
-import importlib.util
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.benchmark_scripts import load
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
 
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_syntax():

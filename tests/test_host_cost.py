@@ -1,21 +1,17 @@
 """The host-cost benchmark (benchmarks/host_cost.py): every PBSA kernel stubbed, the Python cost timed."""
-import importlib.util
 import os
-from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: any test module run after this one may launch kernels
 
 import pytest
+from tests.benchmark_scripts import load
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture()
 def host_cost():
-    spec = importlib.util.spec_from_file_location("host_cost", Path(__file__).parents[1] / "benchmarks" / "host_cost.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("host_cost")
 
 
 def test_every_kernel_is_stubbed(host_cost):

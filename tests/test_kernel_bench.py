@@ -1,8 +1,6 @@
 """The GPU kernel benchmark on the CPU at small sizes: its problems, block lists, FLOP counts, the
 correctness gate, and the headline run end to end through the same code (Triton under the interpreter)."""
-import importlib.util
 import os
-from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # the Triton paths run on the CPU, through the interpreter
 
@@ -11,13 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from worldkit_kernels import pbsa_attention
+from tests.benchmark_scripts import load
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).parents[1] / "benchmarks" / "kernel_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load("kernel_bench")
     for name, value in dict(TOKENS_PER_FRAME=20, HEADS=2, HEAD_DIM=16, DTYPE=torch.float32).items():
         monkeypatch.setattr(mod, name, value)
     return mod
@@ -51,9 +48,7 @@ def test_sparse_lists_keep_persistent_and_own_blocks(bench):
 def test_gate_is_flash_attentions_rule():
     """Error against fp64 at most 2x SDPA's (same dtype) plus 2^-10 of the largest reference value; a
     NaN fails; every tensor is judged and named."""
-    spec = importlib.util.spec_from_file_location("kb", Path(__file__).parents[1] / "benchmarks" / "kernel_bench.py")
-    kb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kb)
+    kb = load("kernel_bench")
     ref = {"out": torch.full((4,), 1.0, dtype=torch.float64), "dq": torch.full((4,), 2.0, dtype=torch.float64)}
     sdpa = {key: r + 1e-2 for key, r in ref.items()}
     floor = {"out": 2**-10, "dq": 2 * 2**-10}
@@ -270,9 +265,7 @@ def test_headline_on_the_cpu(tmp_path, monkeypatch):
     interpreter, eager Flex): every problem gated, every method a row, the targets and the file written."""
     pytest.importorskip("triton")
     monkeypatch.setenv("WORLDKIT_COMMIT", "abc123")
-    spec = importlib.util.spec_from_file_location("kb", Path(__file__).parents[1] / "benchmarks" / "kernel_bench.py")
-    kb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kb)
+    kb = load("kernel_bench")
     out = tmp_path / "kernels.md"
     assert kb.main(["--tiny", "--headline", "--profile", "--out", str(out)]) == 0
     md = out.read_text()
@@ -296,9 +289,7 @@ def test_headline_on_the_cpu(tmp_path, monkeypatch):
 def test_a_wrong_kernel_output_stops_the_timings(monkeypatch, capsys):
     """The gate on the tuned kernel as timed: an output off by 1 % of its range fails it, nothing is
     timed, and the run exits 1."""
-    spec = importlib.util.spec_from_file_location("kb", Path(__file__).parents[1] / "benchmarks" / "kernel_bench.py")
-    kb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kb)
+    kb = load("kernel_bench")
     real = kb.pbsa_attention
 
     def off(*a, **k):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worldkit import cli, config
+from worldkit import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = sorted((ROOT / "worldkit" / "base").glob("*.md"))

@@ -1,23 +1,20 @@
 """The thread benchmark at toy sizes: a cell in its own process with the thread count and wait policy
 in its environment, beside a spinning process, timed step by step; the table and its slowdowns; and the
 worldkit command's own choice of wait policy."""
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.benchmark_scripts import load
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("thread_bench", ROOT / "benchmarks" / "thread_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("thread_bench")
 
 
 @pytest.mark.slow
