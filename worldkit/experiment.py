@@ -176,19 +176,10 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
         rollout, test.frames[:n], test.actions[:n], cfg.eval.horizons, cfg.train.clip_frames,
         cfg.eval.context_frames, d.mean_frame, d.background, seeds=cfg.eval.seeds, out_dir=out_dir,
         strips=cfg.eval.strips, desc=desc, probe=d.probe, states=d.seen_states["test"][:n],
-        targets=_first(d.recall_targets, n), reference=d.reference_features(), step=d.observable_step,
+        targets=None if d.recall_targets is None else d.recall_targets.first(n), reference=d.reference_features(), step=d.observable_step,
         teacher_forced=cfg.eval.cache == "truth",
     )
 
-
-def _first(targets, n: int):
-    """Recall targets of the first ``n`` test episodes (None stays None)."""
-    if targets is None:
-        return None
-    import dataclasses
-
-    per_episode = {f: getattr(targets, f)[:n] for f in ("seen", "x", "colour", "absent", "heading")}
-    return dataclasses.replace(targets, **per_episode)
 
 
 def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:

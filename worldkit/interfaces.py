@@ -114,7 +114,7 @@ class Environment(Plugin):
     def recall_targets(cls, config: PluginConfig, states: np.ndarray) -> Any:
         """Where the env's remembered objects are in each recorded frame (``(N, T, S)`` states), for
         scoring recall by gap (``worldkit.memory_metrics``); ``None`` (the default) when the env has
-        nothing to recall. The ``revisit_room`` env returns its ``RecallTargets``."""
+        nothing to recall. The ``revisit_room`` env returns a ``worldkit.memory_metrics.RecallTargets``."""
         return None
 
     @classmethod

@@ -23,13 +23,44 @@ every frame the real frame seen earlier at the nearest heading (perfect memory, 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from worldkit.metrics import mean_stderr
+
+@dataclass(frozen=True)
+class RecallTargets:
+    """Where each object of an episode is in each frame, for scoring recall (``memory_metrics``).
+
+    seen, x, colour: (..., n) per frame and object: the object's centre is in the inner part of the
+    view; its column in pixels (valid where seen); its palette index. absent, heading: (...,) per
+    frame: no part of any object can be in view; the camera's heading (radians). ``palette`` (K, 3) in
+    [0, 1], ``palette_hues`` (K,) degrees; ``rows`` the image rows where objects appear (the band
+    scored); ``width`` the frame width in pixels; ``gaps`` the configured gaps (frames)."""
+
+    seen: np.ndarray
+    x: np.ndarray
+    colour: np.ndarray
+    absent: np.ndarray
+    heading: np.ndarray
+    palette: np.ndarray
+    palette_hues: np.ndarray
+    rows: tuple[int, int]
+    width: int
+    gaps: tuple[int, ...]
+
+    def first(self, n: int) -> "RecallTargets":
+        """The targets of the first ``n`` episodes."""
+        per_episode = ("seen", "x", "colour", "absent", "heading")
+        return dataclasses.replace(self, **{f: getattr(self, f)[:n] for f in per_episode})
+
 
 MIN_PIXELS = 3  # palette pixels that make an object "shown"
 SATURATION = 0.75  # objects are fully saturated; the heading band and the walls are below this
@@ -150,12 +181,8 @@ def recall(forecasts: dict[str, Tensor], targets, first: int, tol: Optional[floa
             "stats": stats, "false_alarm": alarms}
 
 
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = np.asarray(x, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+def _mean_se(x) -> tuple[float, float]:
+    return mean_stderr(torch.as_tensor(np.asarray(x, dtype=np.float64)))
 
 
 def paired_difference(a: list, b: list) -> list[tuple[float, float, int]]:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldkit.metrics import mean_stderr
+
 BOOTSTRAP = 20  # resamples of episodes for the Fréchet distance's standard error
 
 
@@ -96,13 +98,6 @@ def physics_residual(readings: Tensor, actions: np.ndarray, step) -> Tensor:
     return torch.cat([torch.full_like(err[:, :1], math.nan), err], 1)
 
 
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
-
-
 def quality(forecasts: dict[str, Tensor], truth: Tensor, first_prev: Tensor, slices: list[slice], probe=None,
             reference: Optional[Tensor] = None, seed: int = 0, actions: Optional[np.ndarray] = None,
             step=None) -> dict:
@@ -116,18 +111,18 @@ def quality(forecasts: dict[str, Tensor], truth: Tensor, first_prev: Tensor, sli
     out: dict[str, dict] = {"sharpness": {}, "motion": {}}
     sharp_t, motion_t = sharpness(truth), motion(truth, first_prev)  # (N, T)
     for name, f in forecasts.items():
-        s, m = sharpness(f) , motion(f, first_prev)
-        out["sharpness"][name] = [_mean_se((s[:, sl].mean(1) / sharp_t[:, sl].mean(1).clamp_min(1e-12)).numpy())
+        s, m = sharpness(f), motion(f, first_prev)  # (N, T)
+        out["sharpness"][name] = [mean_stderr(s[:, sl].mean(1) / sharp_t[:, sl].mean(1).clamp_min(1e-12))
                                   for sl in slices]
-        out["motion"][name] = [_mean_se((m[:, sl].mean(1) / motion_t[:, sl].mean(1).clamp_min(1e-12)).numpy())
+        out["motion"][name] = [mean_stderr(m[:, sl].mean(1) / motion_t[:, sl].mean(1).clamp_min(1e-12))
                                for sl in slices]
     if probe is not None and step is not None and actions is not None:
         real = physics_residual(probe_readings(probe, truth, first_prev), actions, step)  # (N, T)
         out["physics"] = {}
         for name, f in forecasts.items():
             res = physics_residual(probe_readings(probe, f, first_prev), actions, step)
-            out["physics"][name] = [_mean_se((torch.nanmean(res[:, sl], 1) / torch.nanmean(real[:, sl], 1)
-                                              .clamp_min(1e-12)).numpy()) for sl in slices]
+            out["physics"][name] = [mean_stderr(torch.nanmean(res[:, sl], 1)
+                                                / torch.nanmean(real[:, sl], 1).clamp_min(1e-12)) for sl in slices]
     if probe is None or reference is None:
         return out
     g = np.random.default_rng(seed)

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from worldkit.memory_metrics import RecallTargets
 from worldkit_plugins.envs.base import VISUAL_XML, MujocoConfig, MujocoEnv, wrap_angle
 
 RADIUS = 2.5  # of the room's wall
@@ -75,28 +75,6 @@ def make_xml(n_objects: int, fovy: float, size: float) -> str:
   </worldbody>
 </mujoco>
 """
-
-
-@dataclass(frozen=True)
-class RecallTargets:
-    """Where each object of an episode is in each frame, for scoring recall (``memory_metrics``).
-
-    seen, x, colour: (..., n) per frame and object: the object's centre is in the inner part of the
-    view; its column in pixels (valid where seen); its palette index. absent, heading: (...,) per
-    frame: no part of any object can be in view; the camera's heading (radians). ``palette`` (K, 3) in
-    [0, 1], ``palette_hues`` (K,) degrees; ``rows`` the image rows where objects appear (the band
-    scored); ``width`` the frame width in pixels; ``gaps`` the configured gaps (frames)."""
-
-    seen: np.ndarray
-    x: np.ndarray
-    colour: np.ndarray
-    absent: np.ndarray
-    heading: np.ndarray
-    palette: np.ndarray
-    palette_hues: np.ndarray
-    rows: tuple[int, int]
-    width: int
-    gaps: tuple[int, ...]
 
 
 class RevisitRoom(MujocoEnv):
