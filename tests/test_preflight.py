@@ -72,6 +72,9 @@ CASES = [
      "env: XML parse error"),  # MuJoCo's message of several lines, on one
     ({"memory": {"type": "persistent_block", "window_frames": 1}, "trainer": {"type": "self_forcing"}},
      "memory.window_frames: must be at least the chunk length"),
+    ({"train": {**TINY["train"], "max_steps": 0}}, "train.max_steps: 0 evaluates the starting weights, but there are none"),
+    ({"train": {**TINY["train"], "max_steps": 0}, "compare": [{"name": "w", "memory": {"type": "sliding_window"}}]},
+     "stage w: train.max_steps: 0 evaluates the starting weights, but there are none"),
 ]
 
 

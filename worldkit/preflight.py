@@ -114,7 +114,8 @@ def checkpoint_problems(cfg: ExperimentConfig, named: list[tuple[str, str]]) -> 
 
 def start_problems(cfg: ExperimentConfig) -> list[str]:
     """Each trainer's ``check_start`` where the weights its stage starts from are known now: the first
-    stage (and the variants of a one-stage experiment) start from ``model.init`` or random weights."""
+    stage (and the variants of a one-stage experiment) start from ``model.init`` or random weights, and
+    such a stage with ``train.max_steps: 0`` (evaluation only) needs ``model.init``."""
     from worldkit.stages import resolve_stages
 
     init = None
@@ -126,7 +127,11 @@ def start_problems(cfg: ExperimentConfig) -> list[str]:
     first = [s for s in stages if s.index == 0 or (s.variant and len(cfg.stages) <= 1)]
     found = []
     for stage in first:
+        where = f"stage {stage.name}: " if cfg.stages or cfg.compare else ""
         if stage.train.max_steps == 0:  # evaluates its starting weights: nothing is trained
+            if init is None:
+                found.append(f"{where}train.max_steps: 0 evaluates the starting weights, but there are none: "
+                             "set model.init (a checkpoint or a shipped base)")
             continue
         from worldkit import registry
 
@@ -134,6 +139,5 @@ def start_problems(cfg: ExperimentConfig) -> list[str]:
         try:
             trainer.check_start(init)
         except WorldkitError as err:
-            where = f"stage {stage.name}: " if cfg.stages or cfg.compare else ""
             found.append(f"{where}{err}")
     return found

@@ -285,16 +285,6 @@ class ExperimentConfig(Section):
         if e.reference is not None and e.reference not in names:
             problems.append(_problem(("eval", "reference"), e.reference,
                                      f"not a stage or variant of this experiment; choices: {', '.join(names)}"))
-        if m.init is None:  # a stage that starts from random weights must train
-            base = self.train.model_dump()
-            first = {**base, **(self.stages[0].train if self.stages else {})}
-            fresh = [(("stages", 0, "train") if self.stages else ("train",), first)]
-            if len(self.stages) <= 1:  # variants start where the last stage starts: here, nowhere
-                fresh += [(("compare", i, "train"), {**first, **v.train}) for i, v in enumerate(self.compare)]
-            for loc, train in fresh:
-                if train.get("max_steps") == 0:
-                    problems.append(_problem((*loc, "max_steps"), 0, "0 evaluates the starting weights, but there "
-                                             "are none: set model.init (a checkpoint or a shipped base)"))
         seen: set[str] = set()
         plugins = not self.grid  # a grid's cells are checked one by one: a cell may set what the base lacks
         if not self.stages and plugins:
