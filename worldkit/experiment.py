@@ -236,7 +236,8 @@ def fit_stage(cfg, stage: Stage, d: RunData, run_dir: Path, init: Optional[Path]
         if module.ema_model is not None:
             module.ema_model.load_state_dict(module.model.state_dict())
     tr = stage.train
-    datamod = ResumableData(d.clips("train", tr.clip_frames), d.clips("val", tr.clip_frames), tr.batch_size,
+    frames = module.trainer_plugin.data_frames(tr.clip_frames)
+    datamod = ResumableData(d.clips("train", frames), d.clips("val", frames), tr.batch_size,
                             tr.max_steps, tr.accumulate, cfg.seed + stage.index, workers=0)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version=stage.dirname, default_hp_metric=False)
     saver = SaveOnInterrupt(last)

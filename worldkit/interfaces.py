@@ -265,6 +265,11 @@ class RolloutTrainer(Plugin):
         In evaluation mode (``module.training`` false) it is the validation loss, which picks the best
         checkpoint."""
 
+    def data_frames(self, clip_frames: int) -> int:
+        """Frames per training clip the loss reads, given ``train.clip_frames`` (default: the clip; a
+        trainer that streams past the clip reads more)."""
+        return clip_frames
+
     def check_start(self, init: Any) -> None:
         """Called before a stage trains (not on resume) with the checkpoint it starts from, or None for
         random weights; raise ``WorldkitError`` when the loss cannot work from there."""

@@ -69,13 +69,18 @@ class Rollout:
         hook = self.commit_hook if collect else self.hook
         return ChunkContext(self.memory, self.selector, self.backend, collect=collect, hook=hook)
 
-    def _commit(self, x0: Tensor, actions: Tensor) -> None:
-        """One pass over the clean chunk at noise 0, then hand its K/V to the memory policy."""
+    def _commit(self, x0: Tensor, actions: Tensor, level: float = 0.0) -> None:
+        """One pass over the chunk at noise ``level`` (0: clean), then hand its K/V to the memory policy."""
         ctx = self._ctx(collect=True)
-        zeros = torch.zeros(x0.shape[:2], device=x0.device, dtype=x0.dtype)
+        levels = torch.full(x0.shape[:2], float(level), device=x0.device, dtype=x0.dtype)
         with torch.no_grad():
-            self.model(x0.detach(), zeros, actions, ctx)
+            self.model(x0.detach(), levels, actions, ctx)
             self.memory.commit(*ctx.kv_for_commit())
+
+    def commit(self, frames: Tensor, actions: Tensor, level: float = 0.0) -> None:
+        """Commit one chunk of frames (B, Fc, C, H, W) as they are, read at noise ``level`` (0: clean;
+        above 0 the frames should carry that much noise: context-noise augmentation). Never differentiable."""
+        self._commit(frames, actions, level)
 
     def commit_frames(self, frames: Tensor, actions: Tensor) -> None:
         """Commit ground-truth frames (context) chunk by chunk. frames: (B, F, C, H, W), F a multiple
@@ -86,17 +91,24 @@ class Rollout:
         for i in range(0, frames.shape[1], fc):
             self._commit(frames[:, i : i + fc], actions[:, i : i + fc])
 
-    def chunk(
+    def read(self, x_t: Tensor, t: Tensor, actions: Tensor) -> Tensor:
+        """One denoising pass over a chunk at levels ``t`` (B, Fc) reading the cache, without committing:
+        the model's output (differentiable when gradients are on). x_t: (B, Fc, C, H, W)."""
+        return self.model(x_t, t, actions, self._ctx(collect=False))
+
+    def levels(self, device=None) -> Tensor:
+        """The sampler's noise levels, (steps + 1,) from 1 down to 0."""
+        return diffusion.schedule(self.steps, self.shift, device=device)
+
+    def sample(
         self,
         actions: Tensor,
         noise: Optional[Tensor] = None,
         exit_step: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
-        commit: Optional[Tensor] = None,
     ) -> Tensor:
-        """Generate and commit one chunk. actions: (B, Fc, A). Returns the clean chunk (B, Fc, C, H, W)
-        as estimated at ``exit_step`` (default: the last step); only that step is differentiable.
-        ``commit`` (B, Fc, C, H, W): frames the cache takes instead of the generated ones."""
+        """Denoise one chunk from the cache without committing it. actions: (B, Fc, A). Returns the clean
+        estimate (B, Fc, C, H, W) at ``exit_step`` (default: the last step); only that step is differentiable."""
         model = self.model
         geo = model.geometry
         B, fc = actions.shape[:2]
@@ -104,14 +116,12 @@ class Rollout:
         dev = actions.device
         dtype = next(model.parameters()).dtype
         exit_step = self.steps - 1 if exit_step is None else exit_step
-        ts = diffusion.schedule(self.steps, self.shift, device=dev).to(dtype)
+        ts = self.levels(device=dev).to(dtype)
 
         def randn():
             where = dev if generator is None else generator.device
             return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(dev)
 
-        _sync(dev)
-        t0 = time.perf_counter()
         x = randn() if noise is None else noise
         ctx = self._ctx(collect=False)
         for i in range(exit_step + 1):
@@ -121,6 +131,23 @@ class Rollout:
             if i < exit_step:
                 tn = ts[i + 1].expand(B, fc)
                 x = diffusion.step(x0, x, t, tn, randn() if self.renoise else None)
+        return x0
+
+    def chunk(
+        self,
+        actions: Tensor,
+        noise: Optional[Tensor] = None,
+        exit_step: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        commit: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Generate and commit one chunk (``sample`` then ``commit``), timed. actions: (B, Fc, A). Returns
+        the clean chunk (B, Fc, C, H, W) as estimated at ``exit_step`` (default: the last step); only that
+        step is differentiable. ``commit`` (B, Fc, C, H, W): frames the cache takes instead of the generated ones."""
+        dev = actions.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        x0 = self.sample(actions, noise=noise, exit_step=exit_step, generator=generator)
         _sync(dev)
         t1 = time.perf_counter()
         self._commit(x0 if commit is None else commit, actions)

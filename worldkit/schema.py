@@ -179,6 +179,8 @@ class TrainConfig(Section):
     clip_frames: PositiveInt = 16
     lr: PositiveFloat = 3e-4
     weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field((0.9, 0.99), description="AdamW's (beta1, beta2); Self-Forcing's DMD uses "
+                                                                 "(0, 0.999)")
     warmup_steps: int = Field(100, ge=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     precision: Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine"] = "32-true"

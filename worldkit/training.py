@@ -174,7 +174,7 @@ class WorldModule(L.LightningModule):
             other = [p for p in net.parameters() if p.requires_grad and p.ndim < 2]
             groups += [{"params": decay, "weight_decay": cfg["weight_decay"], "lr": cfg["lr"] * scale},
                        {"params": other, "weight_decay": 0.0, "lr": cfg["lr"] * scale}]
-        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.99))
+        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.99))))
         warm, total, cosine = cfg["warmup_steps"], cfg["max_steps"], cfg["schedule"] == "cosine"
 
         def factor(step: int) -> float:

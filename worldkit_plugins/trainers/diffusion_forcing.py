@@ -17,6 +17,9 @@ class DiffusionForcing(RolloutTrainer):
 
     class Config(NoiseConfig):
         per: Literal["frame", "chunk"] = Field("frame", description="draw one noise level per frame or per chunk")
+        action_dropout: float = Field(0.0, ge=0, lt=1, description="chance that a clip's actions are zeroed, so the "
+                                                                   "model also learns the unconditional score "
+                                                                   "(for classifier-free action guidance)")
 
     @classmethod
     def check(cls, config, experiment):
@@ -32,6 +35,9 @@ class DiffusionForcing(RolloutTrainer):
         else:
             t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]
         eps = module.randn(x.shape, g)
+        if self.config.action_dropout > 0 and module.training:
+            keep = module.rand((B, 1, 1), module.generator(4)) >= self.config.action_dropout
+            a = a * keep.to(a.dtype)
         visible, key_pos = policy_mask(module, F)
         ctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32), key_pos)
         pred = module.model(diffusion.add_noise(x, eps, t), t, a, ctx)

@@ -1,13 +1,28 @@
 """Self forcing: the model rolls itself out through the inference engine and is trained on what it made.
 
-Two objectives, alone or together:
+The rollout runs chunk by chunk with the same cache, memory policy, selector and attention backend as
+inference (train = test cache), from ``context_frames`` true frames; each chunk's own sample is committed
+to the cache. What the model is trained on, alone or together:
 
-- **regression**: each generated chunk's clean estimate against the ground-truth frames of the world;
-- **DMD** (distribution matching distillation, as in Self-Forcing): a frozen *teacher* (an earlier
-  checkpoint) scores the generated clip as the real distribution, a trainable *fake-score critic*
-  (initialised from the teacher) learns the generator's own distribution, and the generator moves along
-  ``x0_real - x0_fake``. The critic is trained on every step, the generator on every
-  ``critic_ratio``-th one.
+- **denoise** (``objective: denoise``, the default): at each chunk the *true* next chunk is noised to the
+  level of a denoising step (the exit step) and the model, reading the cache of its own rollout, is trained
+  on the ordinary denoising target. Its optimum is the denoiser of the true conditional given the model's
+  own history (DIAMOND / GameNGen train on noised context; here the context is the rollout itself), not
+  the mean of its samples: the pull to the mean frame of the regression below does not arise.
+  ``context_noise`` commits the own samples with that much noise (and tells the model the level).
+- **regression** (``objective: regression``): each generated chunk's clean estimate at the exit step
+  against the true frames. Its optimum is the mean over the model's own uncertainty, which grows along
+  the rollout: rollouts blur towards the mean frame. Kept for comparison.
+- **DMD** (distribution matching distillation, as in Self-Forcing): a frozen *teacher* scores the
+  generated clip as the real distribution, a trainable *fake-score critic* (initialised from the
+  teacher) learns the generator's own distribution, and the generator moves along ``x0_real - x0_fake``.
+  The critic is trained on every step, the generator on every ``critic_ratio``-th one. With DMD the
+  ground-truth term is off unless ``regression_weight`` is set.
+
+``segments`` > 1 streams past the training clip (LongLive's streaming long tuning): the clip the trainer
+reads is ``segments x train.clip_frames`` frames, the rollout runs through all of it with the cache
+carried across the segment boundaries (the memory policy sees gaps longer than its window), and every
+chunk of every segment is trained. Commits are never differentiable, so no gradient crosses a chunk.
 
 Teacher and critic are full world models evaluated over the clip in parallel with the same actions and a
 dense block-causal mask: the ground-truth context frames clean, the generated frames noised to one level
@@ -16,7 +31,9 @@ the conditional each rollout step samples from; the clip twice, as in teacher fo
 (``history: noisy``: each chunk's score given the noised chunks before it, the closest a causal teacher
 comes to Self-Forcing's scoring of whole videos). The scores always read the whole history with a dense
 mask, whatever the memory policy of the rollout: the teacher stands for the real conditional, which a
-memory policy only approximates.
+memory policy only approximates. ``guidance`` > 1 sharpens the teacher's score along the actions
+(classifier-free guidance against zeroed actions; meaningful for a teacher trained with
+``action_dropout``).
 """
 from __future__ import annotations
 
@@ -41,7 +58,10 @@ class DMDConfig(PluginConfig):
                           "none: the weights the stage starts from")
     weight: float = Field(1.0, ge=0, description="weight of the DMD term in the generator's loss")
     critic_ratio: int = Field(5, ge=1, description="critic updates per generator update")
-    critic_lr_scale: float = Field(1.0, gt=0, description="critic learning rate as a multiple of train.lr")
+    critic_lr_scale: float = Field(0.2, gt=0, description="critic learning rate as a multiple of train.lr "
+                                                           "(Self-Forcing: 4e-7 against the generator's 2e-6)")
+    guidance: float = Field(1.0, ge=1, description="classifier-free guidance of the teacher's score along the actions "
+                                                   "(against zeroed actions); 1: none")
     history: Literal["clean", "noisy"] = Field(
         "clean", description="what a noised generated chunk sees when scored: the clean generated frames before "
                              "it (the conditional the rollout samples from) or the whole clip noised alike")
@@ -101,16 +121,23 @@ class Scorer:
         else:
             self.pctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32))
 
-    def __call__(self, net: WorldModel, level: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, net: WorldModel, level: Tensor, eps: Tensor, guidance: float = 1.0) -> tuple[Tensor, Tensor]:
         """The network's output and its clean estimate on the generated frames, (B, F - ctx, 3, H, W) each.
-        level: (B, 1); eps: like the clip."""
+        level: (B, 1); eps: like the clip; ``guidance`` > 1: ``uncond + guidance * (cond - uncond)`` with
+        the unconditional output read under zeroed actions."""
         B, F = self.clip.shape[:2]
         t = torch.cat([torch.zeros(B, self.ctx, device=level.device), level.expand(B, F - self.ctx)], dim=1)
         x_t = diffusion.add_noise(self.clip, eps, t)
-        if self.history == "clean":
-            out = twin_forward(net, self.clip, x_t, t, self.actions, self.pctx)
-        else:
-            out = net(x_t, t, self.actions, self.pctx)
+
+        def run(actions: Tensor) -> Tensor:
+            if self.history == "clean":
+                return twin_forward(net, self.clip, x_t, t, actions, self.pctx)
+            return net(x_t, t, actions, self.pctx)
+
+        out = run(self.actions)
+        if guidance != 1.0:
+            uncond = run(torch.zeros_like(self.actions))
+            out = uncond + guidance * (out - uncond)
         gen = slice(self.ctx, None)
         return out[:, gen], diffusion.to_x0(out[:, gen], x_t[:, gen], t[:, gen], net.prediction)
 
@@ -125,19 +152,36 @@ def dmd_loss(gen: Tensor, real: Tensor, fake: Tensor) -> Tensor:
 
 
 class SelfForcing(RolloutTrainer):
-    """Self rollout through the inference engine; gradient only at a random exit step per chunk.
+    """Self rollout through the inference engine; gradient only at one denoising pass per chunk.
 
     Chunk by chunk with the same cache, memory policy, selector and attention backend as inference; the
-    loss compares each chunk's clean estimate at its exit step with the ground-truth frames
-    (``regression_weight``) and, with ``dmd``, scores the generated clip against a frozen teacher."""
+    ground-truth term (``objective``, weighted by ``regression_weight``) and, with ``dmd``, the score of
+    the generated clip against a frozen teacher."""
 
     class Config(PluginConfig):
         context_frames: int = Field(2, ge=1, description="ground-truth frames committed before the rollout")
+        objective: Literal["denoise", "regression"] = Field(
+            "denoise", description="the ground-truth term: denoise (the true next chunk noised to the exit step's "
+                                   "level, read against the cache of the model's own rollout; optimum: the true "
+                                   "conditional) or regression (the generated chunk against the true one; "
+                                   "optimum: the mean, rollouts blur)")
         exit: Literal["random", "last"] = Field(
             "random", description="the denoising step that carries the gradient, per chunk: a random one (every "
                                   "step learns; Self-Forcing) or the last (the rollout is exactly the inference one)")
-        regression_weight: float = Field(1.0, ge=0, description="weight of the loss against the ground-truth frames")
+        regression_weight: Optional[float] = Field(
+            None, ge=0, description="weight of the ground-truth term (the objective); default 1, or 0 with dmd "
+                                    "(Self-Forcing's DMD has no such term)")
+        context_noise: float = Field(0.0, ge=0, lt=1, description="noise level of the generated chunks committed "
+                                                                    "during training (the model is told the level)")
+        segments: int = Field(1, ge=1, description="training clips of segments x train.clip_frames frames, rolled "
+                                                   "out with the cache carried past the clip (streaming long tuning)")
         dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
+
+        @property
+        def truth_weight(self) -> float:
+            if self.regression_weight is not None:
+                return self.regression_weight
+            return 0.0 if self.dmd is not None else 1.0
 
     @classmethod
     def check(cls, config, experiment):
@@ -146,8 +190,12 @@ class SelfForcing(RolloutTrainer):
         if config.context_frames % chunk or config.context_frames >= clip:
             problems.append(("context_frames", config.context_frames,
                              f"must be a multiple of model.chunk_frames={chunk} below train.clip_frames={clip}"))
-        if config.dmd is None and config.regression_weight == 0:
+        if config.dmd is None and config.truth_weight == 0:
             problems.append(("regression_weight", 0.0, "is the only loss when dmd is off: make it positive, or set dmd"))
+        if config.segments * clip > experiment.data.episode_frames:
+            problems.append(("segments", config.segments,
+                             f"needs clips of segments x train.clip_frames = {config.segments * clip} frames, longer "
+                             f"than data.episode_frames={experiment.data.episode_frames}"))
         if config.dmd is not None and experiment.train.strategy == "fsdp":
             problems.append(("dmd", config.dmd.model_dump(), "trains a critic beside the model, which train.strategy=fsdp "
                                                              "does not shard and clip correctly yet; use ddp (or "
@@ -157,6 +205,9 @@ class SelfForcing(RolloutTrainer):
     @classmethod
     def checkpoints(cls, config) -> dict:
         return {"dmd.teacher": config.dmd.teacher} if config.dmd is not None and config.dmd.teacher else {}
+
+    def data_frames(self, clip_frames: int) -> int:
+        return self.config.segments * clip_frames
 
     def check_start(self, init) -> None:
         if self.config.dmd is not None and self.config.dmd.teacher is None and init is None:
@@ -170,37 +221,65 @@ class SelfForcing(RolloutTrainer):
         if self.config.dmd is not None:
             module.aux["dmd"] = DMDNets(module.model, self.config.dmd.critic_lr_scale)
 
-    def rollout(self, module, x: Tensor, a: Tensor, g: torch.Generator, grad: bool) -> tuple[Tensor, list[int]]:
-        """The generated frames after the context, (B, F - ctx, 3, H, W), and the exit step per chunk."""
+    def rollout(self, module, x: Tensor, a: Tensor, g: torch.Generator, grad: bool, at_exit: bool = True,
+                denoise: bool = False) -> tuple[Tensor, list[int], list[Tensor]]:
+        """The model's own rollout after the context through the inference engine.
+
+        Returns the generated frames (B, F - ctx, 3, H, W) (``at_exit``: the clean estimate at each chunk's
+        exit step, differentiable there with ``grad``; otherwise the inference samples), the exit step per
+        chunk, and with ``denoise`` the denoising loss of each chunk's true frames read against the cache."""
         B, F = x.shape[:2]
         fc = module.model.chunk_frames
-        ctx = self.config.context_frames
+        cfg, ctx = self.config, self.config.context_frames
         if ctx % fc or ctx >= F:
             raise ValueError(f"trainer.context_frames={ctx} must be a multiple of the chunk ({fc}) below the clip ({F})")
         rollout = module.rollout
-        chunks, exits = [], []
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            rollout.reset(B, device=x.device)
+        levels = rollout.levels()
+        gn = module.generator(3)  # the denoising and context noise: the rollout's own draws stay as they were
+        chunks, exits, terms = [], [], []
+        rollout.reset(B, device=x.device)
+        with torch.no_grad():
             rollout.commit_frames(x[:, :ctx], a[:, :ctx])
-            for s in range(ctx, F, fc):
-                exit_step = int(torch.randint(rollout.steps, (1,), generator=g))  # drawn either way: same noise
-                if self.config.exit == "last":
-                    exit_step = rollout.steps - 1
-                chunks.append(rollout.chunk(a[:, s : s + fc], exit_step=exit_step, generator=g))
-                exits.append(exit_step)
-        return torch.cat(chunks, dim=1), exits
+        for s in range(ctx, F, fc):
+            exit_step = int(torch.randint(rollout.steps, (1,), generator=g))  # drawn either way: same noise
+            if cfg.exit == "last":
+                exit_step = rollout.steps - 1
+            acts = a[:, s : s + fc]
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                own = rollout.sample(acts, exit_step=exit_step if at_exit else None, generator=g)
+            if denoise:
+                true = x[:, s : s + fc]
+                t = levels[exit_step].to(true.device, true.dtype).expand(B, fc)
+                eps = module.randn(true.shape, gn).to(true.dtype)
+                pred = rollout.read(diffusion.add_noise(true, eps, t), t, acts)
+                terms.append((pred.float() - diffusion.target(true, eps, module.model.prediction).float()).pow(2).mean())
+            if cfg.context_noise > 0 and module.training:
+                level = torch.full((B, fc), cfg.context_noise, device=own.device, dtype=own.dtype)
+                rollout.commit(diffusion.add_noise(own.detach(), module.randn(own.shape, gn).to(own.dtype), level),
+                               acts, level=cfg.context_noise)
+            else:
+                rollout.commit(own.detach(), acts)
+            chunks.append(own)
+            exits.append(exit_step)
+        return torch.cat(chunks, dim=1), exits, terms
 
     def loss(self, module, batch):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
         cfg, ctx = self.config, self.config.context_frames
         g = module.generator()
-        dmd = cfg.dmd if module.training else None  # validation: the loss against the ground truth alone
+        dmd = cfg.dmd if module.training else None  # validation: the ground-truth term alone
         gen_step = dmd is None or module.global_step % dmd.critic_ratio == 0
-        gen, exits = self.rollout(module, x, a, g, grad=gen_step)
-        regression = (gen.float() - x[:, ctx:].float()).pow(2).mean()
-        logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
-        if dmd is None:  # validation reports the plain error against the ground truth
-            return (cfg.regression_weight * regression if module.training else regression), logs
+        denoise = cfg.objective == "denoise" and (cfg.truth_weight > 0 or not module.training)
+        at_exit = dmd is not None or cfg.objective == "regression"  # the generated clip is trained on
+        gen, exits, terms = self.rollout(module, x, a, g, grad=at_exit and gen_step, at_exit=at_exit, denoise=denoise)
+        rollout_mse = (gen.detach().float() - x[:, ctx:].float()).pow(2).mean()
+        logs = {"mean_exit_step": float(sum(exits)) / len(exits), "rollout_mse": rollout_mse}
+        if cfg.objective == "denoise":
+            truth = torch.stack(terms).mean() if terms else gen.new_zeros(()).float()
+        else:
+            truth = (gen.float() - x[:, ctx:].float()).pow(2).mean()
+        if dmd is None:  # validation reports the ground-truth term unweighted
+            return (cfg.truth_weight * truth if module.training else truth), logs
         nets: DMDNets = module.aux["dmd"]
         if not bool(nets.ready):
             nets.initialise(module.model, dmd.teacher)
@@ -218,13 +297,13 @@ class SelfForcing(RolloutTrainer):
         target = diffusion.target(clip, eps, nets.critic.prediction)[:, ctx:]
         critic = (pred.float() - target.float()).pow(2).mean()
         logs["critic_loss"] = critic.detach()
-        logs["regression_loss"] = regression.detach()
+        logs["truth_loss"] = truth.detach()
         if not gen_step:
             return critic, logs
         level, eps = noise(2)
         with torch.no_grad():
-            real = score(nets.teacher, level, eps)[1]
+            real = score(nets.teacher, level, eps, guidance=dmd.guidance)[1]
             fake = score(nets.critic, level, eps)[1]
         distill = dmd_loss(gen, real, fake)
         logs["dmd_loss"] = distill.detach()
-        return cfg.regression_weight * regression + dmd.weight * distill + critic, logs
+        return cfg.truth_weight * truth + dmd.weight * distill + critic, logs
