@@ -197,6 +197,22 @@ def test_local_window_properties():
         LocalWindow.Config(impl="cuda")
 
 
+def test_local_window_keep_chunk_reads_the_whole_chunk_and_top_k_of_the_cache():
+    g = torch.Generator().manual_seed(1)
+    B, H, NQB, NL, D = 2, 3, 4, 8, 16
+    pq, pk = torch.randn(B, H, NQB, D, generator=g), torch.randn(B, H, NL + NQB, D, generator=g)
+    own = torch.arange(NQB) + NL
+    idx = LocalWindow(LocalWindow.Config(top_k=0.25, keep_chunk=True)).select(pq, pk, own)
+    assert idx.local.shape == (B, H, NQB, 2 + NQB) and (idx.count == 2 + NQB).all()  # 25 % of the 8 cached, + 4
+    assert (idx.local[..., 2:] == own).all() and (idx.local[..., :2] < NL).all()
+    assert (idx.local.diff(dim=-1) > 0).all()
+    scores = torch.einsum("bhqd,bhcd->bhqc", pq, pk[:, :, :NL])
+    best = scores.topk(2, dim=-1).indices.sort(-1).values
+    assert torch.equal(idx.local[..., :2], best)  # the cached blocks it keeps are the best scoring
+    first = LocalWindow(LocalWindow.Config(top_k=0.25, keep_chunk=True)).select(pq, pk[:, :, NL:], own - NL)
+    assert torch.equal(first.local, (own - NL).expand(B, H, NQB, NQB))  # an empty cache: the chunk alone
+
+
 def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     """``impl: triton`` (the fused kernel, here under the interpreter) selects what the PyTorch ops select."""
     pytest.importorskip("triton")

@@ -19,6 +19,10 @@ class LocalWindow(BlockSelector):
             0.25, description="a fraction of the candidates (a float in (0, 1]: 1.0 = all) or a count (an int >= 1: 1 = one block)")
         shared_heads: bool = False  # scores summed over heads: one list per query block
         keep_own: bool = True  # each query block always reads its own block (counted inside K)
+        keep_chunk: bool = Field(
+            False, description="every query block reads all blocks of the chunk being generated, and top_k "
+                               "selects among the cached window's blocks only (a fraction is of those); keep_own "
+                               "is then implied")
         impl: Literal["auto", "torch", "triton"] = Field(
             "auto", description="torch: a few PyTorch ops; triton: one fused kernel (scores, softmax, top-K) "
                                 "for a head dim that is a power of two >= 16, the PyTorch ops past 2048 "
@@ -40,12 +44,31 @@ class LocalWindow(BlockSelector):
             return value
 
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
+        if self.config.keep_chunk:
+            return self._select_with_chunk(pooled_q, pooled_k, own)
         k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
         forced = own if self.config.keep_own else None
         select = self._selection(pooled_q, pooled_k)
         with torch.no_grad():  # lists of indices: nothing to differentiate, so no graph is recorded
             index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
         return BlockIndex(local=index, count=count)
+
+    def _select_with_chunk(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
+        """Top-K among the cached candidates (those before the chunk's own blocks ``own``), then the whole chunk."""
+        B, H, NQB = pooled_q.shape[:3]
+        cached = int(own.min())  # the chunk's blocks follow the cached window's
+        Hs = 1 if self.config.shared_heads else H
+        with torch.no_grad():
+            if cached > 0:
+                k = resolve_top_k(self.config.top_k, cached)
+                index, count = self._selection(pooled_q, pooled_k[:, :, :cached])(
+                    pooled_q, pooled_k[:, :, :cached], k, forced=None, shared_heads=self.config.shared_heads)
+            else:
+                index = torch.zeros(B, Hs, NQB, 0, dtype=torch.long, device=pooled_q.device)
+                count = torch.zeros(B, Hs, NQB, dtype=torch.long, device=pooled_q.device)
+            chunk = torch.sort(own).values.to(index.device, index.dtype).expand(B, Hs, NQB, own.numel())
+            index = torch.cat([index, chunk], dim=-1)  # cached indices sit below the chunk's: rows stay ascending
+        return BlockIndex(local=index, count=count + own.numel())
 
     def _selection(self, pooled_q: Tensor, pooled_k: Tensor) -> Callable[..., tuple[Tensor, Tensor]]:
         """The top-K this call runs (``topk_blocks``'s signature)."""
