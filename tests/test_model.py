@@ -205,3 +205,30 @@ def test_schedule_and_prediction_conversions():
     # the deterministic step from the true x0 lands on the true trajectory
     tn = torch.full((2, 1), 0.1)
     torch.testing.assert_close(diffusion.step(x0, xt, t, tn, None), diffusion.add_noise(x0, eps, tn))
+
+
+def test_block_size_is_a_read_time_setting(tmp_path):
+    """block_patches groups tokens into cache blocks and changes no weight: a checkpoint loads at another
+    block size (other settings are still refused), and a dense rollout is the same at every block size."""
+    from worldkit.errors import WorldkitError
+    from worldkit.experiment import load_weights, save_weights
+
+    torch.manual_seed(0)
+    kw = dict(frame_size=16, action_dim=1, patch=4, width=32, layers=2, heads=2, chunk_frames=2)
+    src = WorldModel(block_patches=2, **kw)
+    for p in src.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    save_weights(src, tmp_path / "w.pt")
+    ctx, acts = torch.rand(1, 2, 3, 16, 16), torch.randn(1, 6, 1)
+    outs = []
+    for bp in (1, 2, 4):
+        m = WorldModel(block_patches=bp, **kw)
+        load_weights(m, tmp_path / "w.pt")
+        r = Rollout(m, Dense(Dense.Config()), AllBlocks(AllBlocks.Config()), SDPA(SDPA.Config()), steps=2, train_frames=6)
+        with torch.no_grad():
+            outs.append(r.run(ctx, acts, 4, generator=torch.Generator().manual_seed(1)))
+        assert m.geometry.blocks_per_frame == (4 // bp) ** 2
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs[2], outs[1], atol=1e-5, rtol=0)
+    with pytest.raises(WorldkitError, match="width=32"):
+        load_weights(WorldModel(block_patches=2, **{**kw, "width": 64}), tmp_path / "w.pt")

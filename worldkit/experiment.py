@@ -69,10 +69,16 @@ def read_checkpoint(path: Path, field: str = "model.init") -> dict:
     return blob
 
 
+# Model settings that do not change the weights: ``block_patches`` only groups tokens into cache blocks
+# (what memory policies keep and selectors pick), so one set of weights can be read at any block size.
+READ_TIME_SETTINGS = frozenset({"block_patches"})
+
+
 def settings_mismatch(blob: dict, expected: dict, path: Path, field: str = "model.init") -> Optional[str]:
     """The error line when a checkpoint's model settings (``hparams``) differ from ``expected`` (only the
-    settings both give are compared); None when they agree."""
-    mismatch = {k: v for k, v in blob.get("hparams", {}).items() if k in expected and expected[k] != v}
+    settings both give are compared, read-time settings excepted); None when they agree."""
+    mismatch = {k: v for k, v in blob.get("hparams", {}).items()
+                if k in expected and expected[k] != v and k not in READ_TIME_SETTINGS}
     if not mismatch:
         return None
     return (f"{field}: {path} was trained with other model settings: "
@@ -403,6 +409,8 @@ def evaluate_weights(cfg, weights: str, run_dir: Path) -> list[dict]:
     if hp.get("frame_size") != d.frame_size or hp.get("action_dim") != d.action_dim:
         raise WorldkitError(f"{path}: a model of {hp.get('frame_size')}-pixel frames and {hp.get('action_dim')} "
                             f"action dims; the experiment's env {cfg.env.type} has {d.frame_size} and {d.action_dim}")
+    if "block_patches" in cfg.model.model_fields_set:  # a read-time setting the experiment chooses
+        hp = {**hp, "block_patches": cfg.model.block_patches}
     model = WorldModel(**hp)
     load_weights(model, path)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
