@@ -385,3 +385,22 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[0] in [line.strip() for line in ci]
     assert "set -euo pipefail" in ci
+
+
+def test_the_distribution_has_a_name_of_its_own():
+    """PyPI's 'worldkit' is another project: this one is distributed as DISTRIBUTION, plugins depend on that,
+    and the command answers under both names."""
+    from importlib.metadata import distribution
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from worldkit import DISTRIBUTION
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION != "worldkit"
+    assert set(project["scripts"]) == {"worldkit", DISTRIBUTION}
+    plugin = tomllib.loads((root / "examples" / "worldkit-example-plugin" / "pyproject.toml").read_text())["project"]
+    assert DISTRIBUTION in plugin["dependencies"] and "worldkit" not in plugin["dependencies"]
+    assert distribution(DISTRIBUTION).metadata["Name"] == DISTRIBUTION  # what is installed is this project
+    assert f"`{DISTRIBUTION}`" in (root / "README.md").read_text()

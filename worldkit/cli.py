@@ -259,7 +259,9 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     try:
-        ver = version("worldkit")
+        from worldkit import DISTRIBUTION
+
+        ver = version(DISTRIBUTION)
     except PackageNotFoundError:
         ver = "unknown"
     parser = argparse.ArgumentParser(prog="worldkit", description="Autoregressive video-diffusion world models.")
