@@ -1,0 +1,237 @@
+"""The Python API beside the command line: load weights, record episodes, roll out under any plugins,
+score recall, evaluate under an experiment's plugins, make the report.
+
+    import worldkit.api as wk
+
+    world = wk.load("base/revisit_room")                  # a shipped base, or a run's model.pt
+    eps = world.episodes(4, frames=74)                     # test episodes of the weights' environment
+    out = world.rollout(eps, memory={"type": "sliding_window", "window_frames": 9})
+    out.frames, out.ms_per_chunk, out.kv_bytes             # (N, F, 3, H, W) in [-1, 1]; per chunk
+    world.recall(eps, {"window": out})                     # recall at returns by gap (envs that define it)
+    world.evaluate("experiments/sparse_forcing.yaml", "runs/mine")   # = worldkit eval
+    wk.report("runs/mine")                                 # = worldkit report
+
+A plugin is named by its type (``"sliding_window"``) or given as ``{"type": ..., field: value}``, as in
+an experiment YAML; every installed plugin works, third-party ones included.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from worldkit.errors import WorldkitError
+
+PluginSpec = Union[str, dict]
+
+
+def _spec(spec: PluginSpec) -> dict:
+    return {"type": spec} if isinstance(spec, str) else dict(spec)
+
+
+@dataclass
+class Episodes:
+    """Recorded episodes: frames (N, T, 3, H, W) in [-1, 1], actions (N, T, A), simulator states (N, T, S)."""
+
+    frames: Tensor
+    actions: Tensor
+    states: np.ndarray
+    env: str
+    env_config: dict
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def images(self) -> np.ndarray:
+        """The frames as uint8 images (N, T, H, W, 3)."""
+        from worldkit.evaluate import tensor_to_frames
+
+        return tensor_to_frames(self.frames)
+
+
+@dataclass
+class RolloutResult:
+    """What one rollout made: the generated frames (N, F, 3, H, W) in [-1, 1] after ``context_frames``
+    true ones, the wall time of each chunk (ms, the whole batch) and the KV bytes one sequence holds after
+    each chunk's commit."""
+
+    frames: Tensor
+    context_frames: int
+    ms_per_chunk: list[float] = field(default_factory=list)
+    kv_bytes: list[int] = field(default_factory=list)
+
+    def images(self) -> np.ndarray:
+        from worldkit.evaluate import tensor_to_frames
+
+        return tensor_to_frames(self.frames)
+
+
+def _card_facts(name: str) -> dict:
+    """The environment and training clip a shipped base's model card states."""
+    from worldkit.experiment import BASE_DIR
+
+    path = BASE_DIR / f"{name.removeprefix('base/')}.md"
+    text = path.read_text() if path.exists() else ""
+    env = re.search(r"A world model of the `(\w+)` environment", text)
+    clip = re.search(r"(\d+)-frame training clip", text)
+    steps = re.search(r"sampler_steps: (\d+)", text)
+    return {"env": env.group(1) if env else None, "clip": int(clip.group(1)) if clip else None,
+            "steps": int(steps.group(1)) if steps else None}
+
+
+def _run_config(weights: Path) -> Optional[Any]:
+    """The experiment config of the run a model.pt belongs to (its run folder's config.yaml), if any."""
+    from worldkit import config as wk_config
+
+    for parent in list(weights.resolve().parents)[:4]:
+        if (parent / "config.yaml").exists():
+            try:
+                return wk_config.load(parent / "config.yaml")
+            except Exception:
+                return None
+    return None
+
+
+class World:
+    """A world model with the environment it models, ready to roll out under any plugins."""
+
+    def __init__(self, model, env: str, env_config: Optional[dict] = None, train_frames: int = 16,
+                 sampler_steps: int = 4, shift: float = 1.0, weights: Optional[str] = None):
+        self.model = model.eval()
+        self.env, self.env_config = env, dict(env_config or {})
+        self.train_frames, self.sampler_steps, self.shift = train_frames, sampler_steps, shift
+        self.weights = weights
+        self._data = None
+
+    @classmethod
+    def load(cls, weights: str, env: Optional[str] = None, env_config: Optional[dict] = None,
+             train_frames: Optional[int] = None, sampler_steps: Optional[int] = None,
+             block_patches: Optional[int] = None) -> "World":
+        """Weights by shipped name (``base/revisit_room``) or path (a run's ``model.pt``). The environment,
+        training clip and sampler come from the base's model card or the run's config.yaml unless given;
+        ``block_patches`` reads the weights at another cache block size (the weights do not depend on it)."""
+        from worldkit.experiment import load_weights, read_checkpoint, resolve_init
+        from worldkit.model import WorldModel
+
+        path = resolve_init(weights, "weights")
+        blob = read_checkpoint(path, "weights")
+        hp = dict(blob.get("hparams") or {})
+        if not hp:
+            raise WorldkitError(f"weights: {path} holds no model settings (hparams); give a model.pt written by a "
+                                "run or a shipped base")
+        if block_patches is not None:
+            hp["block_patches"] = block_patches
+        facts = {"env": None, "clip": None, "steps": None, "shift": None, "env_config": {}}
+        if str(weights).startswith("base/"):
+            facts.update(_card_facts(str(weights)))
+        else:
+            cfg = _run_config(Path(path))
+            if cfg is not None:
+                facts.update(env=cfg.env.type, env_config=cfg.env.config.model_dump(mode="json"),
+                             clip=cfg.train.clip_frames, steps=cfg.model.sampler_steps, shift=cfg.model.shift)
+        env = env or facts["env"]
+        if env is None:
+            raise WorldkitError(f"weights: {path}: which environment it models is not recorded (no model card or "
+                                "run config.yaml beside it); pass env=NAME")
+        model = WorldModel(**hp)
+        load_weights(model, path, "weights")
+        return cls(model, env, env_config if env_config is not None else facts["env_config"],
+                   train_frames=train_frames or facts["clip"] or 16, sampler_steps=sampler_steps or facts["steps"] or 4,
+                   shift=facts["shift"] or 1.0, weights=str(weights))
+
+    # ---- data ---------------------------------------------------------------------------------
+    def episodes(self, n: int = 4, frames: int = 64, split: str = "test", cache_dir: Optional[str] = None) -> Episodes:
+        """``n`` recorded episodes of ``frames`` frames of the world's environment (the same seeds as the
+        experiments' ``split``; cached like them)."""
+        from worldkit import data as wk_data
+        from worldkit.evaluate import frames_to_tensor
+        from worldkit.schema import DataConfig
+
+        cache = cache_dir or DataConfig().cache_path
+        config = wk_data.resolve_config(self.env, self.env_config)
+        s = wk_data.load_split(self.env, config, split, n, frames, cache, 0)
+        return Episodes(frames_to_tensor(s.frames), torch.from_numpy(s.actions).float(), s.states, self.env, config)
+
+    # ---- rollout ------------------------------------------------------------------------------
+    def rollout(self, episodes: Episodes, memory: PluginSpec = "dense", selector: PluginSpec = "all",
+                attention: PluginSpec = "sdpa", context_frames: int = 10, frames: Optional[int] = None,
+                teacher_forced: bool = False, seed: int = 0) -> RolloutResult:
+        """Roll the episodes out from their first ``context_frames`` true frames with their actions, for
+        ``frames`` new frames (default: the rest of the episodes, whole chunks), under the given plugins.
+        ``teacher_forced``: each chunk commits the true frames instead of its own."""
+        from worldkit.rollout import Rollout
+        from worldkit.training import build_plugin
+
+        fc = self.model.chunk_frames
+        avail = episodes.frames.shape[1] - context_frames
+        frames = (avail // fc) * fc if frames is None else frames
+        if frames <= 0 or frames > avail or frames % fc:
+            raise WorldkitError(f"frames: {frames} new frames after {context_frames} context frames of "
+                                f"{episodes.frames.shape[1]}-frame episodes; must be a positive multiple of the "
+                                f"{fc}-frame chunk, at most {avail}")
+        r = Rollout(self.model, build_plugin("memory", _spec(memory)), build_plugin("selector", _spec(selector)),
+                    build_plugin("attention", _spec(attention)), steps=self.sampler_steps, shift=self.shift,
+                    train_frames=self.train_frames)
+        dev = next(self.model.parameters()).device
+        x = episodes.frames[:, : context_frames + frames].to(dev)
+        a = episodes.actions[:, : context_frames + frames].to(dev)
+        g = torch.Generator().manual_seed(seed)
+        truth = {"truth": x[:, context_frames:]} if teacher_forced else {}
+        with torch.no_grad():
+            out = r.run(x[:, :context_frames], a, frames, generator=g, **truth)
+        n = x.shape[0]
+        return RolloutResult(out.cpu(), context_frames, [t.total_ms for t in r.timings],
+                             [t.kv_bytes // n for t in r.timings])
+
+    # ---- scores -------------------------------------------------------------------------------
+    def recall(self, episodes: Episodes, rollouts: dict[str, RolloutResult]) -> dict[str, Any]:
+        """Recall at returns by gap for each named rollout, beside the truth, persistence and the oracle
+        (``worldkit.memory_metrics.recall``'s result: ``stats["colour"][name]`` is (mean, se) per gap
+        bucket, ``buckets`` the labels). Raises for an environment with nothing to recall."""
+        from worldkit import memory_metrics, metrics, registry
+
+        env_cls = registry.get("env", episodes.env)
+        targets = env_cls.recall_targets(env_cls.Config(**episodes.env_config), episodes.states)
+        if targets is None:
+            raise WorldkitError(f"env {episodes.env} defines no recall targets (revisit_room does)")
+        ctxs = {r.context_frames for r in rollouts.values()}
+        if len(ctxs) != 1:
+            raise WorldkitError(f"rollouts start after different context lengths {sorted(ctxs)}; recall compares one")
+        ctx = ctxs.pop()
+        n_gen = min(r.frames.shape[1] for r in rollouts.values())
+        truth = episodes.frames[:, : ctx + n_gen]
+        whole = {name: torch.cat([truth[:, :ctx], r.frames[:, :n_gen]], 1) for name, r in rollouts.items()}
+        whole["truth"] = truth
+        whole["persistence"] = torch.cat([truth[:, :ctx], metrics.persistence_forecast(truth[:, :ctx], n_gen)], 1)
+        whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, ctx)
+        return memory_metrics.recall(whole, targets, ctx)
+
+    def evaluate(self, experiment: Union[str, Path], out: Union[str, Path], overrides: tuple[str, ...] = ()) -> list[dict]:
+        """Score these weights as they are under every stage's and variant's plugins of an experiment
+        YAML (``worldkit eval``): ``out`` gets a stage folder per variant and results.md."""
+        from worldkit import config as wk_config
+        from worldkit import experiment as wk_experiment
+
+        if self.weights is None:
+            raise WorldkitError("evaluate needs weights loaded from a file or shipped name (World.load)")
+        cfg = wk_config.load(experiment, list(overrides))
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        return wk_experiment.evaluate_weights(cfg, self.weights, out)
+
+
+def load(weights: str, **kwargs) -> World:
+    """``World.load``: weights by shipped name or path, with the environment they model."""
+    return World.load(weights, **kwargs)
+
+
+def report(run_dir: Union[str, Path]) -> str:
+    """Rebuild a run or grid folder's results.md, results.csv and plots (``worldkit report``); the table."""
+    from worldkit import report as wk_report
+
+    return wk_report.build(run_dir)
