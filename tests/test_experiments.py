@@ -163,6 +163,13 @@ def test_worldkit_eval_scores_one_checkpoint_under_every_variants_plugins(tmp_pa
     assert gif.is_animated and gif.n_frames == 2 + 6  # context + one 6-frame clip
     tile = 16 * 2 + 4  # a 16-pixel frame drawn 2x, and its margin
     assert gif.size == (4 * tile + 4, 24 + 2 * tile + 4)  # truth + three stages, two episodes
+    import imageio_ffmpeg  # in the dev extra: the MP4 is written where it is installed
+
+    assert "rollouts.gif and rollouts.mp4" in md
+    reader = imageio_ffmpeg.read_frames(str(out / "rollouts.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (gif.size[0] + gif.size[0] % 2, gif.size[1] + gif.size[1] % 2)
+    assert sum(1 for _ in reader) == gif.n_frames
 
 
 def test_a_stage_of_zero_steps_evaluates_its_starting_weights(tmp_path):

@@ -264,7 +264,7 @@ def test_tensorboard_has_scalars_images_and_one_hparams_session_per_cell(tiny_gr
     assert {"train/loss", "eval/psnr@1x", "eval_frame/psnr/model", "eval_frame/ssim/model", "eval_horizon/psnr/model",
             "eval_horizon/ms_per_chunk/total", "eval_horizon/kv_mib", "hparams/psnr@1x", "hparams/psnr@2x",
             "hparams/ms_per_chunk", "hparams/kv_mib"} <= scalars
-    assert ea.Tags()["images"] == ["eval/strips"]
+    assert sorted(ea.Tags()["images"]) == ["eval/rollouts", "eval/strips"]  # strips, and the animation
     start = metadata.parse_session_start_info_plugin_data(
         ea.PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG])
     assert start.hparams["memory"].string_value == "sink" and start.hparams["model.width"].number_value == 32

@@ -198,6 +198,10 @@ def test_a_run_logs_curves_cost_strips_and_one_hparams_session(tmp_path):
     cfg = config.validate(copy.deepcopy(RAW))
     ev = fake_eval(20.0)
     plt.imsave(tmp_path / "strips.png", np.zeros((8, 12, 3)))
+    from worldkit.animation import save_rollouts
+
+    frames = np.random.default_rng(0).integers(0, 255, (2, 5, 8, 8, 3), dtype=np.uint8)  # every frame differs
+    save_rollouts(tmp_path / "rollouts.npz", frames, frames[:, 2:], 2)
     for index in range(2):  # stage 0, then the last stage
         logger = TensorBoardLogger(save_dir=str(tmp_path), name="tb", version=f"{index}", default_hp_metric=False)
         report.log_stage(logger, cfg, index, EvalResult(**ev), tmp_path, step=5)
@@ -208,7 +212,13 @@ def test_a_run_logs_curves_cost_strips_and_one_hparams_session(tmp_path):
             "eval_horizon/ms_per_chunk/total", "eval_horizon/kv_mib", "eval_chunk/kv_mib", "hparams/psnr@2x"} <= tags
     assert [e.step for e in last.Scalars("eval_horizon/kv_mib")] == HORIZONS
     assert len(last.Scalars("eval_frame/psnr/model")) == 8
-    assert last.Tags()["images"] == ["eval/strips"]
+    assert sorted(last.Tags()["images"]) == ["eval/rollouts", "eval/strips"]
+    gif = last.Images("eval/rollouts")[0]  # the truth beside the forecast, animated: the Images tab plays it
+    assert gif.encoded_image_string[:4] == b"GIF8" and gif.step == 5
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(gif.encoded_image_string)).n_frames == 5
     assert not any(t.startswith("hparams/") for t in first.Tags()["scalars"])  # only after the last stage
     with pytest.raises(KeyError):
         first.PluginTagToContent("hparams")

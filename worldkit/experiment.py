@@ -377,10 +377,12 @@ def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Opt
     if not cells:
         return ""
     md = report.markdown(cells, title)
-    from worldkit.animation import rollouts_gif
+    from worldkit.animation import rollouts_gif, rollouts_mp4
 
-    if rollouts_gif([(c.name, run_dir / "stages" / c.stage / "rollouts.npz") for c in cells], run_dir / "rollouts.gif"):
-        md += ("\nAnimation: rollouts.gif (the truth beside every row's forecast, two test episodes, "
+    kept = [(c.name, run_dir / "stages" / c.stage / "rollouts.npz") for c in cells]
+    if rollouts_gif(kept, run_dir / "rollouts.gif"):
+        mp4 = " and rollouts.mp4" if rollouts_mp4(kept, run_dir / "rollouts.mp4") else ""
+        md += (f"\nAnimation: rollouts.gif{mp4} (the truth beside every row's forecast, two test episodes, "
                "context frames marked).\n")
     if recall_rows:
         md += "\n## Recall by gap\n\n" + memory_metrics.markdown(recall_rows, reference)

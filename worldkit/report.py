@@ -192,6 +192,11 @@ def log_stage(logger, cfg, stage_index: int, res, stage_dir: Union[str, Path], s
     image = _strip_image(Path(stage_dir) / "strips.png")
     if image is not None:
         w.add_image("eval/strips", image, step, dataformats="HWC")
+    from worldkit.animation import gif_bytes, rollout_frames, tensorboard_gif
+
+    frames = rollout_frames([(Path(stage_dir).name, Path(stage_dir) / "rollouts.npz")])
+    if frames:  # the truth beside the forecast, played in the Images tab
+        tensorboard_gif(w, "eval/rollouts", gif_bytes(frames), step, frames[0].size)
     if stage_index == final_stage(cfg).index:
         log_hparams(w, cfg, res.summary(), step)
     w.flush()
