@@ -664,3 +664,26 @@ def test_train_betas_reach_the_optimizer(cache, run_data):
     opt = make_module(cfg, resolve_stages(cfg)[0], run_data).configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else (opt[0][0] if isinstance(opt, tuple) else opt)
     assert opt.param_groups[0]["betas"] == (0.0, 0.999)
+
+
+def test_self_forcing_commit_truth_teacher_forces_through_the_memory_without_sampling(cache, run_data, monkeypatch):
+    """commit: truth: the cache takes the true chunks (noised by context_noise, at that level), nothing is
+    sampled, and the loss is the denoising loss of each true chunk read against that cache."""
+    cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "self_forcing", "commit": "truth",
+                                                             "context_noise": 0.2}})
+    module = make_module(cfg, resolve_stages(cfg)[0], run_data)
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
+    commits, samples = [], []
+    commit, sample = type(module.rollout).commit, type(module.rollout).sample
+    monkeypatch.setattr(type(module.rollout), "commit",
+                        lambda self, f, a, level=0.0: commits.append((f, level)) or commit(self, f, a, level))
+    monkeypatch.setattr(type(module.rollout), "sample", lambda self, *a, **k: samples.append(1) or sample(self, *a, **k))
+    module.train()
+    loss, logs = module.trainer_plugin.loss(module, batch)
+    assert samples == [] and "rollout_mse" not in logs and loss.requires_grad
+    x = batch["frames"]
+    for c, (f, level) in enumerate(commits):
+        true = x[:, 2 + 2 * c: 4 + 2 * c]
+        assert level == 0.2
+        eps = (f - 0.8 * true) / 0.2  # the true chunk, noised to 0.2
+        assert eps.std() == pytest.approx(1.0, abs=0.15)

@@ -10,6 +10,10 @@ to the cache. What the model is trained on, alone or together:
   own history (DIAMOND / GameNGen train on noised context; here the context is the rollout itself), not
   the mean of its samples: the pull to the mean frame of the regression below does not arise.
   ``context_noise`` commits the own samples with that much noise (and tells the model the level).
+  ``commit: truth`` commits the true chunks instead (teacher forcing through the inference engine's memory
+  policy, selector and backend; no sampling): the target is then consistent with the context, which it is
+  not once the model's own rollout has drifted from the true episode (measured: training on true targets
+  after drifted own context teaches the model to disregard its context).
 - **regression** (``objective: regression``): each generated chunk's clean estimate at the exit step
   against the true frames. Its optimum is the mean over the model's own uncertainty, which grows along
   the rollout: rollouts blur towards the mean frame. Kept for comparison.
@@ -171,8 +175,12 @@ class SelfForcing(RolloutTrainer):
         regression_weight: Optional[float] = Field(
             None, ge=0, description="weight of the ground-truth term (the objective); default 1, or 0 with dmd "
                                     "(Self-Forcing's DMD has no such term)")
-        context_noise: float = Field(0.0, ge=0, lt=1, description="noise level of the generated chunks committed "
-                                                                    "during training (the model is told the level)")
+        context_noise: float = Field(0.0, ge=0, lt=1, description="noise level of the chunks committed during "
+                                                                    "training (the model is told the level)")
+        commit: Literal["own", "truth"] = Field(
+            "own", description="what the cache takes after each chunk: the model's own sample (self forcing) or the "
+                               "true chunk (teacher forcing through the inference engine's memory, selector and "
+                               "backend; with context_noise, DIAMOND's noise-augmented context)")
         segments: int = Field(1, ge=1, description="training clips of segments x train.clip_frames frames, rolled "
                                                    "out with the cache carried past the clip (streaming long tuning)")
         dmd: Optional[DMDConfig] = Field(None, description="distribution matching against a frozen teacher (off when absent)")
@@ -245,23 +253,27 @@ class SelfForcing(RolloutTrainer):
             if cfg.exit == "last":
                 exit_step = rollout.steps - 1
             acts = a[:, s : s + fc]
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                own = rollout.sample(acts, exit_step=exit_step if at_exit else None, generator=g)
+            true = x[:, s : s + fc]
+            own = None
+            if at_exit or cfg.commit == "own":  # a denoise-only step that commits the truth samples nothing
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                    own = rollout.sample(acts, exit_step=exit_step if at_exit else None, generator=g)
             if denoise:
-                true = x[:, s : s + fc]
                 t = levels[exit_step].to(true.device, true.dtype).expand(B, fc)
                 eps = module.randn(true.shape, gn).to(true.dtype)
                 pred = rollout.read(diffusion.add_noise(true, eps, t), t, acts)
                 terms.append((pred.float() - diffusion.target(true, eps, module.model.prediction).float()).pow(2).mean())
+            kept = (true if cfg.commit == "truth" else own).detach()
             if cfg.context_noise > 0 and module.training:
-                level = torch.full((B, fc), cfg.context_noise, device=own.device, dtype=own.dtype)
-                rollout.commit(diffusion.add_noise(own.detach(), module.randn(own.shape, gn).to(own.dtype), level),
+                level = torch.full((B, fc), cfg.context_noise, device=kept.device, dtype=kept.dtype)
+                rollout.commit(diffusion.add_noise(kept, module.randn(kept.shape, gn).to(kept.dtype), level),
                                acts, level=cfg.context_noise)
             else:
-                rollout.commit(own.detach(), acts)
-            chunks.append(own)
+                rollout.commit(kept, acts)
+            if own is not None:
+                chunks.append(own)
             exits.append(exit_step)
-        return torch.cat(chunks, dim=1), exits, terms
+        return (torch.cat(chunks, dim=1) if chunks else None), exits, terms
 
     def loss(self, module, batch):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
@@ -272,10 +284,11 @@ class SelfForcing(RolloutTrainer):
         denoise = cfg.objective == "denoise" and (cfg.truth_weight > 0 or not module.training)
         at_exit = dmd is not None or cfg.objective == "regression"  # the generated clip is trained on
         gen, exits, terms = self.rollout(module, x, a, g, grad=at_exit and gen_step, at_exit=at_exit, denoise=denoise)
-        rollout_mse = (gen.detach().float() - x[:, ctx:].float()).pow(2).mean()
-        logs = {"mean_exit_step": float(sum(exits)) / len(exits), "rollout_mse": rollout_mse}
+        logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
+        if gen is not None:
+            logs["rollout_mse"] = (gen.detach().float() - x[:, ctx:].float()).pow(2).mean()
         if cfg.objective == "denoise":
-            truth = torch.stack(terms).mean() if terms else gen.new_zeros(()).float()
+            truth = torch.stack(terms).mean() if terms else x.new_zeros(()).float()
         else:
             truth = (gen.float() - x[:, ctx:].float()).pow(2).mean()
         if dmd is None:  # validation reports the ground-truth term unweighted
