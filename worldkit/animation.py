@@ -62,15 +62,15 @@ def rollout_frames(stages: Sequence[tuple[str, Path]], episodes: int = 2) -> lis
     return frames
 
 
-def gif_bytes(frames: list) -> bytes:
-    """An animated GIF of PIL images, flat colours (small files), ``FPS`` frames a second, looping."""
+def gif_bytes(frames: list, fps: float = FPS) -> bytes:
+    """An animated GIF of PIL images, flat colours (small files), ``fps`` frames a second, looping."""
     import io
 
     from PIL import Image
 
     q = [f.quantize(colors=64, dither=Image.Dither.NONE) for f in frames]
     buf = io.BytesIO()
-    q[0].save(buf, format="GIF", save_all=True, append_images=q[1:], duration=int(1000 / FPS), loop=0)
+    q[0].save(buf, format="GIF", save_all=True, append_images=q[1:], duration=int(1000 / fps), loop=0)
     return buf.getvalue()
 
 
@@ -103,17 +103,25 @@ def rollouts_mp4(stages: Sequence[tuple[str, Path]], path: Path, episodes: int =
     rollouts or no encoder is installed (the ``imageio-ffmpeg`` wheel)."""
     if not mp4_encoder_installed():
         return False
-    import imageio_ffmpeg
-
     frames = rollout_frames(stages, episodes)
     if not frames:
         return False
+    return write_mp4(frames, path)
+
+
+def write_mp4(frames: list, path: Path, fps: float = FPS) -> bool:
+    """PIL images (one size) as an H.264 MP4 (yuv420p, plays in browsers; odd sides padded white) at
+    ``path``, written atomically; False when no encoder is installed (the ``imageio-ffmpeg`` wheel)."""
+    if not mp4_encoder_installed():
+        return False
+    import imageio_ffmpeg
+
     w, h = frames[0].size
     W, H = w + w % 2, h + h % 2  # yuv420p needs even sides
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=FPS, codec="libx264", pix_fmt_out="yuv420p",
+    writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
                                          macro_block_size=1, ffmpeg_log_level="error")
     writer.send(None)
     for f in frames:
