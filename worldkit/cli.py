@@ -1,4 +1,4 @@
-"""The ``worldkit`` command: run, eval, validate, plugins, data, report, analyze.
+"""The ``worldkit`` command: run, eval, validate, plugins, data, report, analyze, play.
 
 User errors (bad YAML, a missing file, validation issues, a broken plugin) print ``error: ...`` lines
 to stderr and exit 2 without a traceback. Ctrl-C and SIGTERM stop a command the same way (a run saves
@@ -233,6 +233,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    """Play a world model in a local web page (``worldkit.play``): served on 127.0.0.1 until Ctrl-C."""
+    return import_module("worldkit.play").main(args)
+
+
 def plugin_table(kind: Optional[str] = None) -> str:
     """Every plugin as a table: kind, name, origin distribution and version, description or error."""
     rows = [("KIND", "NAME", "ORIGIN", "DESCRIPTION")]
@@ -308,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild a grid folder's results tables and plots from its cells")
     p.add_argument("grid_dir", metavar="GRID_DIR", help="the folder `worldkit run` made for a grid experiment")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("play", help="play a world model in a local web page: keys act, the simulator beside it on request")
+    p.add_argument("weights", metavar="WEIGHTS", help="a model.pt or a shipped name such as base/revisit_room")
+    p.add_argument("--env", help="the environment to play in (default: the one the weights' model card or run names)")
+    p.add_argument("--memory", default="sliding_window",
+                   help="memory policy to start with (switchable on the page): dense, sliding_window (9 frames), sink, "
+                        "persistent_block (sink 1, persistent 2, window 6) or any installed one (default sliding_window)")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: a free one)")
+    p.add_argument("--fps", type=float, default=25.0,
+                   help="frames shown per second at most (default 25; 0: as fast as the model generates them)")
+    p.add_argument("--context", type=int, default=10,
+                   help="true frames of a test episode the model starts from (a multiple of the chunk; default 10)")
+    p.add_argument("--episodes", type=int, default=4, help="test episodes to choose from on the page (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise (default 0)")
+    p.add_argument("--out", default="play_recordings", help="folder for recordings (default play_recordings/)")
+    p.set_defaults(func=cmd_play)
     return parser
 
 
