@@ -301,3 +301,13 @@ def test_fps_benchmark_script_prints_its_figures(tiny_run, capsys):
     out = capsys.readouterr().out
     assert 10 < r["fps"] < 36 and r["kv_bytes"] > 0 and r["simulator_ms"] > 0
     assert f"frames/s received: {r['fps']:.1f}" in out and "ms per chunk (model): mean" in out
+
+
+def test_a_page_that_leaves_at_once_is_no_error(server, caplog):
+    for _ in range(3):  # gone before its hello (headless browsers on a time budget do this)
+        with connect(f"ws://127.0.0.1:{server.port}/ws"):
+            pass
+    with client(server) as c:  # the server plays on
+        assert c.take(lambda m: is_frame(m))[-1][1] == CONTEXT
+    time.sleep(0.5)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]

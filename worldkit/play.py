@@ -486,8 +486,11 @@ class PlayServer:
             tasks = [asyncio.ensure_future(player.play()), asyncio.ensure_future(player.listen())]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if not t.cancelled() and t.exception() is not None and not _closed(t.exception()):
+                if not t.cancelled() and t.exception() is not None:
                     raise t.exception()
+        except Exception as err:
+            if not _closed(err):  # the page went away (even before its hello): nothing to say
+                raise
         finally:
             for t in tasks:
                 t.cancel()
