@@ -25,8 +25,9 @@ spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).res
 spec.loader.exec_module(importlib.util.module_from_spec(spec))  # makes the kernels importable from a bare checkout
 
 from worldkit_kernels import pbsa_attention  # noqa: E402
-from worldkit_kernels import pbsa_triton as P  # noqa: E402
+from worldkit_kernels.pbsa_triton import backward, forward, lists, tuner  # noqa: E402
 
+MODULES = (forward, backward, lists)  # the modules that launch the kernels
 KERNELS = ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_pack_kernel", "_mark_kernel", "_compact_kernel",
            "_delta_kernel")
 
@@ -42,10 +43,11 @@ class NoLaunch:
 def stubbed():
     """Every PBSA kernel stubbed and the launch tuner off (one configuration per launch)."""
     with contextlib.ExitStack() as stack:
-        for name in KERNELS:
-            if hasattr(P, name):  # older versions of the kernels lack some (to compare across commits)
-                stack.enter_context(mock.patch.object(P, name, NoLaunch()))
-        stack.enter_context(mock.patch.object(P, "_tuning", lambda: False))
+        for P in MODULES:
+            for name in KERNELS:
+                if hasattr(P, name):  # each module launches some of them
+                    stack.enter_context(mock.patch.object(P, name, NoLaunch()))
+        stack.enter_context(mock.patch.object(tuner, "tuning", lambda: False))
         yield
 
 

@@ -200,7 +200,8 @@ def helpers_correct(NSc=24, NQB=37, candidates=(257, 1537)) -> tuple[bool, bool]
     shared, for each number of candidates). Returns (helpers ok, selection ok): a wrong selection only
     keeps ``auto`` on PyTorch, so it does not stop the timings."""
     from worldkit_kernels import lists_are_top_k
-    from worldkit_kernels.pbsa_triton import _delta, _pack, _pack_torch, _transposed
+    from worldkit_kernels.pbsa_triton.backward import _delta
+    from worldkit_kernels.pbsa_triton.lists import _pack, _pack_torch, _transposed
     from worldkit_kernels.topk_triton import topk_blocks_triton
 
     print("== correctness: the helper kernels and the fused block selection vs PyTorch")
@@ -566,7 +567,7 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
     """Block selection in PyTorch (pool the chunk's queries and all keys, pooled scores, row-wise top-K
     with the own block forced), the same with the fused Triton top-K, which of the two ``auto`` keeps,
     and the backward's transposed lists, against PBSA's forward at the same density. Markdown lines."""
-    from worldkit_kernels.pbsa_triton import _transposed
+    from worldkit_kernels.pbsa_triton.lists import _transposed
     from worldkit_kernels.topk_triton import auto_impl, topk_blocks_triton
 
     lines = ["| frames | block | candidates | K | pool + score + top-K ms | the same, top-K in Triton ms | "

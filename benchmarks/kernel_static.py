@@ -5,9 +5,10 @@
                                        [--dtype bf16|fp16|fp32] [--head-dim 128] [--helpers [NAME ...]]
                                        [--json FILE]
 
-Every launch candidate of the forward, dQ and dK/dV kernels (``FWD_CONFIGS``, ``DQ_CONFIGS``,
-``DKDV_CONFIGS``) is compiled for ``sm_<arch>`` from the very arguments a launch at the kernel
-benchmark's shapes passes (bf16, 12 heads x 128, a chunk of 3 x 1560 tokens, ``--frames`` of keys):
+Every launch candidate of the forward, dQ and dK/dV kernels (``forward.FWD_CONFIGS``,
+``backward.DQ_CONFIGS``, ``backward.DKDV_CONFIGS`` in ``kernels/pbsa_triton/``) is compiled for
+``sm_<arch>`` from the very arguments a launch at the kernel benchmark's shapes passes (bf16, 12 heads
+x 128, a chunk of 3 x 1560 tokens, ``--frames`` of keys):
 the kernels are swapped for stand-ins that record their launch, the PBSA ops run on CPU tensors, and the
 recorded arguments are specialised the way Triton's JIT specialises them (ints equal to 1 become
 constants, 16-divisible ints and pointers get ``tt.divisibility``). For each compiled candidate:
@@ -58,19 +59,20 @@ import triton  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worldkit_kernels import pbsa_triton as P  # noqa: E402
+from worldkit_kernels.pbsa_triton import backward, forward, lists, op, tuner  # noqa: E402
+from worldkit_kernels.pbsa_triton.common import _tile  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KERNELS = {  # name: (module attribute of the kernel, module attribute of its candidates)
-    "fwd": ("_fwd_kernel", "FWD_CONFIGS"),
-    "dq": ("_bwd_dq_kernel", "DQ_CONFIGS"),
-    "dkdv": ("_bwd_dkdv_kernel", "DKDV_CONFIGS"),
+KERNELS = {  # name: (module, its attribute holding the kernel, its attribute holding the candidates)
+    "fwd": (forward, "_fwd_kernel", "FWD_CONFIGS"),
+    "dq": (backward, "_bwd_dq_kernel", "DQ_CONFIGS"),
+    "dkdv": (backward, "_bwd_dkdv_kernel", "DKDV_CONFIGS"),
 }
-HELPERS = {  # the small kernels around them, one configuration each: name: module attribute
-    "pack": "_pack_kernel",  # ragged lists packed (forward and backward)
-    "mark": "_mark_kernel",  # transposed lists, pass 1 (backward)
-    "compact": "_compact_kernel",  # transposed lists, pass 2 (backward)
-    "delta": "_delta_kernel",  # rowsum(dout * out) - dlse (backward)
+HELPERS = {  # the small kernels around them, one configuration each: name: (module, attribute)
+    "pack": (lists, "_pack_kernel"),  # ragged lists packed (forward and backward)
+    "mark": (lists, "_mark_kernel"),  # transposed lists, pass 1 (backward)
+    "compact": (lists, "_compact_kernel"),  # transposed lists, pass 2 (backward)
+    "delta": (backward, "_delta_kernel"),  # rowsum(dout * out) - dlse (backward)
 }
 # Per-SM limits by compute capability: registers, shared memory (bytes, 1 KiB of it reserved per
 # program), resident warps, resident programs (CUDA programming guide, "compute capabilities").
@@ -105,17 +107,17 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     index, count, _ = kernel_bench.make_lists(1, kernel_bench.HEADS, p["NSc"], p["NQB"], density, "cpu")
     q = p["q"]
     lse = torch.zeros(q.shape[:3])
-    recorders = {name: Recorder(getattr(P, attr)) for name, (attr, _) in KERNELS.items()}
-    recorders |= {name: Recorder(getattr(P, attr)) for name, attr in HELPERS.items()}
+    recorders = {name: Recorder(getattr(mod, attr)) for name, (mod, attr, _) in KERNELS.items()}
+    recorders |= {name: Recorder(getattr(mod, attr)) for name, (mod, attr) in HELPERS.items()}
     with contextlib.ExitStack() as stack, torch.no_grad():
         stack.enter_context(kernel_bench.untuned())  # one launch per kernel: the first (only) configuration
-        for name, attr in HELPERS.items():
-            stack.enter_context(mock.patch.object(P, attr, recorders[name]))
-        for name, (attr, cfgs) in KERNELS.items():
-            stack.enter_context(mock.patch.object(P, attr, recorders[name]))
-            stack.enter_context(mock.patch.object(P, cfgs, [configs[name]]))
-        P.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
-        P.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
+        for name, (mod, attr) in HELPERS.items():
+            stack.enter_context(mock.patch.object(mod, attr, recorders[name]))
+        for name, (mod, attr, cfgs) in KERNELS.items():
+            stack.enter_context(mock.patch.object(mod, attr, recorders[name]))
+            stack.enter_context(mock.patch.object(mod, cfgs, [configs[name]]))
+        op.pbsa_fwd(q, p["kp"], p["vp"], index, count, p["block_len"], q.shape[-1] ** -0.5)
+        op.pbsa_bwd(torch.zeros_like(q), q, p["kp"], p["vp"], torch.zeros_like(q), lse, torch.zeros_like(lse),
                    index, count, p["block_len"], q.shape[-1] ** -0.5)
     return {name: r.calls[0] for name, r in recorders.items() if r.calls}
 
@@ -275,12 +277,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for BLK in args.blocks:
-        tile = P._tile(BLK)
+        tile = _tile(BLK)
         # as a launch orders them: the default (the first made for this tile) first, capped, no duplicates
-        defaults = {n: P._capped(getattr(P, c), tile)[0] for n, (_, c) in KERNELS.items()}
+        defaults = {n: tuner.candidates(getattr(mod, c), tile)[0] for n, (mod, _, c) in KERNELS.items()}
         for name in args.kernels:
             seen = []
-            candidates = P._capped(getattr(P, KERNELS[name][1]), tile)
+            mod, kernel, configs = KERNELS[name]
+            candidates = tuner.candidates(getattr(mod, configs), tile)
             for i, cfg in enumerate(candidates[:1] if args.defaults else candidates):
                 cfg = dict(cfg)
                 if args.num_stages is not None:
@@ -290,7 +293,7 @@ def main() -> int:
                 seen.append(cfg)
                 launch_args, launch_kwargs = record_launches(BLK, args.frames, args.density, {**defaults, name: cfg},
                                                              args.full_blocks, DTYPES[args.dtype])[name]
-                rows.append(compiled_row(BLK, name, i, cfg, getattr(P, KERNELS[name][0]), launch_args,
+                rows.append(compiled_row(BLK, name, i, cfg, getattr(mod, kernel), launch_args,
                                          launch_kwargs, args.arch))
         if args.helpers is not None:  # the helper kernels, each in the one configuration it launches with
             launches = record_launches(BLK, args.frames, args.density, defaults, args.full_blocks, DTYPES[args.dtype])
@@ -299,7 +302,7 @@ def main() -> int:
                     continue
                 launch_args, launch_kwargs = launches[name]
                 launch_kwargs = {"num_warps": 4, "num_stages": 3, **launch_kwargs}  # Triton's launch defaults
-                rows.append(compiled_row(BLK, name, 0, launch_kwargs, getattr(P, HELPERS[name]), launch_args,
+                rows.append(compiled_row(BLK, name, 0, launch_kwargs, getattr(*HELPERS[name]), launch_args,
                                          launch_kwargs, args.arch))
     failed = sum("error" in row for row in rows)
     if args.json:

@@ -1,6 +1,7 @@
 """What the Triton paths chose in this process, in words: the PBSA launch configurations kept per
 problem class (with every candidate's time when tuned) and the block selection ``auto`` kept per class.
-Reads the kernel modules only if something already imported them, so it never imports Triton."""
+Asks the kernel modules (their ``choices()``) only if something already imported them, so it never imports
+Triton."""
 from __future__ import annotations
 
 import math
@@ -8,14 +9,16 @@ import sys
 
 
 def problem_label(key: tuple) -> str:
-    """A PBSA tuner problem class in words: kernel, block, head dim, dtype, lists, and the sizes rounded
-    up to powers of two (query blocks, list length, slots, batch x heads); query-tail when the queries
-    end in a short block, ragged when key blocks have lengths."""
-    if len(key) != 11:  # not a key the kernels make
+    """A PBSA tuner problem class (``pbsa_triton.tuner.problem``) in words: kernel, block, head dim,
+    dtype, lists, and the sizes rounded up to powers of two (query blocks, list length, slots, batch x
+    heads); query-tail when the queries end in a short block, ragged when key blocks have lengths; the
+    device class where the key names one."""
+    if len(key) not in (11, 12):  # not a key the kernels make
         return str(key)
-    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k = key
+    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k, *device = key
     return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
-            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged"))
+            f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged")
+            + "".join(f" on {dev}" for dev in device))
 
 
 def config_label(c: dict) -> str:
@@ -41,21 +44,18 @@ def selection_label(key: tuple) -> str:
 def kernel_choices() -> dict:
     """{"pbsa": [...], "selection": [...]}, each entry a problem class with what was kept and the times
     (ms; null where a candidate failed); empty lists when the kernels did not run."""
-    pbsa, topk = (sys.modules.get(f"worldkit_kernels.{name}") for name in ("pbsa_triton", "topk_triton"))
+    tuner, topk = (sys.modules.get(f"worldkit_kernels.{name}") for name in ("pbsa_triton.tuner", "topk_triton"))
     ms = lambda t: None if math.isinf(t) else round(t, 4)  # noqa: E731
     out = {"pbsa": [], "selection": []}
-    if pbsa is not None:
-        for key in sorted(set(pbsa._tuned) | set(pbsa._fits), key=str):
-            kept = pbsa._tuned.get(key, pbsa._fits.get(key))
-            entry = {"class": problem_label(key), "kept": config_label(kept), "tuned": key in pbsa._tuned}
-            if key in pbsa._timings:
-                entry["timings_ms"] = {config_label(c): ms(t) for c, t in pbsa._timings[key]}
-            out["pbsa"].append(entry)
-    if topk is not None:
-        for key, times in sorted(topk._choice_timings.items(), key=str):
-            entry = {"class": selection_label(key), "kept": topk._choice.get(key),
-                     "timings_ms": {impl: ms(t) for impl, t in times.items()}}
-            if key in topk._choice_failures:
-                entry["kernel_failed"] = topk._choice_failures[key]
-            out["selection"].append(entry)
+    for kept in tuner.choices() if tuner is not None else []:
+        entry = {"class": problem_label(kept["key"]), "kept": config_label(kept["kept"]), "tuned": kept["tuned"]}
+        if "timings" in kept:
+            entry["timings_ms"] = {config_label(c): ms(t) for c, t in kept["timings"]}
+        out["pbsa"].append(entry)
+    for kept in topk.choices() if topk is not None else []:
+        entry = {"class": selection_label(kept["key"]), "kept": kept["kept"],
+                 "timings_ms": {impl: ms(t) for impl, t in kept["timings"].items()}}
+        if "failure" in kept:
+            entry["kernel_failed"] = kept["failure"]
+        out["selection"].append(entry)
     return out

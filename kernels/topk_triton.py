@@ -10,7 +10,7 @@ longer rows): up to ``MAX_CANDIDATES``, where compiled for sm_90 the kernel stil
 
 ``topk_blocks_auto`` picks between it and the PyTorch ops per problem class: on the first call of the
 class it checks the kernel's lists and times both on the device, as the PBSA kernels pick their launch
-configurations.
+configurations; ``choices()`` says what it kept.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .blocks import kept_per_row, lists_are_top_k, topk_blocks
-from .pbsa_triton import _tuning
+from .pbsa_triton import tuner
 
 MAX_CANDIDATES = 2048
 
@@ -178,7 +178,7 @@ def auto_impl(
     if choice is not None:
         return choice
     if timer is None:
-        if not _tuning() or torch.cuda.is_current_stream_capturing():
+        if not tuner.tuning() or torch.cuda.is_current_stream_capturing():
             return "torch"
         timer = lambda fn: _per_call_ms(fn, pooled_q.device)  # noqa: E731
 
@@ -197,6 +197,25 @@ def auto_impl(
     _choice_timings[key] = times
     _choice[key] = "triton" if times["triton"] < MARGIN * times["torch"] else "torch"
     return _choice[key]
+
+
+def choices() -> list[dict]:
+    """What ``auto_impl`` kept in this process, one entry per problem class (ordered by its key's
+    text): {"key", "kept", "timings": {"torch": ms, "triton": ms}} (inf where the kernel was not timed)
+    and "failure" where the kernel failed or its lists failed the check."""
+    out = []
+    for key, times in sorted(_choice_timings.items(), key=str):
+        entry = {"key": key, "kept": _choice.get(key), "timings": dict(times)}
+        if key in _choice_failures:
+            entry["failure"] = _choice_failures[key]
+        out.append(entry)
+    return out
+
+
+def reset() -> None:
+    """Forget every kept choice: the next call of each class is timed again."""
+    for memo in (_choice, _choice_timings, _choice_failures):
+        memo.clear()
 
 
 def topk_blocks_auto(

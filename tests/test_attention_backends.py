@@ -23,7 +23,7 @@ from worldkit_plugins.sparse_forcing.local_window import LocalWindow
 from worldkit_plugins.sparse_forcing.pbsa import PBSA
 
 try:  # the kernels must have been decorated under the interpreter (not imported earlier without it)
-    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton")
+    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton.forward")
     HAS_TRITON = type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
 except ImportError:
     HAS_TRITON = False

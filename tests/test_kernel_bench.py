@@ -120,15 +120,15 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     (the figures a next tuning round starts from)."""
     import argparse
 
-    from worldkit_kernels import pbsa_triton
+    from worldkit_kernels.pbsa_triton import tuner
 
     rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 0.25, "pbsa kernel", (0.5, 3.0), 250)]
     monkeypatch.setattr(bench, "timings_until_stopped", lambda f, b, d, **kw: (rows, None))
     monkeypatch.setattr(bench, "selection_timings", lambda f, b, r: "| selection |")
     key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    monkeypatch.setattr(pbsa_triton, "_tuned", {key: fast})
-    monkeypatch.setattr(pbsa_triton, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
+    monkeypatch.setattr(tuner, "_tuned", {key: fast})
+    monkeypatch.setattr(tuner, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
     from worldkit_kernels import topk_triton
 
     sel = ("cuda:0", torch.bfloat16, 1, 12, False, 37, 512, 128, True, torch.bfloat16)
@@ -246,15 +246,16 @@ def test_helper_kernels_checked_against_pytorch(bench, monkeypatch):
     """The device check of the small kernels (here under the interpreter): all pass as they are; a wrong
     transposed list fails the helpers, a wrong selection only the selection."""
     pytest.importorskip("triton")
-    from worldkit_kernels import pbsa_triton, topk_triton
+    from worldkit_kernels import topk_triton
+    from worldkit_kernels.pbsa_triton import lists
 
     monkeypatch.setattr(bench, "DEVICE", "cpu")
     small = dict(NSc=5, NQB=3, candidates=(20,))
     assert bench.helpers_correct(**small) == (True, True)
-    real = pbsa_triton._transposed
-    monkeypatch.setattr(pbsa_triton, "_transposed", lambda i, c, n: tuple(t.flip(-1) for t in real(i, c, n)))
+    real = lists._transposed
+    monkeypatch.setattr(lists, "_transposed", lambda i, c, n: tuple(t.flip(-1) for t in real(i, c, n)))
     assert bench.helpers_correct(**small) == (False, True)
-    monkeypatch.setattr(pbsa_triton, "_transposed", real)
+    monkeypatch.setattr(lists, "_transposed", real)
     fused = topk_triton.topk_blocks_triton
     monkeypatch.setattr(topk_triton, "topk_blocks_triton", lambda *a, **k: (fused(*a, **k)[0].flip(-1), fused(*a, **k)[1]))
     assert bench.helpers_correct(**small) == (True, False)

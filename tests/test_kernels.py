@@ -29,11 +29,19 @@ from worldkit_kernels import (
 )
 
 try:  # the kernels must have been decorated under the interpreter (not imported earlier without it)
-    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton")
+    _kernels = importlib.import_module("worldkit_kernels.pbsa_triton.forward")
     HAS_TRITON = type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
 except ImportError:
     HAS_TRITON = False
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton interpreter not available")
+
+
+def config_lists():
+    """The kernels' candidate launch configurations as (module, name): the forward's, dQ's and dK/dV's."""
+    forward = importlib.import_module("worldkit_kernels.pbsa_triton.forward")
+    backward = importlib.import_module("worldkit_kernels.pbsa_triton.backward")
+    return [(forward, "FWD_CONFIGS"), (backward, "DQ_CONFIGS"), (backward, "DKDV_CONFIGS")]
+
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2}  # error relative to max |ref|
 
@@ -174,8 +182,7 @@ def test_triton_head_dims(D):
 @needs_triton
 def test_triton_sub_tiles(monkeypatch):
     """Blocks wider than the sub-tiles: keys and backward query rows walked in several steps."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
-    for name in ("FWD_CONFIGS", "DQ_CONFIGS", "DKDV_CONFIGS"):
+    for mod, name in config_lists():
         sub = [{k: (16 if k.startswith("BLOCK_") else v) for k, v in c.items()} for c in getattr(mod, name)]
         monkeypatch.setattr(mod, name, sub)
     case = make_case(1, 2, 1, 3 * 32 - 7, 32, 4, 32, 1, 0.5, 0.2, True, torch.float32, 13)
@@ -190,15 +197,15 @@ def test_triton_every_tuner_candidate(monkeypatch):
     """Each candidate the GPU tuner may keep computes the same attention: the configurations' tile
     shapes at half size (128 -> 64, the block 64 wide), so row splits and key/query sub-tiles keep
     their ratios to the tile."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
-    lists = {name: getattr(mod, name) for name in ("FWD_CONFIGS", "DQ_CONFIGS", "DKDV_CONFIGS")}
+    mods = {name: mod for mod, name in config_lists()}
+    lists = {name: getattr(mod, name) for name, mod in mods.items()}
     half = {name: [{k: (max(16, v // 2) if k.startswith("BLOCK_") else v) for k, v in c.items()} for c in cfgs]
             for name, cfgs in lists.items()}
     assert any(c["BLOCK_M"] < 64 for c in half["FWD_CONFIGS"])  # a row split is among them
     assert any(c.get("SPLIT", 1) > 1 for c in half["FWD_CONFIGS"])  # and a split list
     for i in range(max(map(len, half.values()))):
         for name, cfgs in half.items():
-            monkeypatch.setattr(mod, name, [cfgs[min(i, len(cfgs) - 1)]])
+            monkeypatch.setattr(mods[name], name, [cfgs[min(i, len(cfgs) - 1)]])
         case = make_case(1, 2, 2, 2 * 64 - 9, 32, 5, 64, 1, 0.6, 0.25, True, torch.float32, 30 + i)
         check_against_reference("triton", *case, torch.float32)
 
@@ -216,7 +223,7 @@ def test_triton_full_blocks(dtype):
 def test_packed_lists_carry_slot_and_length_full_slots_first():
     """With ragged blocks the kernels read slot and valid rows from one int32 per list entry, and each
     row's full slots come first (they run without masks), then its short ones; padding stays last."""
-    P = _kernels
+    P = importlib.import_module("worldkit_kernels.pbsa_triton.lists")
     index = torch.tensor([[[[0, 2, 5], [1, 3, -1]]]], dtype=torch.int32)  # (1, 1, 2, 3); -1: padding past count
     count = torch.tensor([[[3, 2]]], dtype=torch.int32)
     block_len = torch.tensor([[64, 64, 17, 64, 64, 3]], dtype=torch.int32)  # (1, NS=6)
@@ -244,7 +251,7 @@ def test_packed_lists_carry_slot_and_length_full_slots_first():
 def test_pack_kernel_matches_its_torch_reference(B, Hi, NQB, NS, MAXK, BLK, seed):
     """The one-launch packing kernel gives the sort-based reference's entries (to each row's count)
     and full counts, with padding, duplicate-free rows, lengths 0..BLK and lengths past BLK."""
-    P = _kernels
+    P = importlib.import_module("worldkit_kernels.pbsa_triton.lists")
     g = torch.Generator().manual_seed(seed)
     index = torch.stack([torch.randperm(NS, generator=g)[:MAXK] for _ in range(B * Hi * NQB)]) if MAXK <= NS else \
         torch.randint(0, NS, (B * Hi * NQB, MAXK), generator=g)
@@ -282,10 +289,10 @@ def test_triton_lists_with_no_entries(ragged):
 def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
     """On a GPU each kernel times its candidate configurations once per problem class and keeps the
     fastest; a candidate that fails to launch is skipped; the default runs when tuning is off."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.tuner")
     for name in ("_tuned", "_timings", "_fits"):
         monkeypatch.setattr(mod, name, {})
-    monkeypatch.setattr(mod, "_tuning", lambda: True)
+    monkeypatch.setattr(mod, "tuning", lambda: True)
     configs = [dict(BLOCK_N=64, num_warps=8), dict(BLOCK_N=128, num_warps=4), dict(BLOCK_N=32, num_warps=4),
                dict(BLOCK_N=256, num_warps=4)]
     cost = {64: 3.0, 32: 1.0, 16: 0.5}
@@ -300,38 +307,39 @@ def test_launch_tuner_keeps_the_fastest_configuration(monkeypatch):
         fn()
         return cost[ran[-1]["BLOCK_N"]] if ran[-1]["num_warps"] == 4 else 9.0
 
-    best = mod._launch(("k", 1), configs, 64, launch, timer)
+    best = mod.launch(("k", 1), configs, 64, launch, timer)
     assert best == dict(BLOCK_N=32, num_warps=4)  # 128 and 256 capped to the 64-wide tile, then fastest
     assert ran[-1] == best and mod._tuned[("k", 1)] == best
     assert mod._timings[("k", 1)] == [(dict(BLOCK_N=64, num_warps=8), 9.0), (dict(BLOCK_N=64, num_warps=4), 3.0),
                                       (dict(BLOCK_N=32, num_warps=4), 1.0)]  # every candidate's time, for the report
     ran.clear()
-    assert mod._launch(("k", 1), configs, 64, launch, timer) == best and ran == [best]  # cached, no timing
-    best16 = mod._launch(("k", 2), configs, 16, launch, timer)  # all capped to 16: the failing one skipped
+    assert mod.launch(("k", 1), configs, 64, launch, timer) == best and ran == [best]  # cached, no timing
+    best16 = mod.launch(("k", 2), configs, 16, launch, timer)  # all capped to 16: the failing one skipped
     assert best16 == dict(BLOCK_N=16, num_warps=4)
     assert mod._timings[("k", 2)][0] == (dict(BLOCK_N=16, num_warps=8), float("inf"))
-    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    monkeypatch.setattr(mod, "tuning", lambda: False)
     ran.clear()
-    assert mod._launch(("k", 3), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 1
+    assert mod.launch(("k", 3), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 1
     # tuning off: the default even where a tuned choice is kept (the benchmark's untuned rows)
-    assert mod._launch(("k", 1), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 2
+    assert mod.launch(("k", 1), configs, 64, launch, timer) == dict(BLOCK_N=64, num_warps=8) and len(ran) == 2
 
 
 def test_the_default_configuration_is_the_first_made_for_the_tile(monkeypatch):
     """Untuned, a block of 64 rows runs the first configuration whose tiles fit 64 uncapped, not the
     128-row default cut down; where none fits uncapped, the first one capped."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.tuner")
     monkeypatch.setattr(mod, "_fits", {})
-    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    monkeypatch.setattr(mod, "tuning", lambda: False)
     configs = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4),
                dict(BLOCK_M=64, BLOCK_N=32, num_warps=4)]
     ran = []
-    assert mod._launch(("t", 128), configs, 128, ran.append) == configs[0]
-    assert mod._launch(("t", 64), configs, 64, ran.append) == configs[1]
-    assert mod._launch(("t", 16), configs, 16, ran.append) == dict(BLOCK_M=16, BLOCK_N=16, num_warps=8)
+    assert mod.launch(("t", 128), configs, 128, ran.append) == configs[0]
+    assert mod.launch(("t", 64), configs, 64, ran.append) == configs[1]
+    assert mod.launch(("t", 16), configs, 16, ran.append) == dict(BLOCK_M=16, BLOCK_N=16, num_warps=8)
     assert ran == [configs[0], configs[1], dict(BLOCK_M=16, BLOCK_N=16, num_warps=8)]
-    for configs_, tile in ((mod.FWD_CONFIGS, 128), (mod.FWD_CONFIGS, 64), (mod.DQ_CONFIGS, 64), (mod.DKDV_CONFIGS, 64)):
-        chosen = mod._launch(("lists", len(ran), tile), configs_, tile, ran.append)
+    FWD_CONFIGS, DQ_CONFIGS, DKDV_CONFIGS = (getattr(m, name) for m, name in config_lists())
+    for configs_, tile in ((FWD_CONFIGS, 128), (FWD_CONFIGS, 64), (DQ_CONFIGS, 64), (DKDV_CONFIGS, 64)):
+        chosen = mod.launch(("lists", len(ran), tile), configs_, tile, ran.append)
         assert chosen in configs_ and all(v <= tile for k, v in chosen.items() if k.startswith("BLOCK_"))
 
 
@@ -339,16 +347,17 @@ def test_the_default_configuration_is_the_first_made_for_the_tile(monkeypatch):
 def test_capped_configurations_follow_a_changed_list():
     """The capped list is remembered per list and tile, and made again when the list was edited in place;
     the host-side power of two matches Triton's."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.tuner")
     configs = [dict(BLOCK_M=128, BLOCK_N=128, num_warps=8), dict(BLOCK_M=64, BLOCK_N=32, num_warps=4)]
-    assert mod._capped(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=32, num_warps=4), dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
-    assert mod._capped(configs, 64) is mod._capped(configs, 64)  # remembered
+    assert mod.candidates(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=32, num_warps=4), dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
+    assert mod.candidates(configs, 64) is mod.candidates(configs, 64)  # remembered
     configs[1]["num_warps"] = 2
-    assert mod._capped(configs, 64)[0] == dict(BLOCK_M=64, BLOCK_N=32, num_warps=2)
+    assert mod.candidates(configs, 64)[0] == dict(BLOCK_M=64, BLOCK_N=32, num_warps=2)
     configs[:] = configs[:1]
-    assert mod._capped(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
+    assert mod.candidates(configs, 64) == [dict(BLOCK_M=64, BLOCK_N=64, num_warps=8)]
     next_power_of_2 = importlib.import_module("triton").next_power_of_2
-    assert [mod._pow2(n) for n in range(0, 2000)] == [next_power_of_2(n) for n in range(0, 2000)]
+    _pow2 = importlib.import_module("worldkit_kernels.pbsa_triton.common")._pow2
+    assert [_pow2(n) for n in range(0, 2000)] == [next_power_of_2(n) for n in range(0, 2000)]
 
 
 def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch):
@@ -356,9 +365,9 @@ def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch
     head dim) gives way to the next; the one that fits is remembered per problem class."""
     from triton.runtime.errors import OutOfResources
 
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.tuner")
     monkeypatch.setattr(mod, "_fits", {})
-    monkeypatch.setattr(mod, "_tuning", lambda: False)
+    monkeypatch.setattr(mod, "tuning", lambda: False)
     configs = [dict(BLOCK_N=64, num_stages=3), dict(BLOCK_N=64, num_stages=2), dict(BLOCK_N=32, num_stages=2)]
     tried = []
 
@@ -367,14 +376,14 @@ def test_untuned_launch_falls_back_when_a_configuration_does_not_fit(monkeypatch
         if c["num_stages"] == 3:
             raise OutOfResources(262144, 232448, "shared memory")
 
-    assert mod._launch(("big", 1), configs, 64, launch) == configs[1] and tried == configs[:2]
+    assert mod.launch(("big", 1), configs, 64, launch) == configs[1] and tried == configs[:2]
     tried.clear()
-    assert mod._launch(("big", 1), configs, 64, launch) == configs[1] and tried == [configs[1]]  # remembered
+    assert mod.launch(("big", 1), configs, 64, launch) == configs[1] and tried == [configs[1]]  # remembered
     with pytest.raises(OutOfResources):  # nothing fits: the error of the last one
-        mod._launch(("big", 2), configs[:1], 64, launch)
-    assert mod._launch(("big", 1), configs[1:2], 64, launch) == configs[1]  # a shorter list: no stale index
+        mod.launch(("big", 2), configs[:1], 64, launch)
+    assert mod.launch(("big", 1), configs[1:2], 64, launch) == configs[1]  # a shorter list: no stale index
     with pytest.raises(RuntimeError, match="other"):  # any other failure is not hidden
-        mod._launch(("big", 3), configs, 64, lambda c: (_ for _ in ()).throw(RuntimeError("other")))
+        mod.launch(("big", 3), configs, 64, lambda c: (_ for _ in ()).throw(RuntimeError("other")))
 
 
 def row_kinds_case(dtype):
@@ -487,7 +496,7 @@ def test_torch_path_chunks_rows(monkeypatch):
 def _transpose_fn(impl):
     if impl == "torch":
         return build_transposed
-    return importlib.import_module("worldkit_kernels.pbsa_triton")._transposed
+    return importlib.import_module("worldkit_kernels.pbsa_triton.lists")._transposed
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
@@ -527,7 +536,7 @@ def test_build_transposed(impl, B, Hi, NQB, NS, wide, shared_count, seed):
 @needs_triton
 def test_transposed_lists_clamp_counts_past_the_list():
     """A count larger than the list reads only the list (as the PyTorch helper does)."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.lists")
     index = torch.arange(15).view(1, 1, 3, 5)  # five entries per row, rows far apart in memory order
     count = torch.full((1, 1, 3), 9)
     want = build_transposed(index, count, 20)
@@ -545,7 +554,7 @@ def test_transposed_lists_clamp_counts_past_the_list():
 def test_backward_delta(B, H, Tq, D, dtype, with_dlse, strided_out, seed):
     """delta = rowsum(dout * out) - dlse in fp32, one launch over several programs along the tokens,
     from strided inputs (a head dim that is not the last, contiguous dim is copied first)."""
-    delta_fn = importlib.import_module("worldkit_kernels.pbsa_triton")._delta
+    delta_fn = importlib.import_module("worldkit_kernels.pbsa_triton.backward")._delta
     g = torch.Generator().manual_seed(seed)
     do = torch.randn(B, Tq, H, D, generator=g).to(dtype).transpose(1, 2)  # (B, H, Tq, D), strided
     out = torch.randn(B, H, D, Tq, generator=g).to(dtype).transpose(2, 3) if strided_out else \
@@ -804,7 +813,7 @@ def _two_row_problem():
 def test_custom_op_passes_opcheck():
     """``worldkit::pbsa_fwd`` (and its backward op through autograd) as torch.compile and AOT dispatch
     see it: schema, autograd registration, fake tensors, dynamic-shape AOT dispatch."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.op")
     q, k, v, index, count = _two_row_problem()
     block_len = torch.full((1, 4), 16, dtype=torch.int32)  # (B, NS): the last slot short
     block_len[0, -1] = 5
@@ -819,7 +828,8 @@ def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
     no op dispatch, the ragged lists packed once), the same outputs and gradients as the op, bit for bit,
     through out, lse or both; once differentiable, as the op; under a dispatch mode (fake tensors), the
     op. (torch.compile tracing the op: the next test.)"""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.op")
+    lists = importlib.import_module("worldkit_kernels.pbsa_triton.lists")
     q, k, v, index, count = _two_row_problem()
     block_len = torch.full((1, 4), 16, dtype=torch.int32)
     block_len[0, -1] = 5
@@ -830,8 +840,8 @@ def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
         loss = {"out": out.sum(), "lse": lse.sum(), "both": out.sum() + 2 * lse.sum()}[use]
         return type(out.grad_fn).__name__, [out, lse, *torch.autograd.grad(loss, (qq, kk, vv))]
 
-    packs, pack = [], mod._pack
-    monkeypatch.setattr(mod, "_pack", lambda *a: packs.append(1) or pack(*a))
+    packs, pack = [], lists._pack
+    monkeypatch.setattr(lists, "_pack", lambda *a: packs.append(1) or pack(*a))
     for use in ("out", "lse", "both"):
         eager_fn, eager = run(lambda *qkv: mod.pbsa_triton(*qkv, index, count, block_len), use)
         assert len(packs) == 1  # the backward reads the lists the forward packed
@@ -859,7 +869,7 @@ def test_eager_calls_skip_the_op_dispatch_and_match_it(monkeypatch):
 def test_compiled_code_calls_the_custom_op():
     """Under torch.compile (AOT autograd, one graph) PBSA is traced as ``worldkit::pbsa_fwd``, and the
     compiled function's loss and gradients equal the eager ones."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.op")
     q, k, v, index, count = _two_row_problem()
     block_len = torch.full((1, 4), 16, dtype=torch.int32)
     block_len[0, -1] = 5
@@ -886,7 +896,7 @@ def test_compiled_code_calls_the_custom_op():
 def test_backward_skips_the_lse_gradient_it_is_not_given(monkeypatch):
     """Gradients through out alone, lse alone, or both match the fp64 reference; when lse is unused its
     gradient is not materialised as zeros (the delta kernel is told there is none)."""
-    mod = importlib.import_module("worldkit_kernels.pbsa_triton")
+    mod = importlib.import_module("worldkit_kernels.pbsa_triton.backward")
     given_dlse = []
     delta = mod._delta
     monkeypatch.setattr(mod, "_delta", lambda do, out, dlse: (given_dlse.append(dlse is not None), delta(do, out, dlse))[1])
@@ -912,13 +922,14 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
     candidate's time, a failed one null; or the untuned default) and each selection class with the
     implementation kept, both times and why the kernel was not timed."""
     from worldkit_kernels import choices, topk_triton
+    from worldkit_kernels.pbsa_triton import tuner
 
     key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
     plain = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, True, True)
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    monkeypatch.setattr(_kernels, "_tuned", {key: fast})
-    monkeypatch.setattr(_kernels, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
-    monkeypatch.setattr(_kernels, "_fits", {plain: slow})
+    monkeypatch.setattr(tuner, "_tuned", {key: fast})
+    monkeypatch.setattr(tuner, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
+    monkeypatch.setattr(tuner, "_fits", {plain: slow})
     sel = ("cuda:0", torch.bfloat16, 1, 12, True, 37, 512, 128, True, torch.bfloat16)
     monkeypatch.setattr(topk_triton, "_choice", {sel: "torch"})
     monkeypatch.setattr(topk_triton, "_choice_timings", {sel: {"torch": 0.75, "triton": float("inf")}})
@@ -930,7 +941,7 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
          "kept": "M128 N64 w8 s3 x2", "tuned": True,
          "timings_ms": {"M64 N64 w4 s3": 0.9, "M128 N64 w8 s3 x2": 0.4, "M64 N64 w4 s2": None}},
     ]
-    monkeypatch.setattr(_kernels, "_fits", {plain: slow, ("k", 1): dict(BLOCK_N=64, num_warps=4)})  # a key of a test
+    monkeypatch.setattr(tuner, "_fits", {plain: slow, ("k", 1): dict(BLOCK_N=64, num_warps=4)})  # a key of a test
     assert {"class": "('k', 1)", "kept": "BLOCK_N=64 num_warps=4", "tuned": False} in choices.kernel_choices()["pbsa"]
     assert got["selection"] == [{
         "class": "1 x 12 heads (one shared list), 37 query blocks, up to 512 candidates, head dim 128, own block forced, "
