@@ -66,8 +66,8 @@ from worldkit_kernels import (  # noqa: E402
     pbsa_torch,
     pool_blocks,
     reference,
-    topk_blocks,
 )
+from worldkit_kernels.blocks import topk_blocks_torch  # noqa: E402
 from worldkit_kernels.pbsa_reference import token_mask  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -511,7 +511,7 @@ def with_selection(p, K, impl):
 
     q, k, kp, vp, BLK = p["q"], p["k"], p["kp"], p["vp"], p["kp"].shape[3]
     own = p["NSc"] + torch.arange(p["NQB"], device=q.device)
-    select = topk_blocks_triton if impl == "Triton" else topk_blocks
+    select = topk_blocks_triton if impl == "Triton" else topk_blocks_torch
 
     def fn():
         index, count = select(pool_blocks(q, BLK), pool_blocks(k, BLK), K, forced=own)
@@ -583,7 +583,7 @@ def selection_timings(frames_list, blocks, rows, density=0.25):
 
             def select():
                 pq, pk = pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK)  # (1, H, NQB, D), (1, H, NS, D)
-                return topk_blocks(pq, pk, K, forced=own)
+                return topk_blocks_torch(pq, pk, K, forced=own)
 
             def select_triton():
                 pq, pk = pool_blocks(p["q"], BLK), pool_blocks(p["k"], BLK)

@@ -1,4 +1,5 @@
-"""Block helpers for PBSA: mean pooling, row-wise top-K selection and transposed (slot -> rows) lists."""
+"""Block helpers for PBSA: mean pooling, row-wise top-K selection in PyTorch, list checks and transposed
+(slot -> rows) lists."""
 from __future__ import annotations
 
 import math
@@ -49,20 +50,15 @@ def block_scores(pooled_q: Tensor, pooled_k: Tensor, shared_heads: bool, dtype: 
     return score.sum(1, keepdim=True) if shared_heads else score
 
 
-def topk_blocks(
+def topk_blocks_torch(
     pooled_q: Tensor,
     pooled_k: Tensor,
     k: int,
     forced: Optional[Tensor] = None,
     shared_heads: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Per query block, the ``k`` candidates with the highest softmax(pooled_q . pooled_k / sqrt(d)).
-
-    pooled_q: (B, H, NQB, D); pooled_k: (B, H, NC, D); forced: (NQB,) long, a candidate each row keeps
-    whatever its score (counted inside ``k``, so k >= 1 when given); shared_heads: scores summed over
-    heads, one list per row. Returns index (B, Hs, NQB, K) long, rows sorted ascending, and
-    count (B, Hs, NQB) long, all equal to K = min(k, NC) (Hs = 1 if shared_heads else H).
-    """
+    """``topk.topk_blocks`` in a few PyTorch ops (the reference; ``impl="torch"``): fp32 scores (the
+    matmul may run in TF32 where enabled), then ``torch.topk``."""
     NQB, NC = pooled_q.shape[2], pooled_k.shape[2]
     k = kept_per_row(k, NC, forced is not None)
     score = block_scores(pooled_q, pooled_k, shared_heads, torch.float32)  # (B, Hs, NQB, NC)

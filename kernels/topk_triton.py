@@ -1,5 +1,6 @@
 """Block selection in one Triton kernel: pooled scores, softmax, optional sum over heads, the forced own
-block and the row-wise top-K, written as sorted index lists (the fused form of ``blocks.topk_blocks``).
+block and the row-wise top-K, written as sorted index lists (the fused form of
+``blocks.topk_blocks_torch``; both run behind ``topk.topk_blocks``).
 
 One program per (batch x list head, query block). It computes the row's logits against every candidate
 (chunks of the head dim, fp32), their softmax, and sorts (score, candidate) pairs packed into int64 keys:
@@ -8,9 +9,9 @@ reversed, so among equal scores the lower candidate wins. The first K keys are t
 second sort puts them in ascending order. A row's candidates are held in registers (more warps for
 longer rows): up to ``MAX_CANDIDATES``, where compiled for sm_90 the kernel still spills nothing.
 
-``topk_blocks_auto`` picks between it and the PyTorch ops per problem class: on the first call of the
-class it checks the kernel's lists and times both on the device, as the PBSA kernels pick their launch
-configurations; ``choices()`` says what it kept.
+``auto_impl`` picks between it and the PyTorch ops per problem class (what ``topk_blocks(...,
+impl="auto")`` runs on CUDA): on the first call of the class it checks the kernel's lists and times both
+on the device, as the PBSA kernels pick their launch configurations; ``choices()`` says what it kept.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .blocks import kept_per_row, lists_are_top_k, topk_blocks
+from .blocks import kept_per_row, lists_are_top_k, topk_blocks_torch
 from .pbsa_triton import tuner
 
 MAX_CANDIDATES = 2048
@@ -78,7 +79,7 @@ def topk_blocks_triton(
     forced: Optional[Tensor] = None,
     shared_heads: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """``blocks.topk_blocks`` in one kernel launch, with the same arguments and results up to rounding
+    """``blocks.topk_blocks_torch`` in one kernel launch, with the same arguments and results up to rounding
     and ties: index (B, Hs, NQB, K) long, rows ascending, and count (B, Hs, NQB) long, all K. The scores
     are exact fp32 sums (the PyTorch path's matmul may run in TF32) with a hardware exp, so blocks whose
     scores differ by rounding may be picked differently; equal scores go to the lower candidate
@@ -185,7 +186,7 @@ def auto_impl(
     def run(select):
         return lambda: select(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)
 
-    times = {"torch": timer(run(topk_blocks)), "triton": float("inf")}  # the reference path's failure is raised
+    times = {"torch": timer(run(topk_blocks_torch)), "triton": float("inf")}  # the reference path's failure is raised
     try:
         index, count = run(topk_blocks_triton)()
         if lists_are_top_k(pooled_q, pooled_k, k, index, count, forced=forced, shared_heads=shared_heads):
@@ -216,16 +217,3 @@ def reset() -> None:
     """Forget every kept choice: the next call of each class is timed again."""
     for memo in (_choice, _choice_timings, _choice_failures):
         memo.clear()
-
-
-def topk_blocks_auto(
-    pooled_q: Tensor,
-    pooled_k: Tensor,
-    k: int,
-    forced: Optional[Tensor] = None,
-    shared_heads: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """``blocks.topk_blocks`` by whichever of the PyTorch ops and the fused kernel ``auto_impl`` picks."""
-    impl = auto_impl(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)
-    select = topk_blocks_triton if impl == "triton" else topk_blocks
-    return select(pooled_q, pooled_k, k, forced=forced, shared_heads=shared_heads)

@@ -230,7 +230,7 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **k: called.append(1))
     got = LocalWindow(LocalWindow.Config(top_k=4, impl="triton")).select(pq, pk, own)
     assert not called and torch.equal(got.local, LocalWindow(LocalWindow.Config(top_k=4)).select(pq, pk, own).local)
-    monkeypatch.setattr(fused, "topk_blocks_auto", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(fused, "auto_impl", lambda *a, **k: called.append(1))
     got = LocalWindow(LocalWindow.Config(top_k=4, impl="auto")).select(pq, pk, own)
     want = LocalWindow(LocalWindow.Config(top_k=4, impl="torch")).select(pq, pk, own)
     assert not called and torch.equal(got.local, want.local)  # auto on the CPU: the PyTorch ops, nothing timed

@@ -25,8 +25,8 @@ from worldkit_kernels import (
     pool_blocks,
     reference,
     resolve_top_k,
-    topk_blocks,
 )
+from worldkit_kernels.blocks import topk_blocks_torch as topk_blocks  # the PyTorch implementation
 
 try:  # the kernels must have been decorated under the interpreter (not imported earlier without it)
     _kernels = importlib.import_module("worldkit_kernels.pbsa_triton.forward")
@@ -698,14 +698,14 @@ def test_triton_topk_on_the_cpu_needs_the_interpreter(monkeypatch):
 def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
     """``auto_impl`` checks the kernel's lists, times both selections once per problem class and keeps the
     kernel only when clearly faster; PyTorch without timing where the kernel cannot take the problem or
-    off CUDA; PyTorch when the kernel fails or its lists are wrong; ``topk_blocks_auto`` selects with the
+    off CUDA; PyTorch when the kernel fails or its lists are wrong; ``topk_blocks`` selects with the
     kept one."""
     fused = importlib.import_module("worldkit_kernels.topk_triton")
     for name in ("_choice", "_choice_timings", "_choice_failures"):
         monkeypatch.setattr(fused, name, {})
     last = []
-    for name in ("topk_blocks", "topk_blocks_triton"):
-        def traced(*a, _run=getattr(fused, name), _name=name, **kw):
+    for name, label in (("topk_blocks_torch", "topk_blocks"), ("topk_blocks_triton", "topk_blocks_triton")):
+        def traced(*a, _run=getattr(fused, name), _name=label, **kw):
             last.append(_name)
             return _run(*a, **kw)
         monkeypatch.setattr(fused, name, traced)
@@ -751,10 +751,31 @@ def test_auto_selection_keeps_the_faster_per_problem_class(monkeypatch):
     monkeypatch.setattr(fused, "MAX_CANDIDATES", 2048)
     want = topk_blocks(pq, pk, 4, forced=own)
     monkeypatch.setattr(fused, "topk_blocks_triton", lambda *a, **kw: want)
-    monkeypatch.setattr(fused, "auto_impl", lambda *a, **kw: "triton")
-    assert fused.topk_blocks_auto(pq, pk, 4, forced=own) is want  # the kept one selects
-    monkeypatch.setattr(fused, "auto_impl", lambda *a, **kw: "torch")
-    assert torch.equal(fused.topk_blocks_auto(pq, pk, 4, forced=own)[0], want[0])
+    topk = importlib.import_module("worldkit_kernels.topk")  # the dispatcher, as it runs auto's choice on CUDA
+    monkeypatch.setattr(topk, "chosen_impl", lambda *a, **kw: "triton")
+    assert topk.topk_blocks(pq, pk, 4, forced=own) is want  # the kept one selects
+    monkeypatch.setattr(topk, "chosen_impl", lambda *a, **kw: "torch")
+    assert torch.equal(topk.topk_blocks(pq, pk, 4, forced=own)[0], want[0])
+
+
+def test_the_selection_dispatcher_picks_an_implementation(monkeypatch):
+    """``topk_blocks``' impl: torch, the PyTorch ops; auto off CUDA, the PyTorch ops (nothing timed);
+    triton, the fused kernel up to ``MAX_CANDIDATES`` candidates and the PyTorch ops past them; any other
+    impl refused."""
+    import worldkit_kernels
+    from worldkit_kernels.topk import chosen_impl
+
+    g = torch.Generator().manual_seed(2)
+    pq, pk = torch.randn(1, 2, 3, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
+    assert chosen_impl(pq, pk, 4, impl="torch") == "torch" and chosen_impl(pq, pk, 4) == "torch"
+    assert torch.equal(worldkit_kernels.topk_blocks(pq, pk, 4)[0], topk_blocks(pq, pk, 4)[0])
+    with pytest.raises(ValueError, match="impl must be"):
+        worldkit_kernels.topk_blocks(pq, pk, 4, impl="cuda")
+    if HAS_TRITON:
+        fused = importlib.import_module("worldkit_kernels.topk_triton")
+        assert chosen_impl(pq, pk, 4, impl="triton") == "triton"
+        monkeypatch.setattr(fused, "MAX_CANDIDATES", 8)
+        assert chosen_impl(pq, pk, 4, impl="triton") == "torch"
 
 
 @needs_triton

@@ -1,6 +1,7 @@
 """Sparse Forcing's local-window selector: per query block, the top-K local blocks by pooled score."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal, Union
 
 import torch
@@ -71,16 +72,6 @@ class LocalWindow(BlockSelector):
         return BlockIndex(local=index, count=count + own.numel())
 
     def _selection(self, pooled_q: Tensor, pooled_k: Tensor) -> Callable[..., tuple[Tensor, Tensor]]:
-        """The top-K this call runs (``topk_blocks``'s signature)."""
-        impl = self.config.impl
-        if impl == "torch" or (impl == "auto" and not pooled_q.is_cuda):  # Triton is not imported off CUDA
-            return topk_blocks
-        try:
-            from worldkit_kernels import topk_triton  # imported on first use
-        except ImportError:
-            if impl == "triton":
-                raise
-            return topk_blocks  # auto without Triton
-        if impl == "auto":
-            return topk_triton.topk_blocks_auto
-        return topk_triton.topk_blocks_triton if pooled_k.shape[2] <= topk_triton.MAX_CANDIDATES else topk_blocks
+        """The top-K this call runs (``topk_blocks``'s signature): the dispatcher with this selector's
+        ``impl``, which picks the implementation from the tensors it is given."""
+        return functools.partial(topk_blocks, impl=self.config.impl)
