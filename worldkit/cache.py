@@ -11,10 +11,15 @@ one frame. Three regions, each a table of slot ids shared by the whole batch:
 A bounded layout preallocates every slot at ``reset``, so memory stays flat over any horizon; an
 unbounded one grows its pool by doubling. ``nbytes`` counts the slots in use, exactly.
 Keys are stored without their temporal rotation; ``positions`` says where each slot is read.
+
+A policy is a subclass that fills in hooks (``layout``, ``keeps_chunk``, ``on_evict``, ``sink_shift``,
+``persistent_pos``) and changes the persistent region only through ``keep_persistent``; it never writes
+the pool or the tables itself. ``docs/design.md`` ("Writing a memory policy") walks through them.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -28,11 +33,58 @@ def chunk_to_blocks(x: Tensor, block_tokens: int) -> Tensor:
     return x.reshape(L, B, H, T // block_tokens, block_tokens, D).permute(0, 1, 3, 2, 4, 5)
 
 
+class Layout(NamedTuple):
+    """The regions of a cache, chosen once per ``reset`` by ``BlockMemory.layout``."""
+
+    sink_frames: int = 0  # first frames kept for ever
+    history_frames: Optional[int] = None  # cached frames behind the chunk in the local ring; None = unbounded
+    persistent_blocks: int = 0  # capacity of the persistent region, in blocks
+
+
+@dataclass
+class Blocks:
+    """Cache blocks as a policy's hooks see them, per layer and batch element.
+
+    k, v: (L, B, n, H, BLK, D); frame, block: (L, B, n) long, the episode frame and the spatial block
+    each came from."""
+
+    k: Tensor
+    v: Tensor
+    frame: Tensor
+    block: Tensor
+
+    def __len__(self) -> int:
+        return self.k.shape[2]
+
+    def cat(self, other: "Blocks") -> "Blocks":
+        """These blocks, then ``other``'s."""
+        return Blocks(*(torch.cat([a, b], dim=2) for a, b in zip(self._fields(), other._fields())))
+
+    def take(self, idx: Tensor) -> "Blocks":
+        """The blocks at ``idx``: (n,) the same for every layer and batch element, or (L, B, n) per row."""
+        if idx.dim() == 1:
+            return Blocks(*(x[:, :, idx.to(x.device)] for x in self._fields()))
+        L, B, n = idx.shape
+
+        def gather(x: Tensor) -> Tensor:
+            i = idx.view(L, B, n, *([1] * (x.dim() - 3))).expand(L, B, n, *x.shape[3:])
+            return x.gather(2, i)
+
+        return Blocks(*(gather(x) for x in self._fields()))
+
+    def _fields(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.k, self.v, self.frame, self.block
+
+
 class BlockMemory(MemoryPolicy):
     """A memory policy laid out as sink + persistent + local ring over one slot pool.
 
-    Subclasses choose the layout through ``layout()`` and may override ``on_evict`` (what happens to
-    blocks leaving the window) and ``sink_shift`` / ``persistent_pos`` (read-time positions).
+    Subclasses choose the layout through ``layout()`` and may override ``keeps_chunk`` (which committed
+    chunks enter the cache), ``on_evict`` (what happens to blocks leaving the window, through
+    ``persistent()`` and ``keep_persistent()``) and ``sink_shift`` / ``persistent_pos`` (read-time
+    positions). ``visibility()`` follows from these for a layout without a persistent region. The pool and
+    its tables (``k``, ``v``, ``slot_frame``, ``slot_block``, ``ring``, ``frames_seen``, ...) are for
+    reading; only the machinery here writes them.
     """
 
     # An unbounded pool's first size in slots, where more than four chunks' worth: a caller that knows
@@ -40,17 +92,50 @@ class BlockMemory(MemoryPolicy):
     reserve_slots: Optional[int] = None
 
     # ---- what a subclass chooses --------------------------------------------------------------
-    def layout(self, spec: CacheSpec) -> tuple[int, Optional[int], int]:
-        """(sink_frames, history_frames or None for unbounded, persistent_blocks)."""
+    def layout(self, spec: CacheSpec) -> Layout:
+        """The regions for ``spec``: a ``Layout`` (or the plain tuple (sink_frames, history_frames or
+        None for unbounded, persistent_blocks))."""
         raise NotImplementedError
 
-    def on_evict(self, k: Tensor, v: Tensor, frame: Tensor, block: Tensor, pooled_q: Tensor) -> None:
-        """Blocks leaving the local window: k, v (L, B, n, H, BLK, D); frame, block (n,) long.
-        Default: dropped."""
+    def keeps_chunk(self, chunk: int) -> bool:
+        """Whether the ``chunk``-th commit (0, 1, 2, ...) enters the cache; one it refuses only advances
+        time (its frames are skipped, none of its blocks is held). A function of the index alone, so that
+        ``visibility()`` can replay it. Default: every chunk."""
+        return True
+
+    def on_evict(self, evicted: Blocks, pooled_q: Tensor) -> None:
+        """Blocks leaving the local window, oldest first; pooled_q (L, B, H, NQB, D) the committed chunk's
+        block-pooled queries. To keep some, call ``keep_persistent`` (with, say, a choice among
+        ``self.persistent().cat(evicted)``). Default: dropped."""
 
     def sink_shift(self, query_frame: int) -> float:
         """How far the sink is moved forward in time when read by a chunk starting at ``query_frame``."""
         return 0.0
+
+    def persistent_pos(self, layer: int, frame_pos: Tensor) -> Tensor:
+        """Read-time positions of the persistent blocks, given their frame positions (B, n)."""
+        return frame_pos
+
+    # ---- what a hook may call -----------------------------------------------------------------
+    def persistent(self) -> Blocks:
+        """The persistent blocks held now, in slot order (views of the cache: read, never write)."""
+        p = slice(self.p_base, self.p_base + self.n_persistent)
+        return Blocks(self.k[:, :, p], self.v[:, :, p], self.slot_frame[:, :, p], self.slot_block[:, :, p])
+
+    def keep_persistent(self, blocks: Blocks) -> None:
+        """Make ``blocks`` (at most ``persistent_cap`` of them) the persistent set, in their order; what
+        was persistent and is not among them is gone."""
+        n = len(blocks)
+        if n > self.persistent_cap:
+            raise ValueError(f"{type(self).__name__}: {n} persistent blocks kept, capacity {self.persistent_cap}")
+        dst = slice(self.p_base, self.p_base + n)
+        self.k[:, :, dst] = blocks.k.to(self.k.dtype)
+        self.v[:, :, dst] = blocks.v.to(self.v.dtype)
+        self.slot_frame[:, :, dst] = blocks.frame.to(self.slot_frame.device)
+        self.slot_block[:, :, dst] = blocks.block.to(self.slot_block.device)
+        self.slot_frame[:, :, self.p_base + n : self.p_base + self.n_persistent] = -1
+        self.slot_block[:, :, self.p_base + n : self.p_base + self.n_persistent] = -1
+        self.n_persistent = n
 
     # ---- machinery ----------------------------------------------------------------------------
     def reset(self, spec: CacheSpec) -> None:
@@ -75,6 +160,7 @@ class BlockMemory(MemoryPolicy):
         self.ring: list[int] = []  # local slot ids, oldest first
         self.free: list[int] = list(range(self.ring_base, capacity))
         self.frames_seen = 0
+        self.chunks_seen = 0  # commits so far, the index keeps_chunk is asked about
 
     @property
     def capacity(self) -> int:
@@ -105,6 +191,10 @@ class BlockMemory(MemoryPolicy):
     def commit(self, k: Tensor, v: Tensor, pooled_q: Tensor) -> None:
         spec = self.spec
         nb = spec.blocks_per_frame
+        chunk, self.chunks_seen = self.chunks_seen, self.chunks_seen + 1
+        if not self.keeps_chunk(chunk):
+            self.frames_seen += k.shape[3] // (spec.block_tokens * nb)
+            return
         kb = chunk_to_blocks(k.detach(), spec.block_tokens)  # (L, B, n, H, BLK, D)
         vb = chunk_to_blocks(v.detach(), spec.block_tokens)
         n = kb.shape[2]
@@ -134,11 +224,16 @@ class BlockMemory(MemoryPolicy):
             old_idx = torch.tensor(old_slots, dtype=torch.long, device=kb.device)
             drop_new, keep = new[:from_new], new[from_new:]
             if overflow:
-                ev_k = torch.cat([self.k[:, :, old_idx], kb[:, :, drop_new].to(self.k.dtype)], dim=2)
-                ev_v = torch.cat([self.v[:, :, old_idx], vb[:, :, drop_new].to(self.v.dtype)], dim=2)
-                ev_frame = torch.cat([self.slot_frame[0, 0, old_idx], frames[drop_new]])
+                L, B = kb.shape[:2]
+                ev_frame = torch.cat([self.slot_frame[0, 0, old_idx], frames[drop_new]])  # (n_ev,)
                 ev_block = torch.cat([self.slot_block[0, 0, old_idx], blocks[drop_new]])
-                self.on_evict(ev_k, ev_v, ev_frame, ev_block, pooled_q)
+                evicted = Blocks(
+                    torch.cat([self.k[:, :, old_idx], kb[:, :, drop_new].to(self.k.dtype)], dim=2),
+                    torch.cat([self.v[:, :, old_idx], vb[:, :, drop_new].to(self.v.dtype)], dim=2),
+                    ev_frame.expand(L, B, -1),
+                    ev_block.expand(L, B, -1),
+                )
+                self.on_evict(evicted, pooled_q)
             self.free = old_slots + self.free
         slots, self.free = self.free[: keep.numel()], self.free[keep.numel() :]
         self._write(slots, kb[:, :, keep], vb[:, :, keep], frames[keep], blocks[keep])
@@ -154,10 +249,6 @@ class BlockMemory(MemoryPolicy):
             sl = slice(self.p_base, self.p_base + self.n_persistent)
             pos[:, sl] = self.persistent_pos(layer, pos[:, sl])
         return pos
-
-    def persistent_pos(self, layer: int, frame_pos: Tensor) -> Tensor:
-        """Read-time positions of the persistent blocks, given their frame positions (B, n)."""
-        return frame_pos
 
     def view(self, layer: int) -> KVView:
         dev = self.k.device
@@ -183,19 +274,27 @@ class BlockMemory(MemoryPolicy):
 
     # ---- the policy as a mask, for parallel training -------------------------------------------
     def visibility(self, num_frames: int):
-        """Chunk-causal visibility of this layout; ``None`` when a persistent set is kept."""
+        """The layout replayed on frame indices alone: query chunk c sees the frames the cache holds
+        after chunks 0..c-1 (the sink, the ring, only chunks ``keeps_chunk`` lets in) and its own chunk,
+        each at the position ``positions()`` reads it. ``None`` when a persistent region is kept: what it
+        holds depends on the data."""
         if self.persistent_cap:
             return None
-        fc = self.spec.chunk_frames
-        sink, hist = self.sink_frames, self.history_frames  # the layout chosen at reset
+        fc, hist = self.spec.chunk_frames, self.history_frames  # the layout chosen at reset
         n_chunks = -(-num_frames // fc)
-        j = torch.arange(num_frames)
         visible = torch.zeros(n_chunks, num_frames, dtype=torch.bool)
-        key_pos = j.to(torch.float32).repeat(n_chunks, 1)
+        key_pos = torch.arange(num_frames, dtype=torch.float32).repeat(n_chunks, 1)
+        sink: list[int] = []  # frames held, as commit() would hold them
+        ring: list[int] = []
         for c in range(n_chunks):
             start = c * fc
-            past = j < start
-            in_window = past & (j >= sink) & ((j >= start - hist) if hist is not None else True)
-            visible[c] = (past & (j < sink)) | in_window | ((j >= start) & (j < start + fc))
-            key_pos[c, j < sink] += self.sink_shift(start)
+            held = torch.tensor(sink + ring, dtype=torch.long)
+            visible[c, held] = True
+            visible[c, start : start + fc] = True
+            key_pos[c, torch.tensor(sink, dtype=torch.long)] += self.sink_shift(start)
+            if self.keeps_chunk(c):
+                sink += [f for f in range(start, start + fc) if f < self.sink_frames]
+                ring += [f for f in range(start, start + fc) if f >= self.sink_frames]
+                if hist is not None:
+                    ring = ring[max(0, len(ring) - hist) :] if hist else []
         return visible, key_pos

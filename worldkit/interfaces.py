@@ -222,6 +222,13 @@ class MemoryPolicy(Plugin):
         """
         return None
 
+    def max_read_distance(self) -> Optional[int]:
+        """The policy's promise on read positions, after ``reset``: no cached block is read more than this
+        many frames before the newest frame of the chunk reading it, at any horizon (at most
+        ``spec.train_frames - 1`` keeps every read within what training covered). ``None``: no promise
+        (distances may grow with the horizon). ``worldkit.testing.check_memory_policy`` holds a policy to it."""
+        return None
+
 
 class BlockSelector(Plugin):
     """Chooses, per head and query block, which local blocks attention reads."""

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from worldkit.cache import BlockMemory
+from worldkit.cache import BlockMemory, Layout
 from worldkit.interfaces import CacheSpec, PluginConfig
 
 
@@ -36,7 +36,7 @@ class Dense(BlockMemory):
         pass
 
     def layout(self, spec):
-        return 0, None, 0
+        return Layout(sink_frames=0, history_frames=None, persistent_blocks=0)
 
 
 class SlidingWindow(BlockMemory):
@@ -48,7 +48,11 @@ class SlidingWindow(BlockMemory):
         )
 
     def layout(self, spec):
-        return 0, _history(self.config.window_frames, spec, "memory.window_frames"), 0
+        return Layout(history_frames=_history(self.config.window_frames, spec, "memory.window_frames"))
+
+    def max_read_distance(self):
+        """The window's oldest frame, read at its own index by the chunk's newest."""
+        return self.history_frames + self.spec.chunk_frames - 1
 
     @classmethod
     def check(cls, config, experiment):
@@ -76,10 +80,16 @@ class Sink(BlockMemory):
         w = self.config.window_frames
         if w is None:
             w = max(spec.chunk_frames, spec.train_frames - self.config.sink_frames)
-        return self.config.sink_frames, _history(w, spec, "memory.window_frames"), 0
+        return Layout(sink_frames=self.config.sink_frames, history_frames=_history(w, spec, "memory.window_frames"))
 
     def sink_shift(self, query_frame: int) -> float:
         if self.config.sink_position == "absolute":
             return 0.0
         start = max(self.sink_frames, query_frame - self.history_frames)  # oldest visible window frame
         return float(max(0, start - self.sink_frames))
+
+    def max_read_distance(self):
+        """before_window: the window, then the sink just before it; absolute: unbounded."""
+        if self.config.sink_position == "absolute":
+            return None
+        return self.history_frames + self.spec.chunk_frames - 1 + self.sink_frames

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from worldkit.cache import BlockMemory
+from worldkit.cache import BlockMemory, Blocks, Layout
 from worldkit.interfaces import CacheSpec, PluginConfig
 
 
@@ -56,39 +56,24 @@ class PersistentBlock(BlockMemory):
                      f"must be at least the chunk length (model.chunk_frames={chunk}): the window includes the chunk")]
         return []
 
-    def layout(self, spec: CacheSpec):
+    def layout(self, spec: CacheSpec) -> Layout:
         c = self.config
         if c.window_frames < spec.chunk_frames:
             raise ValueError(
                 f"memory.window_frames={c.window_frames} must be at least the chunk length ({spec.chunk_frames} frames)"
             )
         cap = c.persistent_blocks or max(1, round(c.persistent_frames * spec.blocks_per_frame))
-        return c.sink_frames, c.window_frames - spec.chunk_frames, cap
+        return Layout(c.sink_frames, c.window_frames - spec.chunk_frames, cap)
 
     # ---- P <- TopC(P u E) -----------------------------------------------------------------------
-    def on_evict(self, k: Tensor, v: Tensor, frame: Tensor, block: Tensor, pooled_q: Tensor) -> None:
-        L, B, n = k.shape[:3]
-        p = slice(self.p_base, self.p_base + self.n_persistent)
-        cand_k = torch.cat([self.k[:, :, p], k], dim=2)  # (L, B, n_p + n, H, BLK, D)
-        cand_v = torch.cat([self.v[:, :, p], v], dim=2)
-        cand_frame = torch.cat([self.slot_frame[:, :, p], frame.expand(L, B, n)], dim=2)  # (L, B, n_p + n)
-        cand_block = torch.cat([self.slot_block[:, :, p], block.expand(L, B, n)], dim=2)
-        pooled = cand_k.mean(4) if self.config.pooling == "mean" else cand_k.amax(4)  # (L, B, n_c, H, D)
+    def on_evict(self, evicted: Blocks, pooled_q: Tensor) -> None:
+        cand = self.persistent().cat(evicted)  # P u E: k (L, B, n_c, H, BLK, D), frame (L, B, n_c)
+        pooled = cand.k.mean(4) if self.config.pooling == "mean" else cand.k.amax(4)  # (L, B, n_c, H, D)
         scores = score_candidates(pooled_q.to(pooled.device), pooled)  # (L, B, n_c)
         keep = min(self.persistent_cap, scores.shape[2])
         top = scores.topk(keep, dim=2).indices.sort(dim=2).values  # (L, B, keep), candidate order kept
         self.last_scores = scores
-
-        def take(x: Tensor) -> Tensor:
-            idx = top.view(L, B, keep, *([1] * (x.dim() - 3))).expand(L, B, keep, *x.shape[3:])
-            return x.gather(2, idx)
-
-        dst = slice(self.p_base, self.p_base + keep)
-        self.k[:, :, dst] = take(cand_k)
-        self.v[:, :, dst] = take(cand_v)
-        self.slot_frame[:, :, dst] = take(cand_frame)
-        self.slot_block[:, :, dst] = take(cand_block)
-        self.n_persistent = keep
+        self.keep_persistent(cand.take(top))
 
     # ---- read-time positions --------------------------------------------------------------------
     def _window_start(self) -> int:
@@ -102,12 +87,20 @@ class PersistentBlock(BlockMemory):
             return start - 1 - newer_frames(frame_pos)  # (B, n): the newest frame just before the window
         return torch.full_like(frame_pos, start - 1)  # one frame before the window
 
+    def _gap(self) -> int:
+        """The positions P may occupy: one frame (before_window), or one per block it can hold (ordered)."""
+        return 0 if not self.persistent_cap else self.persistent_cap if self.config.position == "ordered" else 1
+
     def sink_shift(self, query_frame: int) -> float:
         if self.config.position == "absolute":
             return 0.0
-        # the positions P may occupy: one frame (before_window), or one per block it can hold (ordered)
-        gap = 0 if not self.persistent_cap else self.persistent_cap if self.config.position == "ordered" else 1
-        return float(max(0, self._window_start() - gap - self.sink_frames))
+        return float(max(0, self._window_start() - self._gap() - self.sink_frames))
+
+    def max_read_distance(self) -> Optional[int]:
+        """The window, then P's positions, then the sink, all before the chunk (absolute: unbounded)."""
+        if self.config.position == "absolute":
+            return None
+        return self.history_frames + self.spec.chunk_frames - 1 + self._gap() + self.sink_frames
 
 
 def newer_frames(frame_pos: Tensor) -> Tensor:
