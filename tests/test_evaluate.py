@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from worldkit import metrics
-from worldkit.evaluate import evaluate, frames_to_tensor
+from worldkit.evaluate import evaluate
+from worldkit.frames import frames_to_tensor
 from worldkit.rollout import ChunkTiming
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from worldkit import metrics
-from worldkit.evaluate import frames_to_tensor
+from worldkit.frames import frames_to_tensor
 from worldkit.probe import state_error, train_probe
 
 

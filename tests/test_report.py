@@ -11,7 +11,7 @@ import pytest
 
 from worldkit import config, report
 from worldkit.cli import main
-from worldkit.grid import CELL, CELLS, DONE, ERROR
+from worldkit.cells import CELL, CELLS, DONE, ERROR
 
 HORIZONS = [1, 2]
 

@@ -8,7 +8,7 @@ import torch
 from worldkit import data as wk_data  # torch and Lightning before MuJoCo's GL context
 from worldkit import memory_metrics as mm
 from worldkit import quality
-from worldkit.evaluate import frames_to_tensor
+from worldkit.frames import frames_to_tensor
 from worldkit_plugins.envs.revisit import PALETTE, RevisitRoom, schedule, tour_frames
 
 FRAMES = 10 + 170  # the tour and one round of the default gaps (at most 159 frames)

@@ -22,7 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from worldkit.evaluate import frames_to_tensor
+from worldkit.frames import frames_to_tensor
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
 

@@ -22,18 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldkit import metrics
+from worldkit.frames import frames_to_tensor, tensor_to_frames  # also read from here by api.py and play.py
 from worldkit.rollout import Rollout
-
-
-def frames_to_tensor(frames: np.ndarray) -> Tensor:
-    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1
-    return t.movedim(-1, -3)
-
-
-def tensor_to_frames(x: Tensor) -> np.ndarray:
-    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
 @dataclass

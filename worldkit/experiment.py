@@ -20,7 +20,8 @@ from worldkit import data as wk_data
 from worldkit import registry, report, signals
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
-from worldkit.evaluate import EvalResult, evaluate, frames_to_tensor
+from worldkit.evaluate import EvalResult, evaluate
+from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer

@@ -38,14 +38,12 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 
 from worldkit import config, report, signals
+from worldkit.cells import CELL, CELLS, DONE, ERROR, axis_labels, format_value
 from worldkit.errors import MISSING, ConfigError, Issue
 from worldkit.schema import ExperimentConfig
+from worldkit.stages import resolve_stages, stage_finished
 
 Parts = tuple[Union[str, int], ...]
-CELLS = "cells"
-DONE = "done.json"  # written atomically after the cell's results: the cell is finished
-ERROR = "error.txt"  # the traceback of a failed cell
-CELL = "cell.json"  # the cell's index, name and assignment
 MAX_NAME = 120
 
 
@@ -185,45 +183,6 @@ def check(grid: dict[str, list], exclude: Sequence[dict[str, Any]] = ()) -> list
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+~@-]")
 
 
-def _label(path: str, n: int) -> str:
-    """The last ``n`` names of ``path`` (an index stays with its name: ``stages.1``)."""
-    units: list[str] = []
-    for p in _parts(path):
-        if isinstance(p, int) and units:
-            units[-1] += f".{p}"
-        else:
-            units.append(str(p))
-    if len(units) > 1 and units[-1] == "type":  # memory.type -> memory
-        units = units[:-1]
-    return ".".join(units[-n:])
-
-
-def axis_labels(axes: Sequence[str]) -> dict[str, str]:
-    """A short unique label per axis: the last path part (``type`` dropped), longer where two collide."""
-    depth = {a: 1 for a in axes}
-    while True:
-        labels = {a: _label(a, depth[a]) for a in axes}
-        clash = [a for a in axes if list(labels.values()).count(labels[a]) > 1 and _label(a, depth[a] + 1) != labels[a]]
-        if not clash:
-            return labels
-        for a in clash:
-            depth[a] += 1
-
-
-def format_value(value: Any) -> str:
-    """A value as it appears in a cell name: ``sink``, ``0.25``, ``local_window+top_k=0.25``, ``1+4``."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    if isinstance(value, float):
-        return format(value, "g")
-    if isinstance(value, dict):
-        head = [format_value(value["type"])] if "type" in value else []
-        return "+".join(head + [f"{k}={format_value(v)}" for k, v in value.items() if k != "type"])
-    if isinstance(value, list):
-        return "+".join(format_value(v) for v in value)
-    return str(value)
-
-
 def cell_names(cells: Sequence[dict[str, Any]]) -> list[str]:
     """Readable, filesystem-safe, unique folder names: ``memory=sink,selector=all``."""
     labels = axis_labels(list(cells[0])) if cells else {}
@@ -316,8 +275,6 @@ def stage_keys(cfg: ExperimentConfig) -> list[str]:
     """One key per leading stage (comparison variants excluded), equal for two configs exactly when that
     stage's weights and evaluation would be the same: env, data, model (its init too), seed, evaluation,
     and the stage's and every earlier stage's name, plugins and training settings."""
-    from worldkit.experiment import resolve_stages
-
     common = cfg.model_dump(mode="json", include={"seed", "env", "data", "model", "eval"})
     keys, chain = [], []
     for st in resolve_stages(cfg):
@@ -329,8 +286,6 @@ def stage_keys(cfg: ExperimentConfig) -> list[str]:
 
 
 def _finished_stage(folder: Path, name: str) -> Optional[Path]:
-    from worldkit.stages import stage_finished
-
     d = folder / "stages" / name
     return d if stage_finished(d) else None
 
@@ -347,8 +302,6 @@ def reuse_stages(cfg: ExperimentConfig, grid_dir: Path, folder: Path) -> list[st
     """Copy into a new cell's ``folder`` the finished leading stages it shares with another cell of the
     grid folder, as that cell's saved config ran them (never its last stage, nor a stage that is another
     cell's last: a cell's result and hparams are its own run); returns the names of the stages copied."""
-    from worldkit.experiment import resolve_stages
-
     def shareable(c: ExperimentConfig) -> list[tuple[str, str]]:  # (stage folder, key) before the result stage
         return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: report.final_stage(c).index]
 

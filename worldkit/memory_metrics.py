@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldkit.frames import tensor_to_frames
 from worldkit.metrics import mean_stderr
 
 @dataclass(frozen=True)
@@ -302,8 +303,6 @@ def save_return_strip(truth: Tensor, forecast: Tensor, targets, first: int, path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from worldkit.evaluate import tensor_to_frames
 
     edges, labels = gap_edges(targets.gaps), bucket_labels(targets.gaps)
     n = min(episodes, truth.shape[0])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from worldkit.evaluate import frames_to_tensor
+from worldkit.frames import frames_to_tensor
 
 
 class StateProbe(nn.Module):

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from worldkit.cells import CELL, CELLS, DONE, ERROR, axis_labels, format_value
 from worldkit.errors import WorldkitError
+from worldkit.stages import resolve_stages
 
 BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame",
              "truth": "ground truth (floor / ceiling)", "oracle": "oracle (pastes the last real sighting)"}
@@ -66,16 +68,12 @@ def _primitive(value: Any) -> Union[bool, int, float, str]:
 def final_stage(cfg):
     """The run's result stage (``Stage``, plugins resolved): the last of its chain of stages, not a
     ``compare:`` variant (those are baselines trained beside it)."""
-    from worldkit.stages import resolve_stages
-
     return [st for st in resolve_stages(cfg) if not st.variant][-1]
 
 
 def hparams_of(cfg) -> dict[str, Union[bool, int, float, str]]:
     """The run's hparams as primitives: each plugin's name and settings (of the last stage), the model
     and training sizes. Settings that are None are left out (a column stays one type)."""
-    from worldkit.experiment import resolve_stages
-
     stages = resolve_stages(cfg)
     final = final_stage(cfg)
     out: dict[str, Any] = {"experiment": cfg.name, "stages": ">".join(s.name for s in stages),
@@ -245,8 +243,6 @@ def _batch_text(cells: list[CellResult]) -> str:
 
 def read_cell(folder: Path) -> CellResult:
     """A cell's status and results from its folder (cell.json, done.json or error.txt, stages/)."""
-    from worldkit.grid import CELL, DONE, ERROR
-
     meta = json.loads((folder / CELL).read_text())
     cell = CellResult(meta["index"], meta["name"], meta["assignment"], "unfinished")
     if (folder / DONE).exists():
@@ -266,8 +262,6 @@ def read_cell(folder: Path) -> CellResult:
 
 def collect(grid_dir: Union[str, Path]) -> list[CellResult]:
     """Every cell of the grid folder, in grid order."""
-    from worldkit.grid import CELL, CELLS
-
     cells_dir = Path(grid_dir) / CELLS
     if not cells_dir.is_dir():
         raise WorldkitError(f"{grid_dir}: not a grid folder (no {CELLS}/); a grid folder is made by "
@@ -398,8 +392,6 @@ def baseline_summaries(cells: list[CellResult]) -> dict[str, dict]:
 def markdown(cells: list[CellResult], title: str) -> str:
     """``results.md``: one row per cell, the baselines below; the best per column in bold, baselines
     ranked with the models (⚑ marks a baseline that beats every model)."""
-    from worldkit.grid import axis_labels, format_value
-
     axes = list(cells[0].assignment) if cells else []
     labels = axis_labels(axes)
     cols = columns(cells)
@@ -455,8 +447,6 @@ def markdown(cells: list[CellResult], title: str) -> str:
 
 def csv_text(cells: list[CellResult]) -> str:
     """``results.csv``: one row per cell, its grid values, every scalar of its last stage, status, error."""
-    from worldkit.grid import axis_labels, format_value
-
     axes = list(cells[0].assignment) if cells else []
     labels = axis_labels(axes)
     keys: list[str] = []
