@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worldkit.interfaces import CacheSpec
+from worldkit.testing import check_memory_policy, check_visibility
 from worldkit_plugins.baselines.memory import Dense, Sink, SlidingWindow
 
 
@@ -137,18 +138,7 @@ def test_window_shorter_than_chunk_is_refused():
                                   lambda: Sink(Sink.Config(sink_frames=2, window_frames=4))])
 def test_visibility_mask_matches_what_the_cache_holds(make):
     """The static mask used for parallel training agrees with the cache, chunk by chunk."""
-    s = spec(chunk=2, nb=1, train=8)
-    policy = make()
-    policy.reset(s)
-    visible, key_pos = policy.visibility(12)
-    for c in range(6):
-        view = policy.view(0)
-        cached = sorted(int(f) for f in view.slot_frame[0, view.visible])
-        own = [2 * c, 2 * c + 1]
-        assert visible[c].nonzero().squeeze(1).tolist() == sorted(cached + own)
-        for slot in view.visible:
-            assert key_pos[c, view.slot_frame[0, slot]] == view.slot_pos[0, slot]
-        policy.commit(*tagged_chunk(s, 2 * c))
+    check_visibility(make(), spec(chunk=2, nb=1, train=8), 12)
 
 
 BUILT_IN_MEMORY = {
@@ -160,7 +150,7 @@ BUILT_IN_MEMORY = {
 def test_every_built_in_memory_policy_is_tested_for_its_bytes():
     from worldkit import registry
 
-    built_in = {e.name for e in registry.entries("memory") if e.origin.startswith("worldkit ")}
+    built_in = {e.name for e in registry.entries("memory") if e.origin.startswith("worldkit-video ")}
     assert built_in == set(BUILT_IN_MEMORY)
 
 
@@ -192,3 +182,86 @@ def test_nbytes_is_the_bytes_of_the_keys_and_values_every_layer_reads(name, dtyp
         sizes.append(held)
     blocks = sizes[-1] // (2 * s.layers * s.batch * s.heads * s.block_tokens * s.head_dim * torch.tensor([], dtype=dtype).element_size())
     assert blocks == {"dense": 24 * 3, "sliding_window": 2 * 3, "sink": 3 + 2 * 3, "persistent_block": 3 + 5 + 2 * 3}[name]
+
+
+CONTRACT_CASES = [(name, {}) for name in sorted(BUILT_IN_MEMORY)] + [(n, c) for n, c in BUILT_IN_MEMORY.items() if c] + [
+    ("sink", {"sink_position": "absolute"}),
+    ("persistent_block", {"position": "ordered", "persistent_blocks": 4}),
+    ("persistent_block", {"position": "absolute", "sink_frames": 0}),
+]
+
+
+@pytest.mark.parametrize("name, config", CONTRACT_CASES, ids=[n + "".join(f"-{k}={v}" for k, v in c.items()) for n, c in CONTRACT_CASES])
+def test_every_built_in_memory_policy_meets_the_contract(name, config):
+    """worldkit.testing's contract test, the one a third-party policy runs, on every built-in."""
+    from worldkit import registry
+
+    check_memory_policy(registry.get("memory", name), config)
+
+
+def test_bounded_built_ins_promise_the_training_distance_by_default():
+    """At their default settings the bounded built-ins read nothing further back than the training clip."""
+    from worldkit import registry
+
+    s = spec(chunk=2, nb=3, train=8)
+    for name, bounded in (("dense", False), ("sliding_window", True), ("sink", True), ("persistent_block", True)):
+        policy = registry.build("memory", name)
+        policy.reset(s)
+        bound = policy.max_read_distance()
+        assert (bound is not None) == bounded, name
+        assert bound is None or bound <= s.train_frames - 1, (name, bound)
+
+
+class _Liar(SlidingWindow):
+    """Reports no bytes."""
+
+    def nbytes(self):
+        return 0
+
+
+class _Keeper(Dense):
+    """Keeps the graph of what it is given."""
+
+    def commit(self, k, v, pooled_q):
+        super().commit(k, v, pooled_q)
+        self.k = self.k + 0 * k.sum()
+
+
+class _Forgetful(SlidingWindow):
+    """Its reset leaves the ring as it was."""
+
+    def reset(self, spec):
+        ring = getattr(self, "ring", [])
+        super().reset(spec)
+        self.ring = ring
+
+
+class _Boastful(Dense):
+    """Promises bounded positions and keeps everything."""
+
+    def max_read_distance(self):
+        return 7
+
+
+class _EveryOtherWrongMask(SlidingWindow):
+    """Keeps every other chunk but states the sliding window's mask."""
+
+    def keeps_chunk(self, chunk):
+        return chunk % 2 == 0
+
+    def max_read_distance(self):
+        return None
+
+    def visibility(self, num_frames):
+        twin = SlidingWindow(self.config)
+        twin.reset(self.spec)
+        return twin.visibility(num_frames)
+
+
+@pytest.mark.parametrize("cls, message", [
+    (_Liar, "nbytes"), (_Keeper, "requires grad"), (_Forgetful, "after a second reset"), (_Boastful, "max_read_distance"),
+    (_EveryOtherWrongMask, "the mask shows frames"),
+])
+def test_the_contract_test_catches_a_broken_policy(cls, message):
+    with pytest.raises(AssertionError, match=rf"memory policy {cls.__name__}\(.*{message}"):
+        check_memory_policy(cls, {"window_frames": 4} if issubclass(cls, SlidingWindow) else None)

@@ -12,6 +12,7 @@ import torch
 
 from worldkit import cli, config, registry
 from worldkit.interfaces import KINDS, CacheSpec, MemoryPolicy, PluginConfig
+from worldkit.testing import check_memory_policy, check_visibility
 
 DIST = "worldkit-example-plugin"
 
@@ -84,14 +85,10 @@ def test_keeps_every_other_chunk_up_to_its_cap():
 
 
 def test_training_mask_matches_the_rollout_view():
-    frames = 12
-    visible, key_pos = rollout(chunks=0, max_chunks=2).visibility(frames)
-    assert visible.shape == key_pos.shape == (frames // SPEC.chunk_frames, frames)
-    for c in range(frames // SPEC.chunk_frames):
-        view = rollout(chunks=c, max_chunks=2).view(layer=0)
-        own = set(range(c * SPEC.chunk_frames, (c + 1) * SPEC.chunk_frames))
-        cached = set(view.slot_frame[0, view.local].tolist())
-        assert set(visible[c].nonzero().squeeze(1).tolist()) == cached | own, f"chunk {c}"
-        for slot in view.local.tolist():
-            assert key_pos[c, view.slot_frame[0, slot]] == view.slot_pos[0, slot]
-        assert view.query_pos == c * SPEC.chunk_frames
+    check_visibility(registry.build("memory", "every_other", {"max_chunks": 2}), SPEC, 12)
+
+
+@pytest.mark.parametrize("max_chunks", [1, 2, 4])
+def test_meets_the_memory_policy_contract(max_chunks):
+    """The contract test the package's README shows, on the installed plugin."""
+    check_memory_policy(registry.get("memory", "every_other"), {"max_chunks": max_chunks})
