@@ -1,18 +1,14 @@
 """The ``every_other`` memory policy: keep every other committed chunk, at most ``max_chunks`` of them.
 
-A small example of a third-party memory policy. It reuses worldkit's block-paged cache
-(``worldkit.cache.BlockMemory``, core, public) and only decides what enters the cache:
-chunks 0, 2, 4, ... are kept, 1, 3, 5, ... are dropped, and once ``max_chunks`` are kept the
-oldest is evicted. Cached blocks are read at their own frame index, so a kept chunk is at most
-``2 * max_chunks * chunk_frames`` frames behind the chunk being generated.
+A third-party memory policy on worldkit's block-paged cache (``worldkit.cache.BlockMemory``): it fills in
+two hooks, the layout and which chunks enter the cache; the cache, its views, its bytes and the training
+mask (``visibility``, replayed from the hooks) are worldkit's.
 """
 from __future__ import annotations
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
-from worldkit.cache import BlockMemory
+from worldkit.cache import BlockMemory, Layout
 from worldkit.interfaces import CacheSpec, PluginConfig
 
 
@@ -22,28 +18,14 @@ class EveryOther(BlockMemory):
     class Config(PluginConfig):
         max_chunks: int = Field(4, ge=1, description="chunks kept at most; the oldest kept one is evicted")
 
-    def layout(self, spec: CacheSpec) -> tuple[int, int, int]:
-        """No sink, a local ring of ``max_chunks`` chunks, no persistent blocks."""
-        return 0, self.config.max_chunks * spec.chunk_frames, 0
+    def layout(self, spec: CacheSpec) -> Layout:
+        """No sink, a local window of ``max_chunks`` chunks, no persistent blocks."""
+        return Layout(sink_frames=0, history_frames=self.config.max_chunks * spec.chunk_frames, persistent_blocks=0)
 
-    def commit(self, k: Tensor, v: Tensor, pooled_q: Tensor) -> None:
-        """k, v: (L, B, H, Tc, D). Even chunks go to the ring; odd ones only advance time."""
-        spec = self.spec
-        chunk = self.frames_seen // spec.chunk_frames
-        if chunk % 2 == 0:
-            super().commit(k, v, pooled_q)
-        else:
-            self.frames_seen += k.shape[3] // (spec.block_tokens * spec.blocks_per_frame)
+    def keeps_chunk(self, chunk: int) -> bool:
+        """Even chunks enter the cache; odd ones only advance time."""
+        return chunk % 2 == 0
 
-    def visibility(self, num_frames: int) -> tuple[Tensor, Tensor]:
-        """Chunk c sees its own frames and the last ``max_chunks`` even chunks before it, each
-        at its own frame index (the same view ``view()`` gives during a rollout)."""
-        fc = self.spec.chunk_frames
-        n_chunks = -(-num_frames // fc)
-        chunk_of = torch.arange(num_frames) // fc  # (T,) chunk index of every frame
-        visible = torch.zeros(n_chunks, num_frames, dtype=torch.bool)  # (C, T)
-        for c in range(n_chunks):
-            kept = [j for j in range(0, c, 2)][-self.config.max_chunks:]
-            visible[c] = (chunk_of == c) | torch.isin(chunk_of, torch.tensor(kept, dtype=torch.long))
-        key_pos = torch.arange(num_frames, dtype=torch.float32).repeat(n_chunks, 1)  # (C, T)
-        return visible, key_pos
+    def max_read_distance(self) -> int:
+        """Blocks are read at their own frame: the oldest kept chunk starts 2 * max_chunks chunks back."""
+        return (2 * self.config.max_chunks + 1) * self.spec.chunk_frames - 1
