@@ -341,7 +341,9 @@ def test_plugins_lists_every_kind_with_origin_and_description(capsys):
     assert rows[0] == ["KIND", "NAME", "ORIGIN", "DESCRIPTION"]
     assert ["memory", "toy_window", registry.REGISTERED, "A toy window."] in rows
     assert {r[0] for r in rows[1:]} == set(KINDS)
-    installed = {r[1]: r for r in rows[1:] if r[2].startswith("worldkit ")}
+    from worldkit import DISTRIBUTION
+
+    installed = {r[1]: r for r in rows[1:] if r[2].startswith(f"{DISTRIBUTION} ")}
     assert {"persistent_block", "local_window", "pbsa", "self_forcing", "pendulum"} <= set(installed)
     code, out, _ = call(capsys, "plugins", "--kind", "trainer")
     assert code == 0 and {line.split()[0] for line in out.splitlines()[1:]} == {"trainer"}
