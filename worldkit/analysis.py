@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from worldkit.files import atomic_write
 from worldkit.frames import frames_to_tensor
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
@@ -169,9 +170,7 @@ def analyze_attention(model: WorldModel, frames: np.ndarray, actions: np.ndarray
         "chunks": len(rec.maps),
         "heatmaps": [p.name for p in pngs],
     }
-    tmp = out_dir / "attention.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out_dir / "attention.json")
+    atomic_write(out_dir / "attention.json", json.dumps(result, indent=1))
     if logger is not None:
         from PIL import Image
 

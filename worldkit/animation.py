@@ -10,12 +10,13 @@ TensorBoard event file, where the Images tab plays it.
 """
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from worldkit.files import atomic_file, atomic_path, atomic_write
 
 SCALE = 2  # pixels per frame pixel in the animation
 FPS = 8
@@ -23,9 +24,8 @@ FPS = 8
 
 def save_rollouts(path: Path, truth: np.ndarray, forecast: np.ndarray, context: int) -> None:
     """truth: (N, T, H, W, 3) uint8 from frame 0; forecast: (N, T - context, H, W, 3) uint8."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, truth=truth, forecast=forecast, context=np.int64(context))
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        np.savez_compressed(f, truth=truth, forecast=forecast, context=np.int64(context))
 
 
 def rollout_frames(stages: Sequence[tuple[str, Path]], episodes: int = 2) -> list:
@@ -76,9 +76,7 @@ def gif_bytes(frames: list, fps: float = FPS) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
 
 
 def rollouts_gif(stages: Sequence[tuple[str, Path]], path: Path, episodes: int = 2) -> bool:
@@ -120,16 +118,15 @@ def write_mp4(frames: list, path: Path, fps: float = FPS) -> bool:
     W, H = w + w % 2, h + h % 2  # yuv420p needs even sides
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=1, ffmpeg_log_level="error")
-    writer.send(None)
-    for f in frames:
-        a = np.full((H, W, 3), 255, dtype=np.uint8)
-        a[:h, :w] = np.asarray(f.convert("RGB"))
-        writer.send(np.ascontiguousarray(a))
-    writer.close()
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".mp4") as tmp:  # the encoder reads the format from the name
+        writer = imageio_ffmpeg.write_frames(str(tmp), (W, H), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+                                             macro_block_size=1, ffmpeg_log_level="error")
+        writer.send(None)
+        for f in frames:
+            a = np.full((H, W, 3), 255, dtype=np.uint8)
+            a[:h, :w] = np.asarray(f.convert("RGB"))
+            writer.send(np.ascontiguousarray(a))
+        writer.close()
     return True
 
 

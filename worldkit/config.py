@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union, get_args, get_origin
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from worldkit import registry
 from worldkit.errors import MISSING, ConfigError, Issue, PluginError
+from worldkit.files import atomic_write
 from worldkit.schema import ExperimentConfig, OverridesOf, PluginKind
 
 Part = Union[str, int]
@@ -85,15 +85,8 @@ def dump_yaml(data: Any) -> str:
 
 
 def save(cfg: BaseModel, path: Union[str, Path]) -> Path:
-    """Write ``to_yaml(cfg)`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(to_yaml(cfg))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``to_yaml(cfg)`` to ``path`` atomically (``files.atomic_write``)."""
+    return atomic_write(path, to_yaml(cfg))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import multiprocessing as mp
 import signal
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from worldkit import registry
 from worldkit.errors import WorldkitError
+from worldkit.files import atomic_file
 from worldkit.interfaces import Environment
 
 FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes
@@ -220,21 +220,18 @@ def checksum(data: EpisodeSet) -> bytes:
 
 
 def _write_atomic(path: Path, data: EpisodeSet) -> None:
-    """Write ``data`` and its checksum to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` and its checksum to ``path`` atomically (``files.atomic_file``)."""
+    opened = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    except OSError as err:  # not a folder, not writable
-        raise WorldkitError(f"data.cache_dir: cannot write the episodes into {path.parent} ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path, "wb") as f:
+            opened = True
             np.savez_compressed(f, **{name: getattr(data, name) for name in ARRAYS},
                                 sha256=np.frombuffer(checksum(data), dtype=np.uint8))
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:  # the folder: not a folder, not writable
+        if opened:  # the writing failed, not the folder
+            raise
+        raise WorldkitError(f"data.cache_dir: cannot write the episodes into {path.parent} ({err.strerror or err})") from None
 
 
 def _read(path: Path) -> EpisodeSet:

@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from worldkit import metrics
+from worldkit.files import atomic_path, atomic_write
 from worldkit.frames import frames_to_tensor, tensor_to_frames  # also read from here by api.py and play.py
 from worldkit.rollout import Rollout
 
@@ -71,9 +72,7 @@ class EvalResult:
         return out
 
     def save(self, path: os.PathLike) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(asdict(self), indent=1))
 
 
 def _bucket_slices(horizons: list[int], clip: int) -> list[slice]:
@@ -243,7 +242,6 @@ def save_strip(gt: Tensor, pred: Tensor, path: Path, clip_frames: int, columns: 
                     ax.set_title(f"t+{t + 1} ({(t + 1) / clip_frames:.1f}x)", fontsize=6)
     fig.tight_layout(pad=0.1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -21,6 +21,7 @@ from worldkit import registry, report, signals
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate
+from worldkit.files import atomic_path, atomic_write
 from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
@@ -30,17 +31,10 @@ from worldkit_kernels.choices import kernel_choices
 BASE_DIR = Path(__file__).parent / "base"
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """The model's weights and constructor arguments, written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
 
 
 def resolve_init(name: str, field: str = "model.init") -> Path:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from worldkit import config, report, signals
 from worldkit.cells import CELL, CELLS, DONE, ERROR, axis_labels, format_value
 from worldkit.errors import MISSING, ConfigError, Issue
+from worldkit.files import atomic_write
 from worldkit.schema import ExperimentConfig
 from worldkit.stages import resolve_stages, stage_finished
 
@@ -264,7 +265,7 @@ def save_config(grid: Grid, grid_dir: Path) -> Path:
     """The grid as given (``--set`` applied) to ``grid_dir/config.yaml``, atomically."""
     head = "# A grid experiment; each cell's resolved config is cells/<name>/config.yaml\n"
     text = head + config.dump_yaml(grid.raw)
-    return report.atomic_write(Path(grid_dir) / "config.yaml", text)
+    return atomic_write(Path(grid_dir) / "config.yaml", text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def _prepare(cell: Cell, folder: Path) -> ExperimentConfig:
     """The cell's folder with cell.json and config.yaml; a started cell keeps the config it started with."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"index": cell.index, "name": cell.name, "assignment": cell.assignment}
-    report.atomic_write(folder / CELL, json.dumps(meta))
+    atomic_write(folder / CELL, json.dumps(meta))
     saved = folder / "config.yaml"
     if saved.exists():
         return config.load(saved)
@@ -365,11 +366,11 @@ def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., A
                 f"stopped in cell {cell.name}; finished cells are kept; resume with: worldkit run --resume {grid_dir}"
             ) from None
         except Exception as err:  # a failing cell is recorded; the grid goes on
-            report.atomic_write(folder / ERROR, traceback.format_exc())
+            atomic_write(folder / ERROR, traceback.format_exc())
             print(f"!! cell {cell.name} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         else:
             done = {"name": cell.name, "wall_s": round(time.perf_counter() - t0, 1),
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            report.atomic_write(folder / DONE, json.dumps(done))
+            atomic_write(folder / DONE, json.dumps(done))
         report.build(grid_dir)
     return report.collect(grid_dir)

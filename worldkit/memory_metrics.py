@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldkit.files import atomic_path
 from worldkit.frames import tensor_to_frames
 from worldkit.metrics import mean_stderr
 
@@ -330,14 +331,12 @@ def save_return_strip(truth: Tensor, forecast: Tensor, targets, first: int, path
 
 
 def _save(fig, path) -> None:
-    import os
     from pathlib import Path
 
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)

@@ -9,7 +9,6 @@ probe(forecast) - true state.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from worldkit.files import atomic_path
 from worldkit.frames import frames_to_tensor
 
 
@@ -103,9 +103,8 @@ def cached_probe(dataset_file: Path, frames: np.ndarray, states: np.ndarray, ste
             print(f"warning: {path}: damaged probe file ({type(err).__name__}); training it anew", file=sys.stderr,
                   flush=True)
     probe = train_probe(frames, states, steps=steps, seed=seed, device="cuda" if torch.cuda.is_available() else "cpu")
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"state_dim": states.shape[-1], "frame_size": frames.shape[2], "state_dict": probe.state_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dim": states.shape[-1], "frame_size": frames.shape[2], "state_dict": probe.state_dict()}, tmp)
     return probe
 
 

@@ -20,13 +20,13 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from worldkit.cells import CELL, CELLS, DONE, ERROR, axis_labels, format_value
 from worldkit.errors import WorldkitError
+from worldkit.files import atomic_path, atomic_write
 from worldkit.stages import resolve_stages
 
 BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean training frame",
@@ -34,18 +34,6 @@ BASELINES = {"persistence": "persistence (copy last frame)", "mean_frame": "mean
 RANKED_BASELINES = ("persistence", "mean_frame")  # trivial forecasts a model must beat; truth and oracle are references
 CURVES = ("psnr", "ssim", "fg_psnr")  # per-frame curves logged to TensorBoard
 BUCKETS = ("psnr", "ssim", "fg_psnr", "skill", "state_err")  # per-horizon means logged to TensorBoard
-
-
-def atomic_write(path: Union[str, Path], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def kv_per_horizon(ev: dict) -> list[float]:
@@ -464,10 +452,9 @@ def csv_text(cells: list[CellResult]) -> str:
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
