@@ -149,13 +149,8 @@ class RunData:
 
 
 def make_module(cfg, stage: Stage, d: RunData) -> WorldModule:
-    model = dict(
-        frame_size=d.frame_size, action_dim=d.action_dim, patch=cfg.model.patch, width=cfg.model.width,
-        layers=cfg.model.layers, heads=cfg.model.heads, mlp_ratio=cfg.model.mlp_ratio,
-        block_patches=cfg.model.block_patches, chunk_frames=cfg.model.chunk_frames, prediction=cfg.model.prediction,
-    )
     return WorldModule(
-        model=model, trainer=stage.trainer, memory=stage.memory, selector=stage.selector,
+        model=cfg.model.network(frame_size=d.frame_size, action_dim=d.action_dim), trainer=stage.trainer, memory=stage.memory, selector=stage.selector,
         attention=stage.attention, train=stage.train.model_dump(),
         sampler=dict(steps=cfg.model.sampler_steps, shift=cfg.model.shift), seed=cfg.seed + stage.index,
     )

@@ -294,15 +294,6 @@ class WorldModel(nn.Module):
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
 
-    @classmethod
-    def from_config(cls, model_cfg, frame_size: int, action_dim: int) -> "WorldModel":
-        c = model_cfg
-        return cls(
-            frame_size=frame_size, action_dim=action_dim, patch=c.patch, width=c.width, layers=c.layers,
-            heads=c.heads, mlp_ratio=c.mlp_ratio, block_patches=c.block_patches, chunk_frames=c.chunk_frames,
-            prediction=c.prediction,
-        )
-
     # ---- token plumbing -----------------------------------------------------------------------
     def token_rows_cols(self, T: int) -> tuple[Tensor, Tensor]:
         reps = T // self.geometry.tokens_per_frame

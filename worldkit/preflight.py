@@ -74,9 +74,7 @@ def expected_settings(cfg: ExperimentConfig) -> dict:
     """The model settings (``WorldModel.hparams``) the experiment builds, as far as the config says them:
     every model field, the frame size of an env with a square ``size``, the env's action dimension when
     the env can be built here (it cannot without its simulator)."""
-    m = cfg.model
-    out = dict(patch=m.patch, width=m.width, layers=m.layers, heads=m.heads, mlp_ratio=m.mlp_ratio,
-               block_patches=m.block_patches, chunk_frames=m.chunk_frames, prediction=m.prediction)
+    out = cfg.model.network()
     size = getattr(cfg.env.config, "size", None)
     if isinstance(size, int):
         out["frame_size"] = size

@@ -169,6 +169,13 @@ class ModelConfig(Section):
     shift: PositiveFloat = 1.0  # noise-schedule shift
     init: Optional[str] = None  # a checkpoint path or a shipped name such as "base/pendulum"
 
+    def network(self, **sizes: int) -> dict[str, Any]:
+        """The ``WorldModel`` keyword arguments this section sets (not the sampler's steps and shift, nor
+        ``init``), after ``sizes`` (``frame_size``, ``action_dim``: the env's)."""
+        return dict(sizes, patch=self.patch, width=self.width, layers=self.layers, heads=self.heads,
+                    mlp_ratio=self.mlp_ratio, block_patches=self.block_patches, chunk_frames=self.chunk_frames,
+                    prediction=self.prediction)
+
 
 class TrainConfig(Section):
     """Optimisation and the Lightning trainer."""
