@@ -232,42 +232,6 @@ def test_clip_dataset_items(tmp_path):
         D.ClipDataset(episodes, clip_frames=11)
 
 
-def test_epoch_sampler_is_reproducible():
-    def order(seed, epoch, samples=None):
-        s = D.EpochSampler(50, seed, samples)
-        s.set_epoch(epoch)
-        return list(s)
-
-    assert order(0, 0) == order(0, 0) and sorted(order(0, 0)) == list(range(50))
-    assert order(0, 1) != order(0, 0) and order(1, 0) != order(0, 0)
-    assert order(0, 2) == order(1, 1)  # seeded from seed + epoch
-    assert len(order(0, 0, samples=10)) == 10 and len(order(0, 0, samples=80)) == 80
-
-
-def test_data_module_batches_and_order(tmp_path):
-    cfg = make_cfg(tmp_path)
-
-    def first_batches(epoch):
-        dm = D.VideoDataModule.from_config(cfg, progress=False)
-        dm.prepare_data()
-        dm.setup("fit")
-        loader = dm.train_dataloader()
-        loader.sampler.set_epoch(epoch)
-        return next(iter(loader)), dm
-
-    a, dm = first_batches(0)
-    b, _ = first_batches(0)
-    c, _ = first_batches(1)
-    assert a["frames"].shape == (4, 4, 3, 16, 16) and a["actions"].shape == (4, 4, 1)
-    assert a["states"].shape == (4, 4, 3)
-    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["episode"], b["episode"])
-    assert not torch.equal(a["start"] * 100 + a["episode"], c["start"] * 100 + c["episode"])
-    assert (dm.action_dim, dm.state_dim) == (1, 3)
-    assert len(dm.val_set) == 3 * 3  # 3 val episodes x 3 non-overlapping clips of 4 in 12 frames
-    val = next(iter(dm.val_dataloader()))
-    assert val["episode"].tolist() == [0, 0, 0, 1] and val["start"].tolist() == [0, 4, 8, 0]
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_parallel_generation_prints_no_worker_tracebacks(tmp_path):
     """The terminal sends Ctrl-C to every process of the job: the workers leave it to the main process,

@@ -16,6 +16,7 @@ MuJoCo is never imported here: envs are built through the registry, inside the e
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import multiprocessing as mp
 import signal
@@ -25,16 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from worldkit import registry
 from worldkit.errors import WorldkitError
 from worldkit.files import atomic_file
 from worldkit.interfaces import Environment
+
+# Nothing here uses Lightning, but play.py imports this module before it makes a MuJoCo GL context, and
+# Lightning imported after one segfaults: the import stays until play.py makes it itself.
+importlib.import_module("lightning")
 
 FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes
 SPLIT_FIRST_SEED = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -337,7 +341,7 @@ def prepare(cfg: Any, progress: bool = True) -> dict[str, Path]:
 class ClipDataset(Dataset):
     """Every clip of ``clip_frames`` frames starting at a multiple of ``stride``; item i is fixed.
 
-    Randomness lives in the sampler (``EpochSampler``), so an item index always means the same clip.
+    Randomness lives in the sampler (``training.StepSampler``), so an item index always means the same clip.
     Items: ``frames`` (T, 3, H, W) float32 in [-1, 1], ``actions`` (T, A), ``states`` (T, S),
     ``episode`` and ``start``.
     """
@@ -369,112 +373,3 @@ class ClipDataset(Dataset):
             "episode": e,
             "start": s,
         }
-
-
-class EpochSampler(Sampler[int]):
-    """A random order of item indices that depends only on ``seed + epoch`` (resumes see the same data).
-
-    ``samples`` items per epoch: a prefix of a permutation, or draws with replacement when it exceeds
-    the dataset. Lightning calls ``set_epoch`` at the start of every epoch.
-    """
-
-    def __init__(self, size: int, seed: int = 0, samples: Optional[int] = None):
-        self.size, self.seed = size, seed
-        self.samples = size if samples is None else samples
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.samples <= self.size:
-            order = torch.randperm(self.size, generator=g)[: self.samples]
-        else:
-            order = torch.randint(self.size, (self.samples,), generator=g)
-        return iter(order.tolist())
-
-    def __len__(self) -> int:
-        return self.samples
-
-
-class VideoDataModule(L.LightningDataModule):
-    """Training clips (random, seeded per epoch) and validation clips (all, in order) of one env."""
-
-    def __init__(
-        self,
-        env: str,
-        env_config: dict,
-        cache_dir: PathLike,
-        clip_frames: int = 16,
-        batch_size: int = 32,
-        train_episodes: int = 256,
-        val_episodes: int = 16,
-        episode_frames: int = 64,
-        seed: int = 0,
-        num_workers: int = 0,
-        gen_workers: int = 2,
-        samples_per_epoch: Optional[int] = None,
-        progress: bool = True,
-    ):
-        super().__init__()
-        self.env, self.env_config, self.cache_dir = env, dict(env_config), cache_dir
-        self.clip_frames, self.batch_size = clip_frames, batch_size
-        self.episodes = {"train": train_episodes, "val": val_episodes}
-        self.episode_frames = episode_frames
-        self.seed, self.num_workers, self.gen_workers = seed, num_workers, gen_workers
-        self.samples_per_epoch, self.progress = samples_per_epoch, progress
-        self.train_set: Optional[ClipDataset] = None
-        self.val_set: Optional[ClipDataset] = None
-
-    @classmethod
-    def from_config(cls, cfg: Any, num_workers: int = 0, **overrides: Any) -> "VideoDataModule":
-        """The data module of an experiment config (``cfg.env``, ``cfg.data``, ``cfg.train``, ``cfg.seed``)."""
-        name, config = _env_request(cfg)
-        d = cfg.data
-        kwargs = dict(
-            env=name, env_config=config, cache_dir=d.cache_dir, clip_frames=cfg.train.clip_frames,
-            batch_size=cfg.train.batch_size, train_episodes=d.train_episodes, val_episodes=d.val_episodes,
-            episode_frames=d.episode_frames, seed=cfg.seed, num_workers=num_workers, gen_workers=d.workers,
-        )
-        return cls(**{**kwargs, **overrides})
-
-    def _load(self, split: str) -> EpisodeSet:
-        return load_split(
-            self.env, self.env_config, split, self.episodes[split], self.episode_frames, self.cache_dir,
-            self.gen_workers, self.progress,
-        )
-
-    def prepare_data(self) -> None:
-        for split in self.episodes:
-            ensure_split(
-                self.env, self.env_config, split, self.episodes[split], self.episode_frames, self.cache_dir,
-                self.gen_workers, self.progress,
-            )
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_set is None:
-            self.train_set = ClipDataset(self._load("train"), self.clip_frames)
-            self.val_set = ClipDataset(self._load("val"), self.clip_frames, stride=self.clip_frames)
-
-    @property
-    def action_dim(self) -> int:
-        self.setup()
-        return int(self.train_set.episodes.actions.shape[-1])
-
-    @property
-    def state_dim(self) -> int:
-        self.setup()
-        return int(self.train_set.episodes.states.shape[-1])
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        sampler = EpochSampler(len(self.train_set), self.seed, self.samples_per_epoch)
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            drop_last=len(sampler) >= self.batch_size, persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
