@@ -72,7 +72,6 @@ class PersistentBlock(BlockMemory):
         scores = score_candidates(pooled_q.to(pooled.device), pooled)  # (L, B, n_c)
         keep = min(self.persistent_cap, scores.shape[2])
         top = scores.topk(keep, dim=2).indices.sort(dim=2).values  # (L, B, keep), candidate order kept
-        self.last_scores = scores
         self.keep_persistent(cand.take(top))
 
     # ---- read-time positions --------------------------------------------------------------------
