@@ -49,7 +49,7 @@ class Episodes:
 
     def images(self) -> np.ndarray:
         """The frames as uint8 images (N, T, H, W, 3)."""
-        from worldkit.evaluate import tensor_to_frames
+        from worldkit.frames import tensor_to_frames
 
         return tensor_to_frames(self.frames)
 
@@ -66,7 +66,7 @@ class RolloutResult:
     kv_bytes: list[int] = field(default_factory=list)
 
     def images(self) -> np.ndarray:
-        from worldkit.evaluate import tensor_to_frames
+        from worldkit.frames import tensor_to_frames
 
         return tensor_to_frames(self.frames)
 
@@ -149,7 +149,7 @@ class World:
         """``n`` recorded episodes of ``frames`` frames of the world's environment (the same seeds as the
         experiments' ``split``; cached like them)."""
         from worldkit import data as wk_data
-        from worldkit.evaluate import frames_to_tensor
+        from worldkit.frames import frames_to_tensor
         from worldkit.schema import DataConfig
 
         cache = cache_dir or DataConfig().cache_path

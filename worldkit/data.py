@@ -36,8 +36,9 @@ from worldkit.errors import WorldkitError
 from worldkit.files import atomic_file
 from worldkit.interfaces import Environment
 
-# Nothing here uses Lightning, but play.py imports this module before it makes a MuJoCo GL context, and
-# Lightning imported after one segfaults: the import stays until play.py makes it itself.
+# Nothing here uses Lightning, but Lightning (with TensorBoard) imported after a MuJoCo GL context exists
+# segfaults, and every path that renders episodes (run, data, eval, play, the API) imports this module
+# before the first env renders: loading Lightning here keeps the safe order wherever training follows.
 importlib.import_module("lightning")
 
 FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes

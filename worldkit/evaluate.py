@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from worldkit import metrics
 from worldkit.files import atomic_path, atomic_write
-from worldkit.frames import frames_to_tensor, tensor_to_frames  # also read from here by api.py and play.py
+from worldkit.frames import frames_to_tensor, tensor_to_frames
 from worldkit.rollout import Rollout
 
 

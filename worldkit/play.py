@@ -176,7 +176,7 @@ class Game:
     # ---- play -----------------------------------------------------------------------------------
     def step(self, action) -> Chunk:
         """Generate the next chunk under ``action`` (A,) held for each of its frames (clipped to [-1, 1])."""
-        from worldkit.evaluate import tensor_to_frames
+        from worldkit.frames import tensor_to_frames
 
         a = np.clip(np.asarray(action, dtype=np.float32).reshape(-1), -1.0, 1.0)
         if a.shape != (self.action_dim,):
@@ -449,7 +449,7 @@ class PlayServer:
     def state(self) -> dict:
         """``/state.json``: the hello, and the last context frame of the first episode as base64 RGB (the page
         shows it before the game's websocket streams)."""
-        from worldkit.evaluate import tensor_to_frames
+        from worldkit.frames import tensor_to_frames
 
         frame = tensor_to_frames(self.episodes.frames[0, self.context - 1])
         return {**self.hello(), "preview": base64.b64encode(frame.tobytes()).decode()}
