@@ -34,7 +34,7 @@ from machine import describe  # noqa: E402
 
 from worldkit.model import WorldModel  # noqa: E402
 from worldkit.rollout import Rollout  # noqa: E402
-from worldkit.training import build_plugin  # noqa: E402
+from worldkit import registry  # noqa: E402
 
 PRESETS = {  # docs/design.md "Sizes"; frame_size in pixels and block_patches in patches: a side or (rows, cols)
     "cpu": dict(frame_size=64, patch=4, block_patches=4, chunk_frames=2, clip=16, layers=6, width=256, heads=8),
@@ -144,7 +144,7 @@ def measure(model, variant, horizon_frames, reps, device, dtype, clip, profile=F
     for timed in (False, True):
         r = mem = sel = att = None  # the rehearsal's cache goes before the timed pass makes its own
         gc.collect()
-        mem, sel, att = (build_plugin(kind, spec) for kind, spec in zip(("memory", "selector", "attention"), variant))
+        mem, sel, att = (registry.build(kind, spec) for kind, spec in zip(("memory", "selector", "attention"), variant))
         # an unbounded pool (dense) made at its final size, + the profiled chunk: grown by doubling, as in
         # a rollout, dense at 12x the Wan clip would hold 192 frames' slots beside 384 while copying
         mem.reserve_slots = (horizon_frames + fc) * model.geometry.blocks_per_frame

@@ -108,7 +108,7 @@ def test_an_unbounded_pool_is_made_at_the_size_reserved():
     """``reserve_slots`` sizes dense's pool up front (no doubling copy at the benchmark's horizons);
     bounded pools keep their size."""
     from worldkit.model import WorldModel
-    from worldkit.training import build_plugin
+    from worldkit import registry
 
     model = WorldModel(frame_size=(4, 8), action_dim=2, patch=2, width=16, layers=1, heads=1,
                        block_patches=(2, 1), chunk_frames=1)
@@ -116,7 +116,7 @@ def test_an_unbounded_pool_is_made_at_the_size_reserved():
     sizes = {}
     for kind in ("dense", "sliding_window"):
         for reserve in (None, 400):
-            mem = build_plugin("memory", {"type": kind})
+            mem = registry.build("memory", {"type": kind})
             mem.reserve_slots = reserve
             mem.reset(spec)
             sizes[kind, reserve] = mem.capacity

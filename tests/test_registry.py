@@ -223,3 +223,22 @@ def test_build_validates_the_plugins_own_config(site):
     assert isinstance(plugin.config, PluginConfig)
     with pytest.raises(ValidationError, match="cpa"):
         registry.build("memory", "fake", {"cpa": 3})
+
+
+def test_build_takes_the_plugin_as_a_yaml_writes_it_or_as_a_validated_spec(site):
+    """``registry.build`` is the one way to build a plugin: ``{type: NAME, **fields}``, a
+    ``schema.PluginSpec`` or a name with its fields all give the same plugin."""
+    from worldkit.schema import PluginSpec
+
+    site("fakedist", "0.3", {"worldkit.memory": {"fake": "wk_fake_mem:Fake"}}, {"wk_fake_mem": MEMORY_MODULE})
+    from_dict = registry.build("memory", {"type": "fake", "cap": "3"})
+    spec = PluginSpec.validate("memory", {"type": "fake", "cap": 3})
+    from_spec = registry.build("memory", spec)
+    assert from_dict.config == from_spec.config == spec.build().config == registry.build("memory", "fake", {"cap": 3}).config
+    assert from_dict.config.cap == 3
+    with pytest.raises(WorldkitError, match="expected a selector plugin"):
+        registry.build("selector", spec)
+    with pytest.raises(WorldkitError, match="type: NAME"):
+        registry.build("memory", {"cap": 3})
+    with pytest.raises(WorldkitError, match="cfg goes with a plugin name"):
+        registry.build("memory", {"type": "fake"}, {"cap": 3})

@@ -30,10 +30,6 @@ from worldkit.errors import WorldkitError
 PluginSpec = Union[str, dict]
 
 
-def _spec(spec: PluginSpec) -> dict:
-    return {"type": spec} if isinstance(spec, str) else dict(spec)
-
-
 @dataclass
 class Episodes:
     """Recorded episodes: frames (N, T, 3, H, W) in [-1, 1], actions (N, T, A), simulator states (N, T, S)."""
@@ -165,7 +161,7 @@ class World:
         ``frames`` new frames (default: the rest of the episodes, whole chunks), under the given plugins.
         ``teacher_forced``: each chunk commits the true frames instead of its own."""
         from worldkit.rollout import Rollout
-        from worldkit.training import build_plugin
+        from worldkit import registry
 
         fc = self.model.chunk_frames
         avail = episodes.frames.shape[1] - context_frames
@@ -174,8 +170,8 @@ class World:
             raise WorldkitError(f"frames: {frames} new frames after {context_frames} context frames of "
                                 f"{episodes.frames.shape[1]}-frame episodes; must be a positive multiple of the "
                                 f"{fc}-frame chunk, at most {avail}")
-        r = Rollout(self.model, build_plugin("memory", _spec(memory)), build_plugin("selector", _spec(selector)),
-                    build_plugin("attention", _spec(attention)), steps=self.sampler_steps, shift=self.shift,
+        r = Rollout(self.model, registry.build("memory", memory), registry.build("selector", selector),
+                    registry.build("attention", attention), steps=self.sampler_steps, shift=self.shift,
                     train_frames=self.train_frames)
         dev = next(self.model.parameters()).device
         x = episodes.frames[:, : context_frames + frames].to(dev)

@@ -25,7 +25,7 @@ from worldkit.files import atomic_path, atomic_write
 from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
-from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, build_plugin, make_trainer
+from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, make_trainer
 from worldkit_kernels.choices import kernel_choices
 
 BASE_DIR = Path(__file__).parent / "base"
@@ -164,7 +164,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
     test = d.sets["test"]
     n = min(cfg.eval.episodes, len(test))
     rollout = Rollout(
-        model, build_plugin("memory", memory), build_plugin("selector", selector), build_plugin("attention", attention),
+        model, registry.build("memory", memory), registry.build("selector", selector), registry.build("attention", attention),
         steps=cfg.model.sampler_steps, shift=cfg.model.shift, train_frames=train_frames or cfg.train.clip_frames,
     )
     model.eval()

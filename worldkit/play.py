@@ -151,11 +151,10 @@ class Game:
 
     def _recommit(self) -> None:
         from worldkit.rollout import Rollout
-        from worldkit.training import build_plugin
 
         w = self.world
-        self.rollout = Rollout(self.model, build_plugin("memory", memory_spec(self.memory, "memory")),
-                               build_plugin("selector", {"type": "all"}), build_plugin("attention", {"type": "sdpa"}),
+        self.rollout = Rollout(self.model, registry.build("memory", memory_spec(self.memory, "memory")),
+                               registry.build("selector", "all"), registry.build("attention", "sdpa"),
                                steps=w.sampler_steps, shift=w.shift, train_frames=w.train_frames)
         with torch.no_grad():
             self.rollout.reset(1, device=self.device)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from worldkit import registry
 from worldkit.errors import WorldkitError
 from worldkit.schema import ExperimentConfig
 
@@ -79,7 +80,7 @@ def expected_settings(cfg: ExperimentConfig) -> dict:
     if isinstance(size, int):
         out["frame_size"] = size
     try:
-        env = cfg.env.build()
+        env = registry.build("env", cfg.env)
     except Exception:  # no simulator on this machine: training from a copied cache can still run
         return out
     out["action_dim"] = env.action_dim
@@ -131,9 +132,7 @@ def start_problems(cfg: ExperimentConfig) -> list[str]:
                 found.append(f"{where}train.max_steps: 0 evaluates the starting weights, but there are none: "
                              "set model.init (a checkpoint or a shipped base)")
             continue
-        from worldkit import registry
-
-        trainer = registry.build("trainer", stage.trainer["type"], {k: v for k, v in stage.trainer.items() if k != "type"})
+        trainer = registry.build("trainer", stage.trainer)
         try:
             trainer.check_start(init)
         except WorldkitError as err:

@@ -9,6 +9,7 @@ notebooks); it is not how plugins ship.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -22,7 +23,7 @@ from worldkit.errors import (
     UnknownPluginError,
     WorldkitError,
 )
-from worldkit.interfaces import KINDS, Plugin
+from worldkit.interfaces import KINDS, Plugin, PluginConfig
 
 GROUP_PREFIX = "worldkit."
 REGISTERED = "<registered>"  # the "distribution" of a class added with ``register``
@@ -135,9 +136,25 @@ class Registry:
                 kind, name, origin, f"{obj!r} is not a subclass of {base.__module__}.{base.__qualname__}"
             )
 
-    def build(self, kind: str, name: str, cfg: Optional[dict] = None) -> Plugin:
-        """An instance of ``kind``/``name`` built from ``cfg`` validated by the plugin's own ``Config``."""
-        cls = self.get(kind, name)
+    def build(self, kind: str, spec: Any, cfg: Optional[dict] = None) -> Plugin:
+        """A fresh instance of a ``kind`` plugin: the one way worldkit builds a plugin.
+
+        ``spec`` is the plugin as an experiment YAML writes it, ``{type: NAME, **fields}``; or a validated
+        ``schema.PluginSpec`` (its Config is used as is); or just ``NAME``, with the fields in ``cfg``.
+        The fields are validated by the plugin's own ``Config``.
+        """
+        if cfg is not None and not isinstance(spec, str):
+            raise WorldkitError(f"{kind}: cfg goes with a plugin name, not with {type(spec).__name__} {spec!r}")
+        config = getattr(spec, "config", None)
+        if isinstance(config, PluginConfig):  # a schema.PluginSpec (not imported: schema imports this module)
+            if spec.kind != kind:
+                raise WorldkitError(f"expected a {kind} plugin, got a {spec.kind} plugin {spec.type!r}")
+            return self.get(kind, spec.type)(config)
+        if isinstance(spec, Mapping):
+            if "type" not in spec:
+                raise WorldkitError(f"a {kind} plugin is written {{type: NAME, ...}}; got {dict(spec)!r}")
+            cfg, spec = {k: v for k, v in spec.items() if k != "type"}, spec["type"]
+        cls = self.get(kind, spec)
         return cls(cls.Config.model_validate(cfg or {}))
 
     def entries(self, kind: Optional[str] = None) -> list[Entry]:

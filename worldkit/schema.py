@@ -93,8 +93,8 @@ class PluginSpec:
         return registry.get(self.kind, self.type)
 
     def build(self) -> Plugin:
-        """A fresh plugin instance built from this config."""
-        return self.cls(self.config)
+        """A fresh plugin instance built from this config (``registry.build(kind, self)``)."""
+        return registry.build(self.kind, self)
 
     def to_dict(self) -> dict[str, Any]:
         """``{type: NAME, **config}``, every config field included, ready for YAML."""

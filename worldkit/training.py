@@ -22,12 +22,6 @@ from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
 
 
-def build_plugin(kind: str, spec: dict):
-    """A plugin from its ``{type: NAME, ...}`` dict."""
-    rest = {k: v for k, v in spec.items() if k != "type"}
-    return registry.build(kind, spec["type"], rest)
-
-
 class StepSampler(Sampler[int]):
     """An endless, resumable stream of item indices: global position p draws item ``perm_e[p % size]``
     of the permutation of epoch ``e = p // size`` seeded by ``seed + e``. Under data parallelism each
@@ -90,10 +84,10 @@ class WorldModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed alone
             torch.manual_seed(seed)
             self.model = WorldModel(**model)
-        self.trainer_plugin = build_plugin("trainer", trainer)
-        self.memory = build_plugin("memory", memory)
-        self.selector = build_plugin("selector", selector)
-        self.backend = build_plugin("attention", attention)
+        self.trainer_plugin = registry.build("trainer", trainer)
+        self.memory = registry.build("memory", memory)
+        self.selector = registry.build("selector", selector)
+        self.backend = registry.build("attention", attention)
         self.train_cfg = train
         self.seed = seed
         self.rollout = Rollout(

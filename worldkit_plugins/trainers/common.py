@@ -5,7 +5,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from worldkit import diffusion
+from worldkit import diffusion, registry
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import CacheSpec, PluginConfig
 from worldkit.model import Geometry, ParallelContext
@@ -51,7 +51,7 @@ def check_parallel_mask(trainer: str, experiment) -> list[tuple]:
                      chunk_frames=m.chunk_frames, train_frames=experiment.train.clip_frames,
                      dtype=torch.float32, device=torch.device("cpu"))
     try:
-        memory = experiment.memory.build()
+        memory = registry.build("memory", experiment.memory)
         memory.reset(spec)
         has_mask = memory.visibility(experiment.train.clip_frames) is not None
     except Exception:
