@@ -135,3 +135,15 @@ def test_the_graph_sees_imports_at_module_level_and_inside_functions(tmp_path):
 def test_worldkit_modules_import_one_another_without_a_circle():
     found = cycles(import_graph())
     assert not found, "import circles in worldkit/ (each line: a imports b imports ... a):\n" + "\n".join(found)
+
+
+def test_the_core_imports_no_plugin_and_no_kernel():
+    """``worldkit`` reaches its plugins and the kernels only through the registry (entry points): a module
+    of the core that imported ``worldkit_plugins`` or ``worldkit_kernels`` would tie it to them."""
+    found = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{name} imports {t}" for t in targets if t.split(".")[0] in ("worldkit_plugins", "worldkit_kernels")]
+    assert not found, "\n".join(found)

@@ -970,6 +970,21 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
         "kept": "torch", "timings_ms": {"torch": 0.75, "triton": None}, "kernel_failed": "RuntimeError: no kernel"}]
 
 
+def test_the_sparse_forcing_plugins_report_the_kernel_choices_of_a_stage(monkeypatch):
+    """pbsa and local_window give each stage ``kernels.json`` (``Plugin.report``) once the Triton paths
+    ran; nothing before (a CPU run)."""
+    from worldkit import registry
+    from worldkit_kernels import choices
+
+    plugins = [registry.get("attention", "pbsa"), registry.get("selector", "local_window")]
+    monkeypatch.setattr(choices, "kernel_choices", lambda: {"pbsa": [], "selection": []})
+    assert [p.report() for p in plugins] == [{}, {}]
+    kept = {"pbsa": [{"class": "c", "kept": "M64 N64 w4 s3", "tuned": False}], "selection": []}
+    monkeypatch.setattr(choices, "kernel_choices", lambda: kept)
+    assert [p.report() for p in plugins] == [{"kernels.json": kept}] * 2
+    assert registry.get("attention", "sdpa").report() == {}
+
+
 def test_kernel_choices_import_no_triton():
     code = ("import sys\nfrom worldkit_kernels.choices import kernel_choices\n"
             "print(kernel_choices(), 'triton' in sys.modules)\n")

@@ -181,7 +181,8 @@ def test_a_stage_is_evaluated_with_the_windows_it_trained_with(cache, tmp_path, 
     seen, real = [], experiment.evaluate
     monkeypatch.setattr(experiment, "evaluate", lambda rollout, *a, **k: seen.append((rollout.train_frames, a[3])) or real(rollout, *a, **k))
     choices = {"pbsa": [], "selection": [{"class": "c", "kept": "triton", "timings_ms": {"torch": 0.7, "triton": 0.1}}]}
-    monkeypatch.setattr(experiment, "kernel_choices", lambda: choices)  # as a CUDA run would have
+    sliding_window = experiment.registry.get("memory", "sliding_window")  # a plugin's Plugin.report, as pbsa's on a CUDA run
+    monkeypatch.setattr(sliding_window, "report", classmethod(lambda cls: {"kernels.json": choices}))
     experiment.run(wk_config.validate(raw), tmp_path)
     assert seen == [(4, 6)]
     assert json.loads((tmp_path / "stages" / "0-short" / "kernels.json").read_text()) == choices

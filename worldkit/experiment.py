@@ -26,7 +26,6 @@ from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, make_trainer
-from worldkit_kernels.choices import kernel_choices
 
 BASE_DIR = Path(__file__).parent / "base"
 
@@ -317,9 +316,7 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
         res = evaluate_model(cfg, model, stage.memory, stage.selector, stage.attention, d, stage_dir,
                              desc=f"eval {stage.name}", train_frames=stage.train.clip_frames)
         res.save(stage_dir / "eval.json")
-        choices = kernel_choices()
-        if choices["pbsa"] or choices["selection"]:  # what the Triton paths ran with (a CUDA run)
-            atomic_write(stage_dir / "kernels.json", json.dumps(choices, indent=1))
+        write_plugin_reports(stage, stage_dir)
         log_eval(logger, res, step)
         report.log_stage(logger, cfg, stage.index, res, stage_dir, step)
         row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],
@@ -329,6 +326,17 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
         init = final
     write_summary(resolve_stages(cfg), run_dir, cfg.name, cfg.eval.reference)
     return rows
+
+
+def write_plugin_reports(stage: Stage, stage_dir: Path) -> None:
+    """The files the stage's plugins report once it is evaluated (``Plugin.report``), in ``stage_dir``."""
+    files = {}
+    for kind in ("trainer", "memory", "selector", "attention"):
+        files.update(registry.get(kind, getattr(stage, kind)["type"]).report())
+    for name, value in files.items():
+        if Path(name).name != name:
+            raise WorldkitError(f"a plugin of stage {stage.name} reports {name!r}: a file name is expected")
+        atomic_write(stage_dir / name, json.dumps(value, indent=1))
 
 
 def _compact(kind: str, spec: dict) -> dict:

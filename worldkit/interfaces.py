@@ -53,6 +53,14 @@ class Plugin(ABC):
         runs that each can be read and was trained with the experiment's model settings."""
         return {}
 
+    @classmethod
+    def report(cls) -> dict[str, Any]:
+        """Files to write beside a stage's results once it is evaluated, ``{file name: JSON value}``: what
+        the plugin wants kept about how it ran in this process (the Sparse Forcing plugins give
+        ``kernels.json``, the Triton launch configurations and block-selection paths they kept). Called on
+        the class of each of the stage's plugins; ``{}`` (the default): nothing."""
+        return {}
+
 
 # --------------------------------------------------------------------------------------------------
 # Environments

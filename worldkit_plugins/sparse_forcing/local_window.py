@@ -10,9 +10,10 @@ from torch import Tensor
 
 from worldkit.interfaces import BlockIndex, BlockSelector, PluginConfig
 from worldkit_kernels import resolve_top_k, topk_blocks
+from worldkit_plugins.sparse_forcing.kernels import ReportsKernels
 
 
-class LocalWindow(BlockSelector):
+class LocalWindow(ReportsKernels, BlockSelector):
     """Top-K local blocks per query block by softmax(pooled q . pooled k / sqrt(d)); own block kept."""
 
     class Config(PluginConfig):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from worldkit.interfaces import AttentionBackend, BlockIndex, KVView, PluginConfig
 from worldkit_kernels import pbsa_attention, pbsa_attention_with_lse
+from worldkit_plugins.sparse_forcing.kernels import ReportsKernels
 
 
 def chunk_blocks(x: Tensor, BLK: int) -> Tensor:
@@ -76,7 +77,7 @@ def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
     return torch.where(torch.isfinite(lse)[..., None], wa * out_a + wb * out_b, 0.0)
 
 
-class PBSA(AttentionBackend):
+class PBSA(ReportsKernels, AttentionBackend):
     """Persistent block-sparse attention over sink + persistent + selected local blocks (Triton on CUDA)."""
 
     class Config(PluginConfig):
