@@ -44,13 +44,14 @@ def child(config: str, overrides: list[str], steps: int, warmup: int, workdir: s
 
     from worldkit import config as wk_config
     from worldkit import experiment
+    from worldkit.checkpoints import resolve_init
     from worldkit.stages import resolve_stages
 
     total = warmup + steps
     cfg = wk_config.load(config, [*overrides, f"train.max_steps={total}", f"train.val_every={total}",
                                   "train.eval_every=null", "train.max_minutes=null"])
     stage = resolve_stages(cfg)[0]
-    init = experiment.resolve_init(cfg.model.init) if cfg.model.init else None
+    init = resolve_init(cfg.model.init) if cfg.model.init else None
     data = experiment.RunData(cfg)
 
     class Timer(L.Callback):

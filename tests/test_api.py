@@ -11,7 +11,7 @@ import yaml
 
 import worldkit.api as wk
 from worldkit.errors import WorldkitError
-from worldkit.experiment import save_weights
+from worldkit.checkpoints import save_weights
 from worldkit.model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]

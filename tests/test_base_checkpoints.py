@@ -6,7 +6,7 @@ import torch
 from worldkit import data as wk_data
 from worldkit import metrics, registry
 from worldkit.frames import frames_to_tensor
-from worldkit.experiment import BASE_DIR, load_weights, resolve_init
+from worldkit.checkpoints import BASE_DIR, load_weights, resolve_init
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
 

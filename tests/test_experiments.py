@@ -16,7 +16,7 @@ def test_every_shipped_experiment_validates(path):
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_experiment_starts_from_a_shipped_checkpoint(path):
-    from worldkit.experiment import resolve_init
+    from worldkit.checkpoints import resolve_init
 
     cfg = config.load(path)
     if cfg.model.init is not None:
@@ -109,7 +109,8 @@ def test_main_job_reads_one_base_under_every_memory_policy_at_one_kv_budget():
 def _tiny_experiment(tmp_path):
     import yaml
 
-    from worldkit.experiment import RunData, make_module, resolve_stages, save_weights
+    from worldkit.checkpoints import save_weights
+    from worldkit.experiment import RunData, make_module, resolve_stages
 
     raw = {"name": "t", "seed": 0, "env": {"type": "pendulum", "size": 16},
            "data": {"train_episodes": 4, "val_episodes": 1, "test_episodes": 2, "episode_frames": 10,

@@ -211,7 +211,7 @@ def test_block_size_is_a_read_time_setting(tmp_path):
     """block_patches groups tokens into cache blocks and changes no weight: a checkpoint loads at another
     block size (other settings are still refused), and a dense rollout is the same at every block size."""
     from worldkit.errors import WorldkitError
-    from worldkit.experiment import load_weights, save_weights
+    from worldkit.checkpoints import load_weights, save_weights
 
     torch.manual_seed(0)
     kw = dict(frame_size=16, action_dim=1, patch=4, width=32, layers=2, heads=2, chunk_frames=2)

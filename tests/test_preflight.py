@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from worldkit import cli
-from worldkit.experiment import save_weights
+from worldkit.checkpoints import save_weights
 from worldkit.model import WorldModel
 
 from tests.test_envs import MJCF

@@ -49,7 +49,7 @@ def test_matrix_from_evaluated_folders_marks_each_rows_best(tmp_path):
 @pytest.mark.slow
 def test_matrix_evaluates_weights_under_every_deploy_policy_once(tmp_path, monkeypatch):
     from worldkit import experiment
-    from worldkit.experiment import save_weights
+    from worldkit.checkpoints import save_weights
     from worldkit.model import WorldModel
 
     td = load("train_deploy")

@@ -245,7 +245,7 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys
     # stage 2 starts from stage 1's weights, and so does the variant compared with stage 2
     assert loaded == [run / "stages" / "0-dense_df" / "model.pt"] * 2
     # a finished stage ships as a base checkpoint with its model card
-    from worldkit import cards
+    from worldkit import cards, checkpoints
 
     monkeypatch.setattr(cards, "BASE_DIR", tmp_path / "base")
     card = cards.write_card(run, "tiny", command="worldkit run tiny.yaml", hardware="2 CPU cores", stage="0-dense_df")
@@ -254,8 +254,8 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys
     assert "model of the `pendulum` environment" in text and "diffusion forcing with the `dense` KV-cache policy" in text
     assert "to 2x the" in text  # the run's longest horizon
     assert "| skill vs persistence | model |" in text and "| state-probe error (std) | ground truth (floor) |" in text
-    monkeypatch.setattr(experiment, "BASE_DIR", tmp_path / "base")
-    assert experiment.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
+    monkeypatch.setattr(checkpoints, "BASE_DIR", tmp_path / "base")
+    assert checkpoints.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run
     capsys.readouterr()
     assert main(["analyze", "attention", str(run), "--episodes", "1", "--window", "4"]) == 0  # horizon: the run's 2
@@ -310,7 +310,7 @@ def test_periodic_evaluation_and_validation_follow_optimizer_steps(accumulate, c
 @pytest.fixture(scope="module")
 def start_weights(run_data, tmp_path_factory):
     """A checkpoint to start DMD stages from (its teacher is then these weights, not random ones)."""
-    from worldkit.experiment import save_weights
+    from worldkit.checkpoints import save_weights
 
     cfg = wk_config.validate(tiny_raw(run_data.train_file.parent))
     path = tmp_path_factory.mktemp("start") / "start.pt"
@@ -397,7 +397,7 @@ def test_dmd_updates_the_critic_every_step_and_the_generator_every_ratio_steps(c
 def test_dmd_alone_carries_the_teachers_knowledge_of_the_data(cache, run_data, tmp_path):
     """A generator trained by DMD alone (no ground-truth term) from random weights approaches the data
     when the teacher was trained on it, and does not when the teacher is itself random."""
-    from worldkit.experiment import save_weights
+    from worldkit.checkpoints import save_weights
     from worldkit.model import WorldModel
 
     cfg = wk_config.validate({**tiny_raw(cache, max_steps=100, val_every=100, batch_size=8),

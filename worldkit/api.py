@@ -69,7 +69,7 @@ class RolloutResult:
 
 def _card_facts(name: str) -> dict:
     """The environment and training clip a shipped base's model card states."""
-    from worldkit.experiment import BASE_DIR
+    from worldkit.checkpoints import BASE_DIR
 
     path = BASE_DIR / f"{name.removeprefix('base/')}.md"
     text = path.read_text() if path.exists() else ""
@@ -111,7 +111,7 @@ class World:
         """Weights by shipped name (``base/revisit_room``) or path (a run's ``model.pt``). The environment,
         training clip and sampler come from the base's model card or the run's config.yaml unless given;
         ``block_patches`` reads the weights at another cache block size (the weights do not depend on it)."""
-        from worldkit.experiment import load_weights, read_checkpoint, resolve_init
+        from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init
         from worldkit.model import WorldModel
 
         path = resolve_init(weights, "weights")

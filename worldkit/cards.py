@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-BASE_DIR = Path(__file__).parent / "base"
+from worldkit.checkpoints import BASE_DIR
+
 WHO = {"model": "model", "persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
 METRICS = {"psnr": "PSNR dB", "fg_psnr": "foreground PSNR dB", "ssim": "SSIM", "skill": "skill vs persistence",
            "state_err": "state-probe error (std)", "fd": "Fréchet distance (probe features)",

@@ -171,13 +171,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.grid:
         raise WorldkitError(f"{args.config}: a grid experiment; eval takes one experiment (a cell's config.yaml)")
     warn_unused(cfg, args.config)
-    experiment = import_module("worldkit.experiment")
-    experiment.read_checkpoint(experiment.resolve_init(args.weights))  # a bad path fails before a folder is made
+    from worldkit.checkpoints import read_checkpoint, resolve_init
+
+    read_checkpoint(resolve_init(args.weights))  # a bad path fails before a folder is made
     run_dir = new_run_dir(cfg.model_copy(update={"name": f"{cfg.name}-eval"}), args.out)
     config.save(cfg, run_dir / "config.yaml")
     print(f"eval folder: {run_dir}", file=sys.stderr)
     try:
-        experiment.evaluate_weights(cfg, args.weights, run_dir)
+        import_module("worldkit.experiment").evaluate_weights(cfg, args.weights, run_dir)
     except KeyboardInterrupt:
         raise signals.interrupt(f"stopped; the stages evaluated so far are in {run_dir}/stages") from None
     return 0

@@ -18,74 +18,15 @@ import torch
 
 from worldkit import data as wk_data
 from worldkit import registry, report, signals
+from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init, save_weights
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate
-from worldkit.files import atomic_path, atomic_write
+from worldkit.files import atomic_write
 from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, make_trainer
-
-BASE_DIR = Path(__file__).parent / "base"
-
-
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """The model's weights and constructor arguments, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"hparams": model.hparams, "state_dict": model.state_dict()}, tmp)
-
-
-def resolve_init(name: str, field: str = "model.init") -> Path:
-    """A checkpoint path, or a shipped base checkpoint by name (``base/pendulum``); ``field`` is the
-    config field that names it, for the error."""
-    p = Path(name).expanduser()
-    if p.exists():
-        return p
-    if name.startswith("base/"):
-        shipped = BASE_DIR / f"{name.removeprefix('base/')}.pt"
-        if shipped.exists():
-            return shipped
-        have = sorted(f"base/{q.stem}" for q in BASE_DIR.glob("*.pt"))
-        raise WorldkitError(f"{field}: no shipped checkpoint {name!r}; shipped: {', '.join(have) or 'none'}")
-    raise WorldkitError(f"{field}: {name!r} is neither a file nor a shipped name (base/...)")
-
-
-def read_checkpoint(path: Path, field: str = "model.init") -> dict:
-    """A checkpoint's contents; a file that is not one is a user error naming it."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # not a torch file, truncated, a folder, ...
-        raise WorldkitError(f"{field}: {path} is not a readable checkpoint ({type(err).__name__}: "
-                            f"{str(err).strip().splitlines()[0][:120] if str(err).strip() else ''})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict", blob), dict):
-        raise WorldkitError(f"{field}: {path} holds no state_dict (a model.pt or a Lightning .ckpt is expected)")
-    return blob
-
-
-# Model settings that do not change the weights: ``block_patches`` only groups tokens into cache blocks
-# (what memory policies keep and selectors pick), so one set of weights can be read at any block size.
-READ_TIME_SETTINGS = frozenset({"block_patches"})
-
-
-def settings_mismatch(blob: dict, expected: dict, path: Path, field: str = "model.init") -> Optional[str]:
-    """The error line when a checkpoint's model settings (``hparams``) differ from ``expected`` (only the
-    settings both give are compared, read-time settings excepted); None when they agree."""
-    mismatch = {k: v for k, v in blob.get("hparams", {}).items()
-                if k in expected and expected[k] != v and k not in READ_TIME_SETTINGS}
-    if not mismatch:
-        return None
-    return (f"{field}: {path} was trained with other model settings: "
-            + ", ".join(f"{k}={v} (config has {expected[k]})" for k, v in mismatch.items()))
-
-
-def load_weights(model: torch.nn.Module, path: Path, field: str = "model.init") -> None:
-    blob = read_checkpoint(path, field)
-    problem = settings_mismatch(blob, {k: model.hparams.get(k) for k in blob.get("hparams", {})}, path, field)
-    if problem:
-        raise WorldkitError(problem)
-    model.load_state_dict(blob.get("state_dict", blob))
-
 
 # --------------------------------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ Beyond the schema and the plugins' own ``check``s (``worldkit.config``): every c
 reads (``model.init`` and those a plugin names, such as a DMD teacher) exists, is a checkpoint and was
 trained with the experiment's model settings; each trainer can start from the weights its stage starts
 from (``check_start``); the data cache and run folders are folders or can be made. One line per problem,
-naming the field, the value and what is wrong. Light: torch and the experiment runner are imported only
-when a checkpoint is to be read.
+naming the field, the value and what is wrong. Light: torch is imported only when a checkpoint is to be
+read (``worldkit.checkpoints``).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from worldkit import registry
+from worldkit.checkpoints import read_checkpoint, resolve_init, settings_mismatch
 from worldkit.errors import WorldkitError
 from worldkit.schema import ExperimentConfig
 
@@ -93,8 +94,6 @@ def checkpoint_problems(cfg: ExperimentConfig, named: list[tuple[str, str]]) -> 
     """Each named checkpoint (field, name) found, readable, and trained with the experiment's settings."""
     if not named:
         return []
-    from worldkit.experiment import read_checkpoint, resolve_init, settings_mismatch
-
     expected, found = None, []
     for field, name in dict.fromkeys(named):  # a teacher shared by stages is read once
         try:
@@ -119,8 +118,6 @@ def start_problems(cfg: ExperimentConfig) -> list[str]:
 
     init = None
     if cfg.model.init:
-        from worldkit.experiment import resolve_init
-
         init = resolve_init(cfg.model.init)
     stages = resolve_stages(cfg)
     first = [s for s in stages if s.index == 0 or (s.variant and len(cfg.stages) <= 1)]

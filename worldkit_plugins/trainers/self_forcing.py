@@ -94,7 +94,7 @@ class DMDNets(nn.Module):
         if teacher is None:
             self.teacher.load_state_dict(generator.state_dict())
         else:
-            from worldkit.experiment import load_weights, resolve_init
+            from worldkit.checkpoints import load_weights, resolve_init
 
             load_weights(self.teacher, resolve_init(teacher, "trainer.dmd.teacher"), "trainer.dmd.teacher")
         self.critic.load_state_dict(self.teacher.state_dict())
