@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Optional
 
 import pytest

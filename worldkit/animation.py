@@ -89,11 +89,9 @@ def rollouts_gif(stages: Sequence[tuple[str, Path]], path: Path, episodes: int =
 
 
 def mp4_encoder_installed() -> bool:
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 def rollouts_mp4(stages: Sequence[tuple[str, Path]], path: Path, episodes: int = 2) -> bool:

@@ -20,7 +20,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # torch is only needed by the model-side kinds
-    import torch
     from torch import Tensor
 
 
