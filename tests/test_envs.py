@@ -1,6 +1,11 @@
 """Env plugins: the contract every registered env keeps, reproducibility, the memory room, MJCF loading."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -279,3 +284,15 @@ def test_mjcf_missing_camera_names_the_choices(mjcf_file):
 def test_mjcf_missing_file(tmp_path):
     with pytest.raises(ValueError, match=r"path(.|\n)*no such MJCF file"):
         registry.build("env", "mjcf", {"path": str(tmp_path / "nope.xml"), "camera": "front"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton not installed")
+def test_triton_after_an_env_renders_does_not_crash():
+    """Triton imported after Mesa's EGL made a context segfaults; torch imports it late (Lightning,
+    torch.compile), so an env that renders before training starts must not leave that order behind."""
+    code = ("from worldkit_plugins.envs.pendulum import Pendulum\n"
+            "env = Pendulum(Pendulum.Config(size=16)); env.reset(0); env.render()\n"
+            "import triton, lightning\nprint('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "ok" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -29,6 +30,10 @@ class _Mujoco:
         global _LATE
         if "mujoco" not in sys.modules:
             os.environ.setdefault("MUJOCO_GL", "egl")  # Mesa's EGL renders offscreen on the CPU
+            # Triton imported after Mesa's EGL has made a context segfaults (both bring their own LLVM), and
+            # torch imports Triton late (Lightning, torch.compile): import it first where it is installed
+            if importlib.util.find_spec("triton") is not None:
+                importlib.import_module("triton")
         elif "MUJOCO_GL" not in os.environ:  # its GL backend was picked already, maybe without offscreen GL
             _LATE = True
         return getattr(importlib.import_module("mujoco"), name)
