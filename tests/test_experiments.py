@@ -89,6 +89,9 @@ def test_main_job_reads_one_base_under_every_memory_policy_at_one_kv_budget():
     assert (sparse.memory["type"], sparse.selector["type"], sparse.attention["type"]) == (
         "persistent_block", "local_window", "pbsa")
     assert cfg.eval.reference == "window_9"
+    # at 4 blocks a frame the chunk is read whole (block_granularity.yaml); the paper's selection beside it
+    assert sparse.selector.get("keep_chunk") is True
+    assert not by_name["sparse_forcing_paper_top_k"].selector.get("keep_chunk", False)
 
     def cached_blocks(st):  # the cache's blocks once full, one 4-block frame at a time
         from worldkit.interfaces import CacheSpec
