@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worldkit import config, report
+from worldkit import config, report, tensorboard_log
 from worldkit.cli import main
 from worldkit.cells import CELL, CELLS, DONE, ERROR
 
@@ -166,17 +166,17 @@ RAW = {
 
 
 def test_hparams_are_primitives_of_the_last_stage():
-    hp = report.hparams_of(config.validate(copy.deepcopy(RAW)))
+    hp = tensorboard_log.hparams_of(config.validate(copy.deepcopy(RAW)))
     assert all(isinstance(v, (bool, int, float, str)) for v in hp.values())
     assert (hp["trainer"], hp["memory"], hp["memory.window_frames"], hp["stages"]) == ("self_forcing", "sliding_window", 4, "pre>fine")
     assert hp["model.width"] == 32 and hp["model.init"] == "scratch"
-    assert report.metric_names(config.validate(copy.deepcopy(RAW))) == [
+    assert tensorboard_log.metric_names(config.validate(copy.deepcopy(RAW))) == [
         "psnr@1x", "psnr@2x", "ssim@2x", "fg_psnr@2x", "skill@2x", "state_err@2x", "ms_per_chunk", "kv_mib"]
     # a comparison variant is a baseline trained beside the result, not the result
     raw = copy.deepcopy(RAW)
     raw["compare"] = [{"name": "base", "trainer": {"type": "self_forcing"}, "memory": {"type": "dense"}}]
     cfg = config.validate(raw)
-    assert report.final_stage(cfg).dirname == "1-fine" and report.hparams_of(cfg)["memory"] == "sliding_window"
+    assert tensorboard_log.final_stage(cfg).dirname == "1-fine" and tensorboard_log.hparams_of(cfg)["memory"] == "sliding_window"
 
 
 def load_events(path: Path):
@@ -204,7 +204,7 @@ def test_a_run_logs_curves_cost_strips_and_one_hparams_session(tmp_path):
     save_rollouts(tmp_path / "rollouts.npz", frames, frames[:, 2:], 2)
     for index in range(2):  # stage 0, then the last stage
         logger = TensorBoardLogger(save_dir=str(tmp_path), name="tb", version=f"{index}", default_hp_metric=False)
-        report.log_stage(logger, cfg, index, EvalResult(**ev), tmp_path, step=5)
+        tensorboard_log.log_stage(logger, cfg, index, EvalResult(**ev), tmp_path, step=5)
         logger.finalize("success")
     first, last = load_events(tmp_path / "tb" / "0"), load_events(tmp_path / "tb" / "1")
     tags = set(last.Tags()["scalars"])
@@ -238,8 +238,8 @@ def test_the_grid_declares_the_table_once_with_every_hparam(tmp_path):
     b_raw = copy.deepcopy(RAW)
     b_raw["stages"][1]["memory"] = {"type": "dense"}
     b = config.validate(b_raw)
-    report.declare_hparams(tmp_path / "tb", [a, b])
-    report.declare_hparams(tmp_path / "tb", [a])  # already declared: nothing new
+    tensorboard_log.declare_hparams(tmp_path / "tb", [a, b])
+    tensorboard_log.declare_hparams(tmp_path / "tb", [a])  # already declared: nothing new
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
     content = load_events(tmp_path / "tb").PluginTagToContent("hparams")
     exp = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
@@ -247,7 +247,7 @@ def test_the_grid_declares_the_table_once_with_every_hparam(tmp_path):
     assert sorted(v.string_value for v in infos["memory"].domain_discrete.values) == ["dense", "sliding_window"]
     assert infos["memory"].differs and infos["memory.window_frames"].differs and not infos["model.width"].differs
     assert infos["memory.window_frames"].type == api_pb2.DATA_TYPE_FLOAT64
-    assert [m.name.tag for m in exp.metric_infos] == [f"hparams/{m}" for m in report.metric_names(a)]
+    assert [m.name.tag for m in exp.metric_infos] == [f"hparams/{m}" for m in tensorboard_log.metric_names(a)]
 
 
 def test_a_cells_row_is_its_chains_last_stage_not_a_comparison_variant(tmp_path):

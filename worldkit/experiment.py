@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from worldkit import data as wk_data
-from worldkit import registry, report, signals
+from worldkit import registry, report, signals, tensorboard_log
 from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init, save_weights
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
@@ -119,7 +119,7 @@ def evaluate_model(cfg, model, memory: dict, selector: dict, attention: dict, d:
 
 
 def log_eval(logger, res: EvalResult, step: int, prefix: str = "eval") -> None:
-    """The summary scalars at the training step (per-frame curves: ``report.log_stage``)."""
+    """The summary scalars at the training step (per-frame curves: ``tensorboard_log.log_stage``)."""
     w = logger.experiment
     for k, v in res.summary().items():
         if "_se@" not in k and np.isfinite(v):
@@ -259,7 +259,7 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
         res.save(stage_dir / "eval.json")
         write_plugin_reports(stage, stage_dir)
         log_eval(logger, res, step)
-        report.log_stage(logger, cfg, stage.index, res, stage_dir, step)
+        tensorboard_log.log_stage(logger, cfg, stage.index, res, stage_dir, step)
         row = {"stage": stage.dirname, "trainer": stage.trainer["type"], "memory": stage.memory["type"],
                "selector": stage.selector["type"], "attention": stage.attention["type"], **res.summary()}
         atomic_write(stage_dir / "summary.json", json.dumps(row))

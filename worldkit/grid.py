@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 
-from worldkit import config, report, signals
+from worldkit import config, report, signals, tensorboard_log
 from worldkit.cells import CELL, CELLS, DONE, ERROR, axis_labels, format_value
 from worldkit.errors import MISSING, ConfigError, Issue
 from worldkit.files import atomic_write
@@ -346,7 +346,7 @@ def run(grid: Grid, grid_dir: Union[str, Path], runner: Optional[Callable[..., A
     The summary (worldkit.report) is rebuilt after each cell. ``runner`` defaults to ``experiment.run``."""
     grid_dir = Path(grid_dir)
     runner = runner or import_module("worldkit.experiment").run
-    report.declare_hparams(grid_dir / "tb", [c.config for c in grid.cells])
+    tensorboard_log.declare_hparams(grid_dir / "tb", [c.config for c in grid.cells])
     for cell in grid.cells:
         folder = cell_dir(grid_dir, cell)
         if (folder / DONE).exists():

@@ -45,6 +45,12 @@ def resolve_stages(cfg) -> list[Stage]:
     return out
 
 
+def final_stage(cfg):
+    """The run's result stage (``Stage``, plugins resolved): the last of its chain of stages, not a
+    ``compare:`` variant (those are baselines trained beside it)."""
+    return [st for st in resolve_stages(cfg) if not st.variant][-1]
+
+
 def check_accelerator(cfg, resume: bool = False) -> None:
     """Every stage's train.accelerator is present on this machine (checked before a run folder is made,
     or changed). Lightning's 'gpu' is CUDA or Apple's MPS."""
