@@ -311,3 +311,16 @@ def test_a_page_that_leaves_at_once_is_no_error(server, caplog):
         assert c.take(lambda m: is_frame(m))[-1][1] == CONTEXT
     time.sleep(0.5)
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_the_page_ships_with_the_package():
+    """The page is a file beside play.py: the wheel must carry it (package data), or / serves nothing."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from worldkit import play
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["worldkit"]
+    assert play.PAGE_FILE.name in data and play.PAGE_FILE.parent == Path(play.__file__).parent
+    assert play.page().lstrip().startswith("<!doctype html>") and "</html>" in play.page()

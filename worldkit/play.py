@@ -51,6 +51,14 @@ FRAME_HEADER = struct.Struct(">BHHI")  # stream, height, width, frame index
 MODEL, SIMULATOR = 0, 1
 MAX_RECORDING = 6000  # frames (4 minutes at 25 a second; about 18 MB of 32x32 frames): then saved
 
+PAGE_FILE = Path(__file__).with_name("play.html")  # the page: inline HTML, CSS and JavaScript, no CDN
+
+
+def page() -> str:
+    """The page served at ``/`` (read from ``play.html``, shipped with the package)."""
+    return PAGE_FILE.read_text(encoding="utf-8")
+
+
 # The memory policies offered by name (any other installed memory plugin is offered with its defaults).
 MEMORY_PRESETS = {
     "dense": {"type": "dense"},
@@ -463,7 +471,7 @@ class PlayServer:
                 return connection.respond(403, f"origin {origin} may not play here\n")
             return None
         if path in ("/", "/index.html"):
-            body, kind = PAGE, "text/html; charset=utf-8"
+            body, kind = page(), "text/html; charset=utf-8"
         elif path == "/state.json":
             body, kind = json.dumps(self.state()), "application/json"
         else:
@@ -612,188 +620,3 @@ def main(args) -> int:
                         seed=args.seed, port=args.port)
     asyncio.run(server.run(lambda line: print(line, flush=True)))
     return 0
-
-
-PAGE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>worldkit play</title>
-<style>
-  body { font: 14px/1.4 system-ui, sans-serif; margin: 12px 16px; background: #f3f3f0; color: #1d1d1d; }
-  h1 { font-size: 18px; margin: 0 0 2px; }
-  #about { color: #555; font-size: 12px; margin-bottom: 10px; }
-  main { display: flex; gap: 18px; align-items: flex-start; }
-  #views { display: flex; gap: 12px; }
-  figure { margin: 0; }
-  figcaption { font-size: 12px; color: #444; margin-bottom: 2px; }
-  canvas { width: 256px; height: 256px; image-rendering: pixelated; image-rendering: crisp-edges;
-           background: #222; border: 1px solid #888; display: block; }
-  #simfig.off canvas { opacity: 0.25; }
-  #stats { margin-top: 8px; display: grid; grid-template-columns: repeat(4, auto); gap: 2px 14px;
-           font-variant-numeric: tabular-nums; }
-  #stats b { display: block; font-size: 17px; }
-  #stats span { font-size: 11px; color: #555; }
-  aside { min-width: 250px; display: grid; grid-template-columns: auto 1fr; gap: 7px 10px; align-items: center; }
-  aside label { font-size: 13px; }
-  aside .wide { grid-column: 1 / 3; }
-  button { font: inherit; padding: 3px 10px; }
-  button.on { background: #c62828; color: #fff; border-color: #8e0000; }
-  input[type=range] { width: 150px; }
-  #help, #status, #saved { font-size: 12px; color: #555; }
-  #saved { color: #1b5e20; word-break: break-all; }
-  #status.bad { color: #b71c1c; }
-</style>
-</head>
-<body>
-<h1>worldkit play</h1>
-<div id="about">connecting&hellip;</div>
-<main>
-  <section>
-    <div id="views">
-      <figure><figcaption>model</figcaption><canvas id="model" width="32" height="32"></canvas></figure>
-      <figure id="simfig" class="off"><figcaption>simulator (off)</figcaption><canvas id="sim" width="32" height="32"></canvas></figure>
-    </div>
-    <div id="stats">
-      <div><b id="ms">&ndash;</b><span>ms per frame (model)</span></div>
-      <div><b id="kv">&ndash;</b><span>KV cache held</span></div>
-      <div><b id="fps">&ndash;</b><span id="fpslabel">frames per second</span></div>
-      <div><b id="frame">&ndash;</b><span>frame</span></div>
-    </div>
-  </section>
-  <aside>
-    <label for="memory">memory</label><select id="memory"></select>
-    <label for="simulator">simulator</label><span><input type="checkbox" id="simulator"> step it beside the model</span>
-    <label for="episode">episode</label><span><select id="episode"></select> <button id="restart" title="R">restart</button></span>
-    <span class="wide"><button id="pause" title="space">pause</button> <button id="record">&#9679; record</button></span>
-    <div id="actions" class="wide" style="display:contents"></div>
-    <label for="gain">key strength</label><span><input type="range" id="gain" min="0.05" max="1" step="0.05" value="0.75"> <span id="gainv">0.75</span></span>
-    <div id="help" class="wide">&larr;/&rarr; or A/D: action 1; &uarr;/&darr; or W/S: action 2; space: pause; R: restart</div>
-    <div id="saved" class="wide"></div>
-    <div id="status" class="wide"></div>
-  </aside>
-</main>
-<script>
-"use strict";
-const $ = (id) => document.getElementById(id);
-let ws = null, hello = null, action = [], recording = false, paused = false;
-const held = {};
-const seen = [];
-
-function send(msg) { if (ws && ws.readyState === 1) ws.send(JSON.stringify(msg)); }
-function status(text, bad) { $("status").textContent = text; $("status").className = bad ? "wide bad" : "wide"; }
-function bytes(n) { return n >= 1048576 ? (n / 1048576).toFixed(2) + " MiB" : (n / 1024).toFixed(1) + " KiB"; }
-
-function buildActions(dim) {
-  const box = $("actions"); box.innerHTML = ""; action = new Array(dim).fill(0);
-  for (let i = 0; i < dim; i++) {
-    const label = document.createElement("label"); label.textContent = "action " + (i + 1); label.htmlFor = "a" + i;
-    const span = document.createElement("span");
-    const s = document.createElement("input");
-    Object.assign(s, { type: "range", id: "a" + i, min: -1, max: 1, step: 0.05, value: 0 });
-    const v = document.createElement("span"); v.id = "av" + i; v.textContent = "0.00";
-    s.addEventListener("input", () => setAction(i, parseFloat(s.value)));
-    s.addEventListener("dblclick", () => setAction(i, 0));
-    span.append(s, " ", v); box.append(label, span);
-  }
-}
-function setAction(i, value) {
-  if (i >= action.length) return;
-  action[i] = Math.max(-1, Math.min(1, value));
-  $("a" + i).value = action[i]; $("av" + i).textContent = action[i].toFixed(2);
-  send({ type: "action", action: action });
-}
-
-const KEYS = { ArrowLeft: [0, -1], a: [0, -1], ArrowRight: [0, 1], d: [0, 1],
-               ArrowUp: [1, 1], w: [1, 1], ArrowDown: [1, -1], s: [1, -1] };
-function keyValue(dim) {
-  let v = 0;
-  for (const k in held) if (held[k] && KEYS[k][0] === dim) v += KEYS[k][1];
-  return Math.sign(v) * parseFloat($("gain").value);
-}
-window.addEventListener("keydown", (e) => {
-  const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
-  if (k in KEYS) {
-    e.preventDefault(); if (document.activeElement) document.activeElement.blur();
-    if (!held[k]) { held[k] = true; setAction(KEYS[k][0], keyValue(KEYS[k][0])); }
-  } else if (k === " ") { e.preventDefault(); $("pause").click(); }
-  else if (k === "r" && !e.ctrlKey && !e.metaKey) { $("restart").click(); }
-});
-window.addEventListener("keyup", (e) => {
-  const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
-  if (k in KEYS && held[k]) { held[k] = false; setAction(KEYS[k][0], keyValue(KEYS[k][0])); }
-});
-window.addEventListener("blur", () => { for (const k in held) if (held[k]) { held[k] = false; setAction(KEYS[k][0], 0); } });
-
-function draw(canvas, w, h, rgb) {
-  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
-  const ctx = canvas.getContext("2d"), img = ctx.createImageData(w, h), d = img.data;
-  for (let i = 0, j = 0; i < w * h; i++, j += 4) { d[j] = rgb[3 * i]; d[j + 1] = rgb[3 * i + 1]; d[j + 2] = rgb[3 * i + 2]; d[j + 3] = 255; }
-  ctx.putImageData(img, 0, 0);
-}
-function onFrame(buf) {
-  const v = new DataView(buf), stream = v.getUint8(0), h = v.getUint16(1), w = v.getUint16(3), index = v.getUint32(5);
-  draw(stream === 1 ? $("sim") : $("model"), w, h, new Uint8Array(buf, 9));
-  if (stream === 0) {
-    const now = performance.now(); seen.push(now);
-    while (seen.length && now - seen[0] > 2000) seen.shift();
-    if (seen.length > 1) $("fps").textContent = ((seen.length - 1) * 1000 / (now - seen[0])).toFixed(1);
-    $("frame").textContent = index;
-  }
-}
-function setSimulator(on) {
-  $("simulator").checked = on; $("simfig").className = on ? "" : "off";
-  $("simfig").querySelector("figcaption").textContent = on ? "simulator (same actions)" : "simulator (off)";
-}
-function onText(m, fetched) {
-  if (m.type === "hello") {
-    hello = m;
-    $("about").textContent = `${m.weights} \u00b7 env ${m.env} \u00b7 ${m.frame_size[0]}x${m.frame_size[1]} frames, ` +
-      `${m.chunk_frames}-frame chunks, ${m.sampler_steps} denoising steps \u00b7 ${m.context} context frames ` +
-      `from a test episode \u00b7 ${m.action_dim} action dimension${m.action_dim > 1 ? "s" : ""}`;
-    $("memory").innerHTML = ""; for (const name of m.memories) $("memory").add(new Option(name, name));
-    $("memory").value = m.memory;
-    $("episode").innerHTML = ""; for (let i = 0; i < m.episodes; i++) $("episode").add(new Option(String(i), String(i)));
-    $("fpslabel").textContent = "frames per second" + (m.target_fps > 0 ? ` (target ${m.target_fps})` : "");
-    buildActions(m.action_dim); setSimulator(false);
-    if (m.preview) {
-      const raw = atob(m.preview), rgb = new Uint8Array(raw.length);
-      for (let i = 0; i < raw.length; i++) rgb[i] = raw.charCodeAt(i);
-      draw($("model"), m.frame_size[1], m.frame_size[0], rgb);
-      $("frame").textContent = m.context - 1;
-    }
-    status(fetched ? "starting the game\u2026" : "playing: hold the arrow keys (or A/D) to act");
-  } else if (m.type === "stats") {
-    $("ms").textContent = m.ms_per_frame.toFixed(1);
-    $("kv").textContent = bytes(m.kv_bytes);
-  } else if (m.type === "memory") { $("memory").value = m.memory; status("memory: " + m.memory + " (cache reset, last frames recommitted)"); }
-  else if (m.type === "simulator") setSimulator(m.on);
-  else if (m.type === "restart") { $("episode").value = String(m.episode); status("restarted episode " + m.episode); }
-  else if (m.type === "pause") { paused = m.on; $("pause").textContent = paused ? "resume" : "pause"; }
-  else if (m.type === "recording") {
-    recording = m.on; $("record").className = recording ? "on" : "";
-    $("record").innerHTML = recording ? "&#9632; stop recording" : "&#9679; record";
-    if (recording) $("saved").textContent = "recording\u2026";
-  } else if (m.type === "saved") {
-    $("saved").textContent = m.gif ? `saved ${m.frames} frames: ${m.gif}` + (m.mp4 ? ` and ${m.mp4}` : "") : (m.error || "not saved");
-  } else if (m.type === "error") status(m.message, true);
-}
-function connect() {
-  ws = new WebSocket(`ws://${location.host}/ws`);
-  ws.binaryType = "arraybuffer";
-  ws.onmessage = (e) => (typeof e.data === "string" ? onText(JSON.parse(e.data)) : onFrame(e.data));
-  ws.onclose = () => { status("disconnected; reconnecting\u2026", true); setTimeout(connect, 1000); };
-}
-$("memory").addEventListener("change", () => send({ type: "memory", memory: $("memory").value }));
-$("simulator").addEventListener("change", () => send({ type: "simulator", on: $("simulator").checked }));
-$("restart").addEventListener("click", () => send({ type: "restart", episode: parseInt($("episode").value, 10) }));
-$("episode").addEventListener("change", () => $("restart").click());
-$("pause").addEventListener("click", () => send({ type: "pause", on: !paused }));
-$("record").addEventListener("click", () => send({ type: "record", on: !recording }));
-$("gain").addEventListener("input", () => { $("gainv").textContent = parseFloat($("gain").value).toFixed(2); });
-fetch("/state.json", { cache: "no-store" }).then((r) => r.json()).then((m) => onText(m, true))
-  .catch(() => status("cannot reach the server", true)).finally(connect);
-</script>
-</body>
-</html>
-"""
