@@ -1,8 +1,7 @@
 """Sparse Forcing's local-window selector: per query block, the top-K local blocks by pooled score."""
 from __future__ import annotations
 
-import functools
-from typing import Callable, Literal, Union
+from typing import Literal, Union
 
 import torch
 from pydantic import Field, StrictFloat, StrictInt, field_validator
@@ -46,33 +45,19 @@ class LocalWindow(ReportsKernels, BlockSelector):
             return value
 
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
-        if self.config.keep_chunk:
-            return self._select_with_chunk(pooled_q, pooled_k, own)
-        k = resolve_top_k(self.config.top_k, pooled_k.shape[2])
-        forced = own if self.config.keep_own else None
-        select = self._selection(pooled_q, pooled_k)
+        c = self.config
+        # keep_chunk: top-K among the cached candidates only (the chunk's own blocks ``own`` follow them)
+        cand = pooled_k[:, :, : int(own.min())] if c.keep_chunk else pooled_k
+        forced = own if c.keep_own and not c.keep_chunk else None
         with torch.no_grad():  # lists of indices: nothing to differentiate, so no graph is recorded
-            index, count = select(pooled_q, pooled_k, k, forced=forced, shared_heads=self.config.shared_heads)
+            if cand.shape[2]:
+                index, count = topk_blocks(pooled_q, cand, resolve_top_k(c.top_k, cand.shape[2]), forced=forced,
+                                           shared_heads=c.shared_heads, impl=c.impl)
+            else:  # an empty cache: nothing to choose from
+                shape = (pooled_q.shape[0], 1 if c.shared_heads else pooled_q.shape[1], pooled_q.shape[2])
+                index = torch.zeros(*shape, 0, dtype=torch.long, device=pooled_q.device)
+                count = torch.zeros(shape, dtype=torch.long, device=pooled_q.device)
+            if c.keep_chunk:  # then the whole chunk: cached indices sit below the chunk's, rows stay ascending
+                chunk = own.sort().values.to(index).expand(*index.shape[:3], own.numel())
+                index, count = torch.cat([index, chunk], dim=-1), count + own.numel()
         return BlockIndex(local=index, count=count)
-
-    def _select_with_chunk(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
-        """Top-K among the cached candidates (those before the chunk's own blocks ``own``), then the whole chunk."""
-        B, H, NQB = pooled_q.shape[:3]
-        cached = int(own.min())  # the chunk's blocks follow the cached window's
-        Hs = 1 if self.config.shared_heads else H
-        with torch.no_grad():
-            if cached > 0:
-                k = resolve_top_k(self.config.top_k, cached)
-                index, count = self._selection(pooled_q, pooled_k[:, :, :cached])(
-                    pooled_q, pooled_k[:, :, :cached], k, forced=None, shared_heads=self.config.shared_heads)
-            else:
-                index = torch.zeros(B, Hs, NQB, 0, dtype=torch.long, device=pooled_q.device)
-                count = torch.zeros(B, Hs, NQB, dtype=torch.long, device=pooled_q.device)
-            chunk = torch.sort(own).values.to(index.device, index.dtype).expand(B, Hs, NQB, own.numel())
-            index = torch.cat([index, chunk], dim=-1)  # cached indices sit below the chunk's: rows stay ascending
-        return BlockIndex(local=index, count=count + own.numel())
-
-    def _selection(self, pooled_q: Tensor, pooled_k: Tensor) -> Callable[..., tuple[Tensor, Tensor]]:
-        """The top-K this call runs (``topk_blocks``'s signature): the dispatcher with this selector's
-        ``impl``, which picks the implementation from the tensors it is given."""
-        return functools.partial(topk_blocks, impl=self.config.impl)
