@@ -51,7 +51,7 @@ from worldkit import diffusion
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import PluginConfig, RolloutTrainer
 from worldkit.model import ParallelContext, WorldModel
-from worldkit_plugins.trainers.common import twin_context, twin_forward
+from worldkit_plugins.trainers.common import denoising_loss, twin_context, twin_forward
 
 
 class DMDConfig(PluginConfig):
@@ -166,8 +166,8 @@ class SelfForcing(RolloutTrainer):
         context_frames: int = Field(2, ge=1, description="ground-truth frames committed before the rollout")
         objective: Literal["denoise", "regression"] = Field(
             "denoise", description="the ground-truth term: denoise (the true next chunk noised to the exit step's "
-                                   "level, read against the cache of the model's own rollout; optimum: the true "
-                                   "conditional) or regression (the generated chunk against the true one; "
+                                   "level, read against the rollout's cache; optimum: the true conditional) or "
+                                   "regression (the generated chunk against the true one; "
                                    "optimum: the mean, rollouts blur)")
         exit: Literal["random", "last"] = Field(
             "random", description="the denoising step that carries the gradient, per chunk: a random one (every "
@@ -262,7 +262,7 @@ class SelfForcing(RolloutTrainer):
                 t = levels[exit_step].to(true.device, true.dtype).expand(B, fc)
                 eps = module.randn(true.shape, gn).to(true.dtype)
                 pred = rollout.read(diffusion.add_noise(true, eps, t), t, acts)
-                terms.append((pred.float() - diffusion.target(true, eps, module.model.prediction).float()).pow(2).mean())
+                terms.append(denoising_loss(module, pred, true, eps))
             kept = (true if cfg.commit == "truth" else own).detach()
             if cfg.context_noise > 0 and module.training:
                 level = torch.full((B, fc), cfg.context_noise, device=kept.device, dtype=kept.dtype)
