@@ -67,29 +67,24 @@ class RolloutResult:
         return tensor_to_frames(self.frames)
 
 
-def _card_facts(name: str) -> dict:
-    """The environment and training clip a shipped base's model card states."""
-    from worldkit.checkpoints import BASE_DIR
+def _recorded_config(weights: str, path: Path) -> Optional[Any]:
+    """The experiment config the weights were trained with, if recorded: a shipped base's model card
+    carries it as a YAML block (``worldkit.cards``), a run's model.pt sits below its run folder's
+    config.yaml."""
+    import yaml
 
-    path = BASE_DIR / f"{name.removeprefix('base/')}.md"
-    text = path.read_text() if path.exists() else ""
-    env = re.search(r"A world model of the `(\w+)` environment", text)
-    clip = re.search(r"(\d+)-frame training clip", text)
-    steps = re.search(r"sampler_steps: (\d+)", text)
-    return {"env": env.group(1) if env else None, "clip": int(clip.group(1)) if clip else None,
-            "steps": int(steps.group(1)) if steps else None}
-
-
-def _run_config(weights: Path) -> Optional[Any]:
-    """The experiment config of the run a model.pt belongs to (its run folder's config.yaml), if any."""
     from worldkit import config as wk_config
 
-    for parent in list(weights.resolve().parents)[:4]:
-        if (parent / "config.yaml").exists():
-            try:
+    try:
+        if weights.startswith("base/"):
+            card = path.with_suffix(".md")
+            block = re.search(r"```yaml\n(.*?)```", card.read_text(), re.S) if card.exists() else None
+            return wk_config.validate(yaml.safe_load(block.group(1)), source=str(card)) if block else None
+        for parent in list(path.resolve().parents)[:4]:
+            if (parent / "config.yaml").exists():
                 return wk_config.load(parent / "config.yaml")
-            except Exception:
-                return None
+    except Exception:  # an unreadable record: the caller asks for env=
+        return None
     return None
 
 
@@ -102,7 +97,6 @@ class World:
         self.env, self.env_config = env, dict(env_config or {})
         self.train_frames, self.sampler_steps, self.shift = train_frames, sampler_steps, shift
         self.weights = weights
-        self._data = None
 
     @classmethod
     def load(cls, weights: str, env: Optional[str] = None, env_config: Optional[dict] = None,
@@ -123,13 +117,10 @@ class World:
         if block_patches is not None:
             hp["block_patches"] = block_patches
         facts = {"env": None, "clip": None, "steps": None, "shift": None, "env_config": {}}
-        if str(weights).startswith("base/"):
-            facts.update(_card_facts(str(weights)))
-        else:
-            cfg = _run_config(Path(path))
-            if cfg is not None:
-                facts.update(env=cfg.env.type, env_config=cfg.env.config.model_dump(mode="json"),
-                             clip=cfg.train.clip_frames, steps=cfg.model.sampler_steps, shift=cfg.model.shift)
+        cfg = _recorded_config(str(weights), Path(path))
+        if cfg is not None:
+            facts.update(env=cfg.env.type, env_config=cfg.env.config.model_dump(mode="json"),
+                         clip=cfg.train.clip_frames, steps=cfg.model.sampler_steps, shift=cfg.model.shift)
         env = env or facts["env"]
         if env is None:
             raise WorldkitError(f"weights: {path}: which environment it models is not recorded (no model card or "
