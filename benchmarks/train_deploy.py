@@ -136,7 +136,6 @@ def main(argv=None) -> int:
     from worldkit.experiment import resolve_stages
 
     cfg = wk_config.load(args.deploy, args.set)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 0})})
     deploy = [s.name for s in resolve_stages(cfg)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
