@@ -16,7 +16,6 @@ MuJoCo is never imported here: envs are built through the registry, inside the e
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import multiprocessing as mp
 import signal
@@ -35,11 +34,6 @@ from worldkit import registry
 from worldkit.errors import WorldkitError
 from worldkit.files import atomic_file
 from worldkit.interfaces import Environment
-
-# Nothing here uses Lightning, but Lightning (with TensorBoard) imported after a MuJoCo GL context exists
-# segfaults, and every path that renders episodes (run, data, eval, play, the API) imports this module
-# before the first env renders: loading Lightning here keeps the safe order wherever training follows.
-importlib.import_module("lightning")
 
 FORMAT_VERSION = 2  # bump when the recorded content or the file layout changes
 SPLIT_FIRST_SEED = {"train": 0, "val": 1_000_000, "test": 2_000_000}

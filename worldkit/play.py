@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from worldkit import data as wk_data  # lightning before any MuJoCo GL context: the other order segfaults
+from worldkit import data as wk_data
 from worldkit import registry
 from worldkit.errors import PluginError, WorldkitError
 
