@@ -242,3 +242,12 @@ def test_build_takes_the_plugin_as_a_yaml_writes_it_or_as_a_validated_spec(site)
         registry.build("memory", {"cap": 3})
     with pytest.raises(WorldkitError, match="cfg goes with a plugin name"):
         registry.build("memory", {"type": "fake"}, {"cap": 3})
+
+
+def test_same_target_from_two_distributions_is_one_plugin(site):
+    # A package reinstalled under a new distribution name can leave the old metadata behind: both name
+    # the same module and class, so loading either gives the same plugin and nothing clashes.
+    site("oldname", "0.1", {"worldkit.memory": {"same": "wk_same_target:Fake"}}, {"wk_same_target": MEMORY_MODULE})
+    site("newname", "0.1", {"worldkit.memory": {"same": "wk_same_target:Fake"}}, {})
+    assert registry.get("memory", "same").__name__ == "Fake"
+    assert len([e for e in registry.entries("memory") if e.name == "same"]) == 1

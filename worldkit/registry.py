@@ -87,7 +87,11 @@ class Registry:
         if kind not in self._points:
             by_name: dict[str, list[EntryPoint]] = {}
             for ep in entry_points(group=self.group_prefix + kind):
-                by_name.setdefault(ep.name, []).append(ep)
+                same = by_name.setdefault(ep.name, [])
+                # Two distributions naming the very same target (a package installed again under a new
+                # distribution name, the old metadata left behind) are one plugin, not a clash.
+                if all(other.value != ep.value for other in same):
+                    same.append(ep)
             self._points[kind] = by_name
         return self._points[kind]
 
