@@ -82,7 +82,7 @@ def test_sparse_forcing_trains_by_self_forcing_from_the_cli(uninterrupted):
     d = RunData(cfg)
     module = experiment.make_module(cfg, resolve_stages(cfg)[0], d)
     batch = next(iter(torch.utils.data.DataLoader(d.clips("train", 6), batch_size=2)))
-    module.trainer_plugin.loss(module, batch)
+    module.loss(batch)
     assert module.memory.n_persistent == 4  # one frame of 4 blocks left the window and was kept
 
 

@@ -43,7 +43,7 @@ def run_data(cache):
 def val_loss(module, batch):
     module.eval()
     with torch.no_grad():
-        return module.trainer_plugin.loss(module, batch)[0].item()
+        return module.loss(batch)[0].item()
 
 
 @pytest.mark.slow
@@ -70,7 +70,7 @@ def test_self_forcing_gradient_flows_only_through_exit_steps(objective, cache, r
         acts.append(out)
 
     h = module.model.blocks[0].attn.register_forward_hook(keep)
-    loss, logs = module.trainer_plugin.loss(module, batch)
+    loss, logs = module.loss(batch)
     h.remove()
     loss.backward()
     # per chunk: the denoising passes of the sample (regression: up to the exit step, which carries the
@@ -93,9 +93,9 @@ def test_self_forcing_regression_weight_scales_the_training_loss(cache, run_data
         torch.manual_seed(0)
         module = make_module(cfg, resolve_stages(cfg)[0], run_data)
         module.train()
-        train[w] = module.trainer_plugin.loss(module, batch)[0].item()
+        train[w] = module.loss(batch)[0].item()
         module.eval()
-        val[w] = module.trainer_plugin.loss(module, batch)[0].item()
+        val[w] = module.loss(batch)[0].item()
     assert train[2.5] == pytest.approx(2.5 * train[1.0], rel=1e-5)
     assert val[2.5] == pytest.approx(val[1.0], rel=1e-5)  # the same rollout, unweighted
 
@@ -108,7 +108,7 @@ def test_self_forcing_trains_through_the_inference_backend(cache, run_data, monk
     original = type(module.backend).attend
     monkeypatch.setattr(type(module.backend), "attend", lambda self, *a: calls.append(1) or original(self, *a))
     batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
-    module.trainer_plugin.loss(module, batch)
+    module.loss(batch)
     assert len(calls) > 0 and module.rollout.backend is module.backend
 
 
@@ -341,7 +341,7 @@ def test_dmd_starts_with_critic_equal_to_teacher_and_teacher_equal_to_the_starti
     nets = module.aux["dmd"]
     assert not bool(nets.ready)
     batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
-    loss, logs = module.trainer_plugin.loss(module, batch)
+    loss, logs = module.loss(batch)
     assert bool(nets.ready) and {"critic_loss", "dmd_loss", "truth_loss"} <= set(logs)
     for (n, p), q in zip(module.model.state_dict().items(), nets.teacher.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
@@ -355,7 +355,7 @@ def test_dmd_starts_with_critic_equal_to_teacher_and_teacher_equal_to_the_starti
     with torch.no_grad():
         for p in nets.critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    module.trainer_plugin.loss(module, batch)[0].backward()
+    module.loss(batch)[0].backward()
     assert sum(p.grad.abs().sum() for p in module.model.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in nets.teacher.parameters())
 
@@ -457,7 +457,7 @@ def test_self_forcing_exit_last_differentiates_the_final_denoising_pass(cache, r
     batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=2)))
     grads = []
     h = module.model.blocks[0].attn.register_forward_hook(lambda mod, inp, out: grads.append(out.requires_grad))
-    loss, logs = module.trainer_plugin.loss(module, batch)
+    loss, logs = module.loss(batch)
     h.remove()
     assert logs["mean_exit_step"] == module.rollout.steps - 1 == 1
     # context commit; then per chunk: denoise step 0, denoise step 1 (gradient), commit
@@ -493,11 +493,11 @@ def test_ema_follows_each_optimizer_step_once(cache, run_data, tmp_path):
     for k, v in module.ema_model.state_dict().items():
         torch.testing.assert_close(v, expected[k], msg=k)
     module._micro = 0
-    a = torch.rand(4, generator=module.generator())
+    a = torch.rand(4, generator=module.context.generator())
     module._micro = 1
-    b = torch.rand(4, generator=module.generator())
+    b = torch.rand(4, generator=module.context.generator())
     module._micro = 0
-    assert not torch.equal(a, b) and torch.equal(a, torch.rand(4, generator=module.generator()))
+    assert not torch.equal(a, b) and torch.equal(a, torch.rand(4, generator=module.context.generator()))
 
 
 def test_ema_warms_up_so_the_starting_weights_fade():
@@ -548,7 +548,7 @@ def test_self_forcing_denoise_target_is_the_true_chunk_at_the_exit_level(predict
                         lambda self, x_t, t, a: reads.append((x_t, t, read(self, x_t, t, a))) or reads[-1][2])
     monkeypatch.setattr(type(module.rollout), "commit",
                         lambda self, f, a, level=0.0: commits.append(f) or commit(self, f, a, level))
-    loss, logs = module.trainer_plugin.loss(module, batch)
+    loss, logs = module.loss(batch)
     x = batch["frames"]
     level = float(diffusion.schedule(2)[1])  # two sampler steps; exit last: the second level, 0.5
     assert len(reads) == 2 and len(commits) == 2
@@ -579,7 +579,7 @@ def test_self_forcing_streams_past_the_clip_with_the_cache_carried(cache, run_da
     monkeypatch.setattr(type(module.rollout), "reset", lambda self, *a, **k: resets.append(1) or reset(self, *a, **k))
     monkeypatch.setattr(type(module.rollout), "read",
                         lambda self, x_t, t, a: reads.append(int(self.memory.frames_seen)) or read(self, x_t, t, a))
-    loss, _ = module.trainer_plugin.loss(module, batch)
+    loss, _ = module.loss(batch)
     assert resets == [1]  # one cache for the whole 12 frames
     assert reads == [2, 4, 6, 8, 10]  # the chunks after the clip's 6 frames read a cache that holds them
     memory = module.memory
@@ -617,12 +617,12 @@ def test_self_forcing_context_noise_commits_noised_samples_at_that_level(cache, 
     monkeypatch.setattr(type(module.rollout), "commit",
                         lambda self, f, a, level=0.0: levels.append(level) or commit(self, f, a, level))
     module.train()
-    module.trainer_plugin.loss(module, batch)
+    module.loss(batch)
     assert levels == [0.3, 0.3]
     levels.clear()
     module.eval()  # validation rolls out as inference does: clean commits
     with torch.no_grad():
-        module.trainer_plugin.loss(module, batch)
+        module.loss(batch)
     assert levels == [0.0, 0.0]
 
 
@@ -652,11 +652,11 @@ def test_action_dropout_zeroes_whole_clips_of_actions(cache, run_data, monkeypat
     batch = next(iter(torch.utils.data.DataLoader(run_data.clips("train", 6), batch_size=8)))
     batch["actions"] = batch["actions"] + 1.0  # no action is zero by chance
     module.train()
-    module.trainer_plugin.loss(module, batch)
+    module.loss(batch)
     zeroed = (seen[-1] == 0).all(dim=(1, 2))
     assert 0 < int(zeroed.sum()) < 8 and ((seen[-1] != 0).all(dim=(1, 2)) | zeroed).all()
     module.eval()
-    module.trainer_plugin.loss(module, batch)
+    module.loss(batch)
     assert (seen[-1] != 0).all()  # validation keeps the actions
 
 
@@ -680,7 +680,7 @@ def test_self_forcing_commit_truth_teacher_forces_through_the_memory_without_sam
                         lambda self, f, a, level=0.0: commits.append((f, level)) or commit(self, f, a, level))
     monkeypatch.setattr(type(module.rollout), "sample", lambda self, *a, **k: samples.append(1) or sample(self, *a, **k))
     module.train()
-    loss, logs = module.trainer_plugin.loss(module, batch)
+    loss, logs = module.loss(batch)
     assert samples == [] and "rollout_mse" not in logs and loss.requires_grad
     x = batch["frames"]
     for c, (f, level) in enumerate(commits):
@@ -688,3 +688,29 @@ def test_self_forcing_commit_truth_teacher_forces_through_the_memory_without_sam
         assert level == 0.2
         eps = (f - 0.8 * true) / 0.2  # the true chunk, noised to 0.2
         assert eps.std() == pytest.approx(1.0, abs=0.15)
+
+
+def test_a_trainer_plugin_sees_a_typed_context_not_the_lightning_module(cache, run_data):
+    """The loss a stage trains with is the trainer plugin's loss on a ``TrainContext``: built around the
+    same weights and plugins without Lightning (``TrainContext.of``), it gives the same validation loss,
+    and the context carries the stage's typed ``TrainConfig``."""
+    from worldkit import registry
+    from worldkit.schema import TrainConfig
+    from worldkit.train_context import TrainContext
+
+    cfg = wk_config.validate({**tiny_raw(cache), "trainer": {"type": "teacher_forcing"}})
+    stage = resolve_stages(cfg)[0]
+    module = make_module(cfg, stage, run_data).eval()
+    ctx = module.context
+    assert isinstance(ctx.train, TrainConfig) and ctx.train.clip_frames == 6 and ctx.train.lr == 2e-3
+    assert ctx.model is module.model and ctx.aux is module.aux and not ctx.training and ctx.step == 0
+    batch = next(iter(torch.utils.data.DataLoader(run_data.clips("val", 6), batch_size=2)))
+    bare = TrainContext.of(module.model, registry.build("memory", stage.memory), registry.build("selector", stage.selector),
+                           registry.build("attention", stage.attention), train=ctx.train, seed=ctx.seed)
+    with torch.no_grad():
+        expected = module.loss(batch)[0]
+        got = module.trainer_plugin.loss(bare, batch)[0]
+        other_seed = module.trainer_plugin.loss(TrainContext.of(module.model, bare.memory, bare.selector, bare.backend,
+                                                                train=ctx.train, seed=ctx.seed + 1), batch)[0]
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(other_seed, expected)  # the draws follow the context's seed

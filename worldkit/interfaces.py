@@ -273,10 +273,12 @@ class RolloutTrainer(Plugin):
     kind = "trainer"
 
     @abstractmethod
-    def loss(self, module: Any, batch: dict) -> tuple["Tensor", dict]:
-        """The scalar loss for ``batch`` and a dict of scalars to log. ``module`` is the
-        LightningModule (its ``model``, ``memory``, ``selector``, ``backend`` and ``rollout``).
-        In evaluation mode (``module.training`` false) it is the validation loss, which picks the best
+    def loss(self, ctx: Any, batch: dict) -> tuple["Tensor", dict]:
+        """The scalar loss for ``batch`` (``frames`` (B, F, 3, H, W) in [-1, 1], ``actions`` (B, F, A)) and
+        a dict of scalars to log. ``ctx`` is a ``worldkit.train_context.TrainContext`` (not imported here:
+        it reads the schema, which reads this module): the model, its ``memory``, ``selector``,
+        ``backend`` and ``rollout``, the stage's ``train`` settings and the seeded ``generator``. When
+        ``ctx.training`` is false it is the validation loss, which picks the best
         checkpoint."""
 
     def data_frames(self, clip_frames: int) -> int:
@@ -288,10 +290,10 @@ class RolloutTrainer(Plugin):
         """Called before a stage trains (not on resume) with the checkpoint it starts from, or None for
         random weights; raise ``WorldkitError`` when the loss cannot work from there."""
 
-    def attach(self, module: Any) -> None:
-        """Called once when the LightningModule is built: add the auxiliary networks the loss needs to
-        ``module.aux`` (an ``nn.ModuleDict``), so they are optimised, checkpointed and resumed with the
-        model. A network there with an ``lr_scale`` attribute trains at that multiple of ``train.lr``."""
+    def attach(self, ctx: Any) -> None:
+        """Called once when training is set up: add the auxiliary networks the loss needs to ``ctx.aux``
+        (an ``nn.ModuleDict``), so they are optimised, checkpointed and resumed with the model. A network
+        there with an ``lr_scale`` attribute trains at that multiple of ``train.lr``."""
 
 
 KINDS: dict[str, type[Plugin]] = {

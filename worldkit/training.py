@@ -20,6 +20,8 @@ from worldkit import registry, signals
 from worldkit.errors import WorldkitError
 from worldkit.model import WorldModel
 from worldkit.rollout import Rollout
+from worldkit.schema import TrainConfig
+from worldkit.train_context import TrainContext
 
 
 class StepSampler(Sampler[int]):
@@ -66,7 +68,8 @@ def ema_decay(decay: float, step: int) -> float:
 class WorldModule(L.LightningModule):
     """The world model, its memory / selector / attention plugins and a trainer plugin for the loss.
 
-    Built from plain dicts (saved as hyperparameters) so a checkpoint is self-describing."""
+    Built from plain dicts (saved as hyperparameters) so a checkpoint is self-describing. The trainer
+    plugin sees ``context`` (a ``TrainContext``), not this module."""
 
     def __init__(
         self,
@@ -88,38 +91,30 @@ class WorldModule(L.LightningModule):
         self.memory = registry.build("memory", memory)
         self.selector = registry.build("selector", selector)
         self.backend = registry.build("attention", attention)
-        self.train_cfg = train
+        self.train_config = TrainConfig.model_validate(train)
         self.seed = seed
         self.rollout = Rollout(
             self.model, self.memory, self.selector, self.backend,
-            steps=sampler["steps"], shift=sampler["shift"], train_frames=train["clip_frames"],
+            steps=sampler["steps"], shift=sampler["shift"], train_frames=self.train_config.clip_frames,
         )
         self.ema_model: Optional[WorldModel] = None
-        if train.get("ema"):
+        if self.train_config.ema:
             self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.aux = torch.nn.ModuleDict()  # networks the trainer plugin trains or reads beside the model
         self._micro, self._ema_step = 0, 0
-        self.trainer_plugin.attach(self)
+        self.context = TrainContext(self.model, self.memory, self.selector, self.backend, self.rollout,
+                                    self.train_config, seed, aux=self.aux, clock=self)
+        self.trainer_plugin.attach(self.context)
 
-    # ---- randomness ---------------------------------------------------------------------------
-    def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded by (seed, global step, micro-batch, salt): draws are reproducible across
-        resumes, and the micro-batches of one accumulated step draw differently."""
-        step = self.global_step if self._trainer is not None else 0
-        key = (self.seed, step, salt, self.training) + ((self._micro,) if self._micro else ())
-        return torch.Generator().manual_seed(hash(key) % 2**62)
-
-    def randn(self, shape, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(shape, generator=generator).to(self.device)
-
-    def rand(self, shape, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(shape, generator=generator).to(self.device)
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The trainer plugin's loss on ``batch`` (the validation loss when not ``training``)."""
+        return self.trainer_plugin.loss(self.context, batch)
 
     # ---- Lightning hooks ----------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self._micro = batch_idx % self.train_cfg.get("accumulate", 1)  # position in the accumulated step
+        self._micro = batch_idx % self.train_config.accumulate  # position in the accumulated step
         try:
-            loss, logs = self.trainer_plugin.loss(self, batch)
+            loss, logs = self.loss(batch)
         finally:
             self._micro = 0
         if not torch.isfinite(loss):
@@ -133,7 +128,7 @@ class WorldModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss, _ = self.trainer_plugin.loss(self, batch)
+        loss, _ = self.loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["frames"].shape[0], sync_dist=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -146,7 +141,7 @@ class WorldModule(L.LightningModule):
         stepped, self._ema_step = self.global_step != self._ema_step, self.global_step
         updated = any(p.grad is not None for p in self.model.parameters())
         if self.ema_model is not None and stepped and updated:
-            d = ema_decay(self.train_cfg["ema"], self.global_step)
+            d = ema_decay(self.train_config.ema, self.global_step)
             with torch.no_grad():
                 for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
                     pe.lerp_(p, 1 - d)
@@ -161,15 +156,15 @@ class WorldModule(L.LightningModule):
         return nets
 
     def configure_optimizers(self):
-        cfg = self.train_cfg
+        cfg = self.train_config
         groups = []
         for net, scale in self._networks():
             decay = [p for p in net.parameters() if p.requires_grad and p.ndim >= 2]
             other = [p for p in net.parameters() if p.requires_grad and p.ndim < 2]
-            groups += [{"params": decay, "weight_decay": cfg["weight_decay"], "lr": cfg["lr"] * scale},
-                       {"params": other, "weight_decay": 0.0, "lr": cfg["lr"] * scale}]
-        opt = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.99))))
-        warm, total, cosine = cfg["warmup_steps"], cfg["max_steps"], cfg["schedule"] == "cosine"
+            groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr * scale},
+                       {"params": other, "weight_decay": 0.0, "lr": cfg.lr * scale}]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        warm, total, cosine = cfg.warmup_steps, cfg.max_steps, cfg.schedule == "cosine"
 
         def factor(step: int) -> float:
             if step < warm:

@@ -9,6 +9,7 @@ from worldkit import diffusion, registry
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import CacheSpec, PluginConfig
 from worldkit.model import Geometry, ParallelContext
+from worldkit.train_context import TrainContext
 
 
 class NoiseConfig(PluginConfig):
@@ -18,21 +19,21 @@ class NoiseConfig(PluginConfig):
     min_level: float = Field(0.0, ge=0, lt=1, description="lowest noise level drawn")
 
 
-def draw_levels(module, shape, cfg: NoiseConfig, generator: torch.Generator) -> Tensor:
+def draw_levels(ctx: TrainContext, shape, cfg: NoiseConfig, generator: torch.Generator) -> Tensor:
     """Noise levels in [min_level, 1], uniformly drawn then time-shifted."""
-    u = module.rand(shape, generator)
+    u = ctx.rand(shape, generator)
     t = cfg.shift * u / (1 + (cfg.shift - 1) * u)
     return cfg.min_level + (1 - cfg.min_level) * t
 
 
-def policy_mask(module, frames: int) -> tuple[Tensor, Tensor]:
+def policy_mask(ctx: TrainContext, frames: int) -> tuple[Tensor, Tensor]:
     """The memory policy's visibility per query *frame*: visible (F, F) and key positions (F, F)."""
-    fc = module.model.chunk_frames
-    module.memory.reset(module.model.cache_spec(1, module.train_cfg["clip_frames"], device=torch.device("cpu")))
-    vis = module.memory.visibility(frames)
+    fc = ctx.model.chunk_frames
+    ctx.memory.reset(ctx.model.cache_spec(1, ctx.train.clip_frames, device=torch.device("cpu")))
+    vis = ctx.memory.visibility(frames)
     if vis is None:
         raise WorldkitError(
-            f"memory plugin {type(module.memory).__name__} decides what is visible from the data, so it has "
+            f"memory plugin {type(ctx.memory).__name__} decides what is visible from the data, so it has "
             "no mask for parallel training: train it with trainer self_forcing"
         )
     visible, key_pos = vis  # (n_chunks, F) each
@@ -63,9 +64,9 @@ def check_parallel_mask(trainer: str, experiment) -> list[tuple]:
                               "with trainer self_forcing, or pick a memory policy with a fixed layout")]
 
 
-def denoising_loss(module, pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
+def denoising_loss(ctx: TrainContext, pred: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
     """Mean squared error against what the model is trained to output."""
-    return (pred.float() - diffusion.target(x0, eps, module.model.prediction).float()).pow(2).mean()
+    return (pred.float() - diffusion.target(x0, eps, ctx.model.prediction).float()).pow(2).mean()
 
 
 def twin_context(visible: Tensor, key_pos: Tensor, chunk: int) -> ParallelContext:
@@ -80,9 +81,9 @@ def twin_context(visible: Tensor, key_pos: Tensor, chunk: int) -> ParallelContex
     return ParallelContext(vis2, torch.arange(F, dtype=torch.float32).repeat(2), pos2)
 
 
-def twin_forward(net, clean: Tensor, noisy: Tensor, t: Tensor, actions: Tensor, ctx: ParallelContext) -> Tensor:
+def twin_forward(net, clean: Tensor, noisy: Tensor, t: Tensor, actions: Tensor, mask: ParallelContext) -> Tensor:
     """The network over ``[clean ; noisy]`` under a ``twin_context`` mask; its output on the noisy twin.
     clean, noisy: (B, F, 3, H, W); t: (B, F) levels of the noisy frames; actions: (B, F, A)."""
     F = clean.shape[1]
     levels = torch.cat([torch.zeros_like(t), t], 1)
-    return net(torch.cat([clean, noisy], 1), levels, torch.cat([actions, actions], 1), ctx)[:, F:]
+    return net(torch.cat([clean, noisy], 1), levels, torch.cat([actions, actions], 1), mask)[:, F:]

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
+from worldkit.train_context import TrainContext
 from worldkit.model import ParallelContext
 from worldkit_plugins.trainers.common import check_parallel_mask, NoiseConfig, denoising_loss, draw_levels, policy_mask
 
@@ -25,20 +26,20 @@ class DiffusionForcing(RolloutTrainer):
     def check(cls, config, experiment):
         return check_parallel_mask("diffusion_forcing", experiment)
 
-    def loss(self, module, batch):
+    def loss(self, ctx: TrainContext, batch: dict):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
         B, F = x.shape[:2]
-        fc = module.model.chunk_frames
-        g = module.generator()
+        fc = ctx.model.chunk_frames
+        g = ctx.generator()
         if self.config.per == "frame":
-            t = draw_levels(module, (B, F), self.config, g)
+            t = draw_levels(ctx, (B, F), self.config, g)
         else:
-            t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]
-        eps = module.randn(x.shape, g)
-        if self.config.action_dropout > 0 and module.training:
-            keep = module.rand((B, 1, 1), module.generator(4)) >= self.config.action_dropout
+            t = draw_levels(ctx, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]
+        eps = ctx.randn(x.shape, g)
+        if self.config.action_dropout > 0 and ctx.training:
+            keep = ctx.rand((B, 1, 1), ctx.generator(4)) >= self.config.action_dropout
             a = a * keep.to(a.dtype)
-        visible, key_pos = policy_mask(module, F)
-        ctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32), key_pos)
-        pred = module.model(diffusion.add_noise(x, eps, t), t, a, ctx)
-        return denoising_loss(module, pred, x, eps), {}
+        visible, key_pos = policy_mask(ctx, F)
+        mask = ParallelContext(visible, torch.arange(F, dtype=torch.float32), key_pos)
+        pred = ctx.model(diffusion.add_noise(x, eps, t), t, a, mask)
+        return denoising_loss(ctx, pred, x, eps), {}

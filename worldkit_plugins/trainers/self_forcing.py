@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from worldkit import diffusion
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import PluginConfig, RolloutTrainer
+from worldkit.train_context import TrainContext
 from worldkit.model import ParallelContext, WorldModel
 from worldkit_plugins.trainers.common import denoising_loss, twin_context, twin_forward
 
@@ -113,11 +114,11 @@ def dense_visibility(frames: int, chunk: int) -> Tensor:
 
 
 class Scorer:
-    """Runs a score network on a clip whose generated part (frames ``ctx:``) is noised to level ``t``."""
+    """Runs a score network on a clip whose generated part (frames ``n_ctx:``) is noised to level ``t``."""
 
-    def __init__(self, clip: Tensor, actions: Tensor, ctx: int, chunk: int, history: str):
+    def __init__(self, clip: Tensor, actions: Tensor, n_ctx: int, chunk: int, history: str):
         B, F = clip.shape[:2]
-        self.clip, self.ctx, self.history = clip, ctx, history
+        self.clip, self.n_ctx, self.history = clip, n_ctx, history
         visible = dense_visibility(F, chunk)
         self.actions = actions
         if history == "clean":
@@ -126,11 +127,11 @@ class Scorer:
             self.pctx = ParallelContext(visible, torch.arange(F, dtype=torch.float32))
 
     def __call__(self, net: WorldModel, level: Tensor, eps: Tensor, guidance: float = 1.0) -> tuple[Tensor, Tensor]:
-        """The network's output and its clean estimate on the generated frames, (B, F - ctx, 3, H, W) each.
+        """The network's output and its clean estimate on the generated frames, (B, F - n_ctx, 3, H, W) each.
         level: (B, 1); eps: like the clip; ``guidance`` > 1: ``uncond + guidance * (cond - uncond)`` with
         the unconditional output read under zeroed actions."""
         B, F = self.clip.shape[:2]
-        t = torch.cat([torch.zeros(B, self.ctx, device=level.device), level.expand(B, F - self.ctx)], dim=1)
+        t = torch.cat([torch.zeros(B, self.n_ctx, device=level.device), level.expand(B, F - self.n_ctx)], dim=1)
         x_t = diffusion.add_noise(self.clip, eps, t)
 
         def run(actions: Tensor) -> Tensor:
@@ -142,7 +143,7 @@ class Scorer:
         if guidance != 1.0:
             uncond = run(torch.zeros_like(self.actions))
             out = uncond + guidance * (out - uncond)
-        gen = slice(self.ctx, None)
+        gen = slice(self.n_ctx, None)
         return out[:, gen], diffusion.to_x0(out[:, gen], x_t[:, gen], t[:, gen], net.prediction)
 
 
@@ -225,30 +226,30 @@ class SelfForcing(RolloutTrainer):
                 "set model.init, or put a pretraining stage first"
             )
 
-    def attach(self, module) -> None:
+    def attach(self, ctx: TrainContext) -> None:
         if self.config.dmd is not None:
-            module.aux["dmd"] = DMDNets(module.model, self.config.dmd.critic_lr_scale)
+            ctx.aux["dmd"] = DMDNets(ctx.model, self.config.dmd.critic_lr_scale)
 
-    def rollout(self, module, x: Tensor, a: Tensor, g: torch.Generator, grad: bool, at_exit: bool = True,
+    def rollout(self, ctx: TrainContext, x: Tensor, a: Tensor, g: torch.Generator, grad: bool, at_exit: bool = True,
                 denoise: bool = False) -> tuple[Tensor, list[int], list[Tensor]]:
         """The model's own rollout after the context through the inference engine.
 
-        Returns the generated frames (B, F - ctx, 3, H, W) (``at_exit``: the clean estimate at each chunk's
+        Returns the generated frames (B, F - n_ctx, 3, H, W) (``at_exit``: the clean estimate at each chunk's
         exit step, differentiable there with ``grad``; otherwise the inference samples), the exit step per
         chunk, and with ``denoise`` the denoising loss of each chunk's true frames read against the cache."""
         B, F = x.shape[:2]
-        fc = module.model.chunk_frames
-        cfg, ctx = self.config, self.config.context_frames
-        if ctx % fc or ctx >= F:
-            raise ValueError(f"trainer.context_frames={ctx} must be a multiple of the chunk ({fc}) below the clip ({F})")
-        rollout = module.rollout
+        fc = ctx.model.chunk_frames
+        cfg, n_ctx = self.config, self.config.context_frames
+        if n_ctx % fc or n_ctx >= F:
+            raise ValueError(f"trainer.context_frames={n_ctx} must be a multiple of the chunk ({fc}) below the clip ({F})")
+        rollout = ctx.rollout
         levels = rollout.levels()
-        gn = module.generator(3)  # the denoising and context noise: the rollout's own draws stay as they were
+        gn = ctx.generator(3)  # the denoising and context noise: the rollout's own draws stay as they were
         chunks, exits, terms = [], [], []
         rollout.reset(B, device=x.device)
         with torch.no_grad():
-            rollout.commit_frames(x[:, :ctx], a[:, :ctx])
-        for s in range(ctx, F, fc):
+            rollout.commit_frames(x[:, :n_ctx], a[:, :n_ctx])
+        for s in range(n_ctx, F, fc):
             exit_step = int(torch.randint(rollout.steps, (1,), generator=g))  # drawn either way: same noise
             if cfg.exit == "last":
                 exit_step = rollout.steps - 1
@@ -260,13 +261,13 @@ class SelfForcing(RolloutTrainer):
                     own = rollout.sample(acts, exit_step=exit_step if at_exit else None, generator=g)
             if denoise:
                 t = levels[exit_step].to(true.device, true.dtype).expand(B, fc)
-                eps = module.randn(true.shape, gn).to(true.dtype)
+                eps = ctx.randn(true.shape, gn).to(true.dtype)
                 pred = rollout.read(diffusion.add_noise(true, eps, t), t, acts)
-                terms.append(denoising_loss(module, pred, true, eps))
+                terms.append(denoising_loss(ctx, pred, true, eps))
             kept = (true if cfg.commit == "truth" else own).detach()
-            if cfg.context_noise > 0 and module.training:
+            if cfg.context_noise > 0 and ctx.training:
                 level = torch.full((B, fc), cfg.context_noise, device=kept.device, dtype=kept.dtype)
-                rollout.commit(diffusion.add_noise(kept, module.randn(kept.shape, gn).to(kept.dtype), level),
+                rollout.commit(diffusion.add_noise(kept, ctx.randn(kept.shape, gn).to(kept.dtype), level),
                                acts, level=cfg.context_noise)
             else:
                 rollout.commit(kept, acts)
@@ -275,39 +276,39 @@ class SelfForcing(RolloutTrainer):
             exits.append(exit_step)
         return (torch.cat(chunks, dim=1) if chunks else None), exits, terms
 
-    def loss(self, module, batch):
+    def loss(self, ctx: TrainContext, batch: dict):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
-        cfg, ctx = self.config, self.config.context_frames
-        g = module.generator()
-        dmd = cfg.dmd if module.training else None  # validation: the ground-truth term alone
-        gen_step = dmd is None or module.global_step % dmd.critic_ratio == 0
-        denoise = cfg.objective == "denoise" and (cfg.truth_weight > 0 or not module.training)
+        cfg, n_ctx = self.config, self.config.context_frames
+        g = ctx.generator()
+        dmd = cfg.dmd if ctx.training else None  # validation: the ground-truth term alone
+        gen_step = dmd is None or ctx.step % dmd.critic_ratio == 0
+        denoise = cfg.objective == "denoise" and (cfg.truth_weight > 0 or not ctx.training)
         at_exit = dmd is not None or cfg.objective == "regression"  # the generated clip is trained on
-        gen, exits, terms = self.rollout(module, x, a, g, grad=at_exit and gen_step, at_exit=at_exit, denoise=denoise)
+        gen, exits, terms = self.rollout(ctx, x, a, g, grad=at_exit and gen_step, at_exit=at_exit, denoise=denoise)
         logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
         if gen is not None:
-            logs["rollout_mse"] = (gen.detach().float() - x[:, ctx:].float()).pow(2).mean()
+            logs["rollout_mse"] = (gen.detach().float() - x[:, n_ctx:].float()).pow(2).mean()
         if cfg.objective == "denoise":
             truth = torch.stack(terms).mean() if terms else x.new_zeros(()).float()
         else:
-            truth = (gen.float() - x[:, ctx:].float()).pow(2).mean()
+            truth = (gen.float() - x[:, n_ctx:].float()).pow(2).mean()
         if dmd is None:  # validation reports the ground-truth term unweighted
-            return (cfg.truth_weight * truth if module.training else truth), logs
-        nets: DMDNets = module.aux["dmd"]
+            return (cfg.truth_weight * truth if ctx.training else truth), logs
+        nets: DMDNets = ctx.aux["dmd"]
         if not bool(nets.ready):
-            nets.initialise(module.model, dmd.teacher)
+            nets.initialise(ctx.model, dmd.teacher)
         B, F = x.shape[:2]
-        clip = torch.cat([x[:, :ctx], gen.detach()], dim=1)
-        score = Scorer(clip, a, ctx, module.model.chunk_frames, dmd.history)
+        clip = torch.cat([x[:, :n_ctx], gen.detach()], dim=1)
+        score = Scorer(clip, a, n_ctx, ctx.model.chunk_frames, dmd.history)
 
         def noise(salt: int) -> tuple[Tensor, Tensor]:
-            gs = module.generator(salt)
-            return dmd.min_level + (dmd.max_level - dmd.min_level) * module.rand((B, 1), gs), module.randn(clip.shape, gs)
+            gs = ctx.generator(salt)
+            return dmd.min_level + (dmd.max_level - dmd.min_level) * ctx.rand((B, 1), gs), ctx.randn(clip.shape, gs)
 
         # the critic learns the generator's distribution: denoising loss on the generated frames
         level, eps = noise(1)
         pred, _ = score(nets.critic, level, eps)
-        target = diffusion.target(clip, eps, nets.critic.prediction)[:, ctx:]
+        target = diffusion.target(clip, eps, nets.critic.prediction)[:, n_ctx:]
         critic = (pred.float() - target.float()).pow(2).mean()
         logs["critic_loss"] = critic.detach()
         logs["truth_loss"] = truth.detach()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from worldkit import diffusion
 from worldkit.interfaces import RolloutTrainer
+from worldkit.train_context import TrainContext
 from worldkit_plugins.trainers.common import check_parallel_mask, NoiseConfig, denoising_loss, draw_levels, policy_mask, twin_context, twin_forward
 
 
@@ -16,14 +17,14 @@ class TeacherForcing(RolloutTrainer):
     def check(cls, config, experiment):
         return check_parallel_mask("teacher_forcing", experiment)
 
-    def loss(self, module, batch):
+    def loss(self, ctx: TrainContext, batch: dict):
         x, a = batch["frames"], batch["actions"]  # (B, F, 3, H, W), (B, F, A)
         B, F = x.shape[:2]
-        fc = module.model.chunk_frames
-        g = module.generator()
-        t = draw_levels(module, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]  # (B, F)
-        eps = module.randn(x.shape, g)
-        visible, key_pos = policy_mask(module, F)  # (F, F): what a chunk sees, its own chunk included
-        ctx = twin_context(visible, key_pos, fc)
-        pred = twin_forward(module.model, x, diffusion.add_noise(x, eps, t), t, a, ctx)
-        return denoising_loss(module, pred, x, eps), {}
+        fc = ctx.model.chunk_frames
+        g = ctx.generator()
+        t = draw_levels(ctx, (B, -(-F // fc)), self.config, g).repeat_interleave(fc, 1)[:, :F]  # (B, F)
+        eps = ctx.randn(x.shape, g)
+        visible, key_pos = policy_mask(ctx, F)  # (F, F): what a chunk sees, its own chunk included
+        mask = twin_context(visible, key_pos, fc)
+        pred = twin_forward(ctx.model, x, diffusion.add_noise(x, eps, t), t, a, mask)
+        return denoising_loss(ctx, pred, x, eps), {}
