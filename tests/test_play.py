@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests import test_api
-from worldkit import cli, play
+from worldkit import cli, play, registry
 
 CONTEXT = 4
 tiny_run = test_api.tiny_run  # a run folder: a tiny random model of the pendulum at 16x16, its config.yaml
@@ -166,7 +166,7 @@ def test_simulator_starts_where_the_episode_and_the_actions_left_it(loaded):
     try:
         game.step([0.5])
         game.set_simulator(True)  # brought up after a chunk: replays the context's actions and the chunk's
-        fresh = play.registry.build("env", world.env, eps.env_config)
+        fresh = registry.build("env", world.env, eps.env_config)
         fresh.reset(seeds[1])
         for a in eps.actions[1, 1:CONTEXT].numpy():
             fresh.step(a)
@@ -224,7 +224,7 @@ def test_recording_writes_a_gif(server, tmp_path, monkeypatch):
         assert (saved["mp4"] is not None) == play_mp4_available()
         if saved["mp4"]:
             assert Path(saved["mp4"]).stat().st_size > 0
-        monkeypatch.setattr(play, "MAX_RECORDING", 6)  # a recording left running is saved at the limit
+        monkeypatch.setattr(play.player, "MAX_RECORDING", 6)  # a recording left running is saved at the limit
         c.send(type="record", on=True)
         capped = c.take(lambda m: isinstance(m, dict) and m["type"] == "saved")[-1]
         assert capped["frames"] == 6 and Path(capped["gif"]).exists() and capped["gif"] != saved["gif"]
@@ -314,13 +314,13 @@ def test_a_page_that_leaves_at_once_is_no_error(server, caplog):
 
 
 def test_the_page_ships_with_the_package():
-    """The page is a file beside play.py: the wheel must carry it (package data), or / serves nothing."""
+    """The page is a file in the play package: the wheel must carry it (package data), or / serves nothing."""
     tomllib = pytest.importorskip("tomllib")
     from pathlib import Path
 
     from worldkit import play
 
     root = Path(__file__).resolve().parents[1]
-    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["worldkit"]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["worldkit.play"]
     assert play.PAGE_FILE.name in data and play.PAGE_FILE.parent == Path(play.__file__).parent
     assert play.page().lstrip().startswith("<!doctype html>") and "</html>" in play.page()
