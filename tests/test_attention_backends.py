@@ -40,10 +40,10 @@ def make_view(B, H, BLK, D, NS, n_sink, n_persistent, n_local, seed, dtype=torch
         slot_pos=torch.zeros(B, NS),
         slot_frame=torch.zeros(B, NS, dtype=torch.long),
         slot_block=torch.zeros(B, NS, dtype=torch.long),
-        sink=perm[:a],
-        persistent=perm[a:b],
+        always=perm[:b],
         local=perm[b : b + n_local],
         query_pos=0.0,
+        regions={"sink": perm[:a], "persistent": perm[a:b]},
     )
 
 

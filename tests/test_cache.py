@@ -67,12 +67,12 @@ def test_policy_keeps_exactly_what_it_should(kind, chunk, nb, sink, extra_window
         for layer in range(s.layers):
             view = policy.view(layer)
             # sink: every block of the first frames, in order, never evicted
-            sink_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.sink]
+            sink_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.region("sink")]
             assert sink_meta == [(f, b) for f in exp_sink for b in range(nb)]
             # local: exactly the last frames, oldest first, each block once
             local_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.local]
             assert local_meta == [(f, b) for f in exp_local for b in range(nb)]
-            assert view.persistent.numel() == 0
+            assert view.region("persistent").numel() == 0
             # contents are the committed K/V of that (layer, batch, frame, block)
             vis = view.visible
             for b in range(s.batch):
@@ -126,7 +126,7 @@ def test_sink_absolute_positions_grow_with_the_horizon():
     for c in range(50):
         policy.commit(*tagged_chunk(s, 2 * c))
     view = policy.view(0)
-    assert view.query_pos - view.slot_pos[:, view.sink].min() == 100
+    assert view.query_pos - view.slot_pos[:, view.region("sink")].min() == 100
 
 
 def test_window_shorter_than_chunk_is_refused():
@@ -258,9 +258,18 @@ class _EveryOtherWrongMask(SlidingWindow):
         return twin.visibility(num_frames)
 
 
+class _StrayRegion(SlidingWindow):
+    """Names a region of slots that are not read by every query."""
+
+    def view(self, layer):
+        view = super().view(layer)
+        view.regions["sink"] = view.local[:1]
+        return view
+
+
 @pytest.mark.parametrize("cls, message", [
     (_Liar, "nbytes"), (_Keeper, "requires grad"), (_Forgetful, "after a second reset"), (_Boastful, "max_read_distance"),
-    (_EveryOtherWrongMask, "the mask shows frames"),
+    (_EveryOtherWrongMask, "the mask shows frames"), (_StrayRegion, "regions.'sink'. names slots that are not in view.always"),
 ])
 def test_the_contract_test_catches_a_broken_policy(cls, message):
     with pytest.raises(AssertionError, match=rf"memory policy {cls.__name__}\(.*{message}"):

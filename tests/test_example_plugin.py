@@ -78,7 +78,7 @@ def test_keeps_every_other_chunk_up_to_its_cap():
     frames = view.slot_frame[0, view.local].tolist()
     assert frames == [4, 4, 5, 5, 8, 8, 9, 9]  # chunks 2 and 4, oldest first, 2 blocks per frame
     assert sorted(set(view.k[0, view.local].flatten().tolist())) == [2.0, 4.0]
-    assert view.query_pos == 12.0 and view.sink.numel() == 0 and view.persistent.numel() == 0
+    assert view.query_pos == 12.0 and view.always.numel() == 0
     per_slot = 2 * SPEC.layers * SPEC.batch * SPEC.heads * SPEC.block_tokens * SPEC.head_dim * 4  # K+V, fp32
     assert policy.nbytes() == 8 * per_slot
     assert rollout(chunks=40, max_chunks=2).nbytes() == policy.nbytes()  # bounded over any horizon

@@ -53,18 +53,18 @@ def test_persistent_memory_properties(chunk, nb, sink, extra, cap, commits, seed
         for layer in range(s.layers):
             view = policy.view(layer)
             for b in range(s.batch):
-                sink_m = meta(policy, layer, b, view.sink)
+                sink_m = meta(policy, layer, b, view.region("sink"))
                 assert sink_m == [(f, bl) for f in range(min(sink, seen)) for bl in range(nb)]  # sink never evicted
                 local_m = meta(policy, layer, b, view.local)
                 assert local_m == [(f, bl) for f in window for bl in range(nb)]
-                p_m = meta(policy, layer, b, view.persistent)
+                p_m = meta(policy, layer, b, view.region("persistent"))
                 assert len(set(p_m)) == len(p_m)  # no duplicates
                 assert all(f in evicted for f, _ in p_m)  # only blocks that left the window
                 # P after the commit comes from P before it plus what was evicted in this commit
                 newly = set(before_ring + [(f, bl) for f in range(c * chunk, seen) for bl in range(nb)])
                 assert set(p_m) <= before_p[(layer, b)] | newly
                 # contents follow their blocks
-                tags = view.k[b, view.persistent, 0, 0, 0]
+                tags = view.k[b, view.region("persistent"), 0, 0, 0]
                 want = torch.tensor([layer * 1e6 + b * 1e4 + f * 10 + bl for f, bl in p_m], dtype=torch.float32)
                 assert torch.equal(tags, want)
 
@@ -106,7 +106,7 @@ def test_positions_stay_within_training_distance_at_100x():
         assert (view.query_pos + s.chunk_frames - 1 - pos).max() <= s.train_frames - 1
         assert (pos <= view.query_pos - 1).all()
         # reading order in time: sink, then P, then the window
-        sp, pp, lp = (view.slot_pos[0, ids] for ids in (view.sink, view.persistent, view.local))
+        sp, pp, lp = (view.slot_pos[0, ids] for ids in (view.region("sink"), view.region("persistent"), view.local))
         if pp.numel():
             assert sp.max() < pp.min() and pp.max() < lp.min()
 
@@ -151,8 +151,8 @@ def test_each_position_mode_at_100x_the_clip():
         view = policy.view(0)
         q = view.query_pos
         pos = view.slot_pos  # (B, NS)
-        p_pos, p_frame = pos[:, view.persistent], policy.slot_frame[0][:, view.persistent].float()
-        sink_pos, local_pos = pos[:, view.sink], pos[:, view.local]
+        p_pos, p_frame = pos[:, view.region("persistent")], policy.slot_frame[0][:, view.region("persistent")].float()
+        sink_pos, local_pos = pos[:, view.region("sink")], pos[:, view.local]
         assert torch.equal(local_pos, policy.slot_frame[0][:, view.local].float())  # the window is never moved
         seen[mode] = (q, p_pos, p_frame, sink_pos)
         if mode == "absolute":

@@ -252,16 +252,18 @@ class BlockMemory(MemoryPolicy):
 
     def view(self, layer: int) -> KVView:
         dev = self.k.device
+        sink = torch.arange(self.n_sink, device=dev)
+        persistent = torch.arange(self.p_base, self.p_base + self.n_persistent, device=dev)
         return KVView(
             k=self.k[layer],
             v=self.v[layer],
             slot_pos=self.positions(layer),
             slot_frame=self.slot_frame[layer],
             slot_block=self.slot_block[layer],
-            sink=torch.arange(self.n_sink, device=dev),
-            persistent=torch.arange(self.p_base, self.p_base + self.n_persistent, device=dev),
+            always=torch.cat([sink, persistent]),
             local=torch.tensor(self.ring, dtype=torch.long, device=dev),
             query_pos=float(self.frames_seen),
+            regions={"sink": sink, "persistent": persistent},
         )
 
     def slots_in_use(self) -> int:

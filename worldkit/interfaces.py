@@ -13,7 +13,7 @@ consecutive blocks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import numpy as np
@@ -163,6 +163,11 @@ class KVView:
     position (in frames) each slot is to be read, and ``query_pos`` where the chunk's first frame sits
     (frame ``f`` of the chunk is at ``query_pos + f``). Slot tables are shared by the whole batch;
     contents and positions may differ per batch element.
+
+    Two kinds of slots are visible: ``always``, read by every query whatever the selector says, and
+    ``local``, the candidates a block selector chooses among. ``regions`` names parts of ``always`` for
+    analysis and tests (``BlockMemory`` names its ``"sink"`` and ``"persistent"`` slots); attention
+    backends read only ``always`` and ``local``.
     """
 
     k: "Tensor"  # (B, NS, H, BLK, D) slot pool of this layer
@@ -170,22 +175,27 @@ class KVView:
     slot_pos: "Tensor"  # (B, NS) float: read-time temporal position of each slot
     slot_frame: "Tensor"  # (B, NS) long: frame index (in the episode) the slot's block came from
     slot_block: "Tensor"  # (B, NS) long: spatial block index within its frame
-    sink: "Tensor"  # (NSk,) long slot ids, read by every query
-    persistent: "Tensor"  # (NP,) long slot ids, read by every query
+    always: "Tensor"  # (NA,) long slot ids read by every query
     local: "Tensor"  # (NL,) long slot ids of the cached local window, oldest first
     query_pos: float  # temporal position of the chunk's first frame
+    regions: dict = field(default_factory=dict)  # name -> (n,) long slot ids, each a part of ``always``
+
+    def region(self, name: str) -> "Tensor":
+        """The slot ids of the region ``name`` (empty when the policy keeps none)."""
+        ids = self.regions.get(name)
+        return ids if ids is not None else self.always[:0]
 
     @property
     def visible(self) -> "Tensor":
-        """All visible slot ids in reading order [sink ; persistent ; local], (NV,)."""
+        """All visible slot ids in reading order [always ; local], (NV,)."""
         import torch
 
-        return torch.cat([self.sink, self.persistent, self.local])
+        return torch.cat([self.always, self.local])
 
 
 @dataclass
 class BlockIndex:
-    """Which *local* blocks each query block reads (sink and persistent blocks are always read).
+    """Which *local* blocks each query block reads (the view's ``always`` slots are read regardless).
 
     Local candidates are numbered ``0 .. NL + NQB - 1``: the view's cached local blocks (``view.local``
     order) followed by the chunk's own blocks. Rows are sorted ascending and padded with -1.
@@ -263,7 +273,7 @@ class AttentionBackend(Plugin):
         index: Optional[BlockIndex],
     ) -> "Tensor":
         """q, k, v: (B, H, Tq, D) the chunk's own tokens, fully rotated. ``view.k`` arrives with its
-        temporal rotation already applied. Every query reads sink + persistent + the local blocks of
+        temporal rotation already applied. Every query reads ``view.always`` + the local blocks of
         ``index`` (all local blocks and the whole chunk when ``index`` is None). Returns (B, H, Tq, D)."""
 
 

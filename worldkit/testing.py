@@ -55,8 +55,9 @@ def check_memory_policy(cls: type, config: Any = None, *, spec: Optional[CacheSp
     layer:
 
     - the view's shapes, dtypes and slot ids: k, v (B, NS, H, BLK, D) at the cache's dtype; slot tables
-      (B, NS); sink, persistent and local 1-D ids within the pool, no slot listed twice, no block of a
-      frame held twice in a batch row, only blocks of committed frames; ``query_pos`` the frames committed;
+      (B, NS); always, local and the named regions 1-D ids within the pool (each region inside always),
+      no slot listed twice, no block of a frame held twice in a batch row, only blocks of committed
+      frames; ``query_pos`` the frames committed;
     - positions finite and before the chunk, and within ``max_read_distance()`` frames of its newest
       frame where the policy promises that bound;
     - ``nbytes()`` the bytes of the K and V the views expose, summed over layers; ``slots_in_use()`` (where
@@ -188,13 +189,16 @@ def _check_view(view: KVView, spec: CacheSpec, seen: int, bound: Optional[int], 
         _require(tuple(t.shape) == (B, ns), name, f"{where}: view.{field} has shape {tuple(t.shape)}, not (B, NS) = {(B, ns)}")
         _require(t.is_floating_point() == floating, name, f"{where}: view.{field} is {t.dtype}")
     _require(not view.slot_pos.requires_grad, name, f"{where}: view.slot_pos requires grad")
-    for field in ("sink", "persistent", "local"):
-        t = getattr(view, field)
+    lists = [("always", view.always), ("local", view.local)] + [(f"regions[{r!r}]", t) for r, t in view.regions.items()]
+    for field, t in lists:
         _require(t.dim() == 1 and t.dtype == torch.long, name, f"{where}: view.{field} is {t.dtype} of shape "
                                                                 f"{tuple(t.shape)}, not 1-D long slot ids")
         _require(bool(((t >= 0) & (t < ns)).all()), name, f"{where}: view.{field} has slot ids outside 0..{ns - 1}")
     ids = view.visible
-    _require(ids.unique().numel() == ids.numel(), name, f"{where}: a slot is listed twice in sink/persistent/local")
+    _require(ids.unique().numel() == ids.numel(), name, f"{where}: a slot is listed twice in always/local")
+    always = set(view.always.tolist())
+    for r, t in view.regions.items():
+        _require(set(t.tolist()) <= always, name, f"{where}: view.regions[{r!r}] names slots that are not in view.always")
     _require(view.query_pos == seen, name, f"{where}: query_pos is {view.query_pos}, {seen} frames were committed")
     frame, block = view.slot_frame[:, ids], view.slot_block[:, ids]  # (B, NV)
     _require(bool(((frame >= 0) & (frame < seen)).all()), name,

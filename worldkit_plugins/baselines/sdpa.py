@@ -32,13 +32,13 @@ def gather_keys(view: Optional[KVView], k: Tensor, v: Tensor) -> tuple[Tensor, T
 def dense_mask_from_index(view: Optional[KVView], index: BlockIndex, Tq: int, BLK: int) -> Tensor:
     """The token mask of ``index`` over ``gather_keys``' sequence: (B, Hs, Tq, NV * BLK + Tq) bool.
 
-    Sink and persistent slots are visible to every query; local candidate c < NL is ``view.local[c]``,
+    The view's ``always`` slots are visible to every query; local candidate c < NL is ``view.local[c]``,
     c >= NL is the chunk's own block c - NL (tokens [(c - NL) * BLK, ...), the last one may be short).
     """
     local, count = index.local, index.count  # (B, Hs, NQB, K), (B, Hs, NQB)
     B, Hs, NQB, K = local.shape
     dev = local.device
-    NSP = 0 if view is None else view.sink.numel() + view.persistent.numel()
+    NSP = 0 if view is None else view.always.numel()
     NL = 0 if view is None else view.local.numel()
     valid = torch.arange(K, device=dev) < count[..., None]  # (B, Hs, NQB, K)
     cand = torch.zeros(B, Hs, NQB, NL + NQB + 1, dtype=torch.bool, device=dev)

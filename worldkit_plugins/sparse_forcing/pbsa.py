@@ -22,11 +22,11 @@ def chunk_blocks(x: Tensor, BLK: int) -> Tensor:
 
 def slot_lists(view: Optional[KVView], index: Optional[BlockIndex], NS: int, NQB: int, B: int) -> tuple[Tensor, Tensor]:
     """Per query block, the slots it reads in a pool of the view's NS slots followed by the chunk's NQB
-    blocks: [sink and persistent, sorted ; selected local, sorted]. Returns index (B, Hs, NQB, MAXK)
+    blocks: [the view's always-read slots (sink, persistent), sorted ; selected local, sorted]. Returns index (B, Hs, NQB, MAXK)
     int32 padded with -1 and count (B, Hs, NQB) int32; built on the device, no host sync."""
     dev = view.k.device if view is not None else index.local.device
     empty = torch.empty(0, dtype=torch.long, device=dev)
-    fixed = empty if view is None else torch.cat([view.sink, view.persistent]).to(dev).sort().values  # (NSP,)
+    fixed = empty if view is None else view.always.to(dev).sort().values  # (NSP,)
     cached = empty if view is None else view.local.to(dev)  # (NL,)
     cand_slot = torch.cat([cached, NS + torch.arange(NQB, device=dev)])  # (NL + NQB,) candidate -> slot
     if index is None:
@@ -104,13 +104,13 @@ class PBSA(ReportsKernels, AttentionBackend):
             block_len = torch.full((B, NS + NQB), BLK, dtype=torch.int32, device=q.device)  # (B, NS + NQB)
             block_len[:, -1] = Tq - (NQB - 1) * BLK
         impl = self.config.impl if self.config.impl != "auto" else ("triton" if q.is_cuda else "torch")
-        shared = None if view is None else torch.cat([view.sink, view.persistent])
+        shared = None if view is None else view.always
         if impl == "torch" and shared is not None and shared.numel():
             # sink and persistent blocks are read by every row: one dense product for them, the
             # gathered block-sparse path only for the selected local blocks, merged by log-sum-exp
             out_s, lse_s = shared_attention(q, pool_k, pool_v, shared.to(q.device), D**-0.5)
             empty = shared[:0]
-            local_view = replace(view, sink=empty, persistent=empty)
+            local_view = replace(view, always=empty, regions={})
             slots, count = slot_lists(local_view, index, NS, NQB, B)
             out_l, lse_l = pbsa_attention_with_lse(q, pool_k, pool_v, slots, count, block_len, impl="torch")
             return merge(out_s, lse_s, out_l.to(out_s.dtype), lse_l.to(lse_s.dtype)).to(q.dtype)
