@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -51,9 +50,9 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default Triton app
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-spec = importlib.util.spec_from_file_location("kernel_bench", ROOT / "kernel_bench.py")
-kernel_bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kernel_bench)  # also makes the kernels importable from a bare checkout
+sys.path.insert(0, str(ROOT))
+from kernelbench import problem  # noqa: E402  (the kernel benchmark's shapes; kernelbench makes the kernels importable)
+from kernelbench.measure import untuned  # noqa: E402
 
 import triton  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
@@ -101,16 +100,16 @@ def record_launches(BLK: int, frames: int, density: float, configs: dict[str, di
     shapes, with the given configuration per main kernel: {kernel: (args, kwargs)}. Runs the PBSA forward
     and backward ops on CPU tensors with every kernel replaced by a recorder (nothing is computed).
     full_blocks: no block lengths (every slot full, the unmasked key path; nothing is packed)."""
-    p = kernel_bench.make_problem(frames, BLK, dtype, "cpu")
+    p = problem.make_problem(frames, BLK, dtype, "cpu")
     if full_blocks:
         p["block_len"] = None
-    index, count, _ = kernel_bench.make_lists(1, kernel_bench.HEADS, p["NSc"], p["NQB"], density, "cpu")
+    index, count, _ = problem.make_lists(1, problem.HEADS, p["NSc"], p["NQB"], density, "cpu")
     q = p["q"]
     lse = torch.zeros(q.shape[:3])
     recorders = {name: Recorder(getattr(mod, attr)) for name, (mod, attr, _) in KERNELS.items()}
     recorders |= {name: Recorder(getattr(mod, attr)) for name, (mod, attr) in HELPERS.items()}
     with contextlib.ExitStack() as stack, torch.no_grad():
-        stack.enter_context(kernel_bench.untuned())  # one launch per kernel: the first (only) configuration
+        stack.enter_context(untuned())  # one launch per kernel: the first (only) configuration
         for name, (mod, attr) in HELPERS.items():
             stack.enter_context(mock.patch.object(mod, attr, recorders[name]))
         for name, (mod, attr, cfgs) in KERNELS.items():
@@ -259,17 +258,17 @@ def main() -> int:
     ap.add_argument("--num-stages", type=int, help="compile every candidate with this many pipeline stages instead")
     ap.add_argument("--full-blocks", action="store_true", help="no block lengths: every slot full (unmasked keys)")
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    ap.add_argument("--head-dim", type=int, default=kernel_bench.HEAD_DIM)
+    ap.add_argument("--head-dim", type=int, default=problem.HEAD_DIM)
     ap.add_argument("--helpers", nargs="*", choices=list(HELPERS),
                     help="also the small kernels around them (all of them when none is named), as launched")
     ap.add_argument("--json", type=Path, help="also write the rows to this file")
     args = ap.parse_args()
-    kernel_bench.HEAD_DIM = args.head_dim
+    problem.HEAD_DIM = args.head_dim
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("error: TRITON_INTERPRET=1: the kernels are interpreted, not compiled; unset it", file=sys.stderr)
         return 2
-    print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; {args.dtype}, {kernel_bench.HEADS} heads x "
-          f"{kernel_bench.HEAD_DIM}, chunk of {kernel_bench.CHUNK_FRAMES} x {kernel_bench.TOKENS_PER_FRAME} tokens, "
+    print(f"triton {triton.__version__}, torch {torch.__version__}; sm_{args.arch}; {args.dtype}, {problem.HEADS} heads x "
+          f"{problem.HEAD_DIM}, chunk of {problem.CHUNK_FRAMES} x {problem.TOKENS_PER_FRAME} tokens, "
           f"{args.frames} frames of keys{' (every slot full)' if args.full_blocks else ''}, density {args.density}; "
           "the first candidate of each kernel at each block is its default\n")
     print("| block | kernel | # | configuration | registers | spilled B | shared KiB | pipelined tile copies "

@@ -9,26 +9,31 @@ import torch
 import torch.nn.functional as F
 
 from worldkit_kernels import pbsa_attention
+from worldkit_kernels.choices import problem_label
 from tests.benchmark_scripts import load
 
 
 @pytest.fixture()
 def bench(monkeypatch):
-    mod = load("kernel_bench")
+    """The kernelbench package (kernel_bench.py's parts), loaded afresh with kernel_bench, at small shapes."""
+    load("kernel_bench")  # puts benchmarks/ on sys.path; kernelbench's modules imported afresh
+    import kernelbench.flex
+    import kernelbench.tables  # the modules kernel_bench.py does not import itself
+
     for name, value in dict(TOKENS_PER_FRAME=20, HEADS=2, HEAD_DIM=16, DTYPE=torch.float32).items():
-        monkeypatch.setattr(mod, name, value)
-    return mod
+        monkeypatch.setattr(kernelbench.problem, name, value)
+    return kernelbench
 
 
 def test_full_density_lists_are_dense_attention(bench):
     """At density 1 the pool, lists and ragged tail reproduce dense SDPA over the flat keys, and the
     counted pairs equal the dense ones, so speedups and TFLOP/s compare like with like."""
     frames, BLK = 5, 8
-    p = bench.make_problem(frames, BLK, torch.float64, "cpu")
-    assert p["Tq"] == bench.CHUNK_FRAMES * 20 and p["Tq"] % BLK  # a ragged chunk tail
-    index, count, K = bench.make_lists(1, 2, p["NSc"], p["NQB"], 1.0, "cpu")
+    p = bench.problem.make_problem(frames, BLK, torch.float64, "cpu")
+    assert p["Tq"] == bench.problem.CHUNK_FRAMES * 20 and p["Tq"] % BLK  # a ragged chunk tail
+    index, count, K = bench.problem.make_lists(1, 2, p["NSc"], p["NQB"], 1.0, "cpu")
     assert K == p["NSc"] + p["NQB"]
-    assert bench.computed_pairs(index, count, p["block_len"], p["Tq"], BLK) == 2 * p["Tq"] * p["Lk"]
+    assert bench.problem.computed_pairs(index, count, p["block_len"], p["Tq"], BLK) == 2 * p["Tq"] * p["Lk"]
     out = pbsa_attention(p["q"], p["kp"], p["vp"], index, count, p["block_len"], impl="torch")
     ref = F.scaled_dot_product_attention(p["q"], p["k"], p["v"])
     assert torch.allclose(out, ref, atol=1e-10)
@@ -36,7 +41,7 @@ def test_full_density_lists_are_dense_attention(bench):
 
 def test_sparse_lists_keep_persistent_and_own_blocks(bench):
     NSc, NQB = 30, 4
-    index, count, K = bench.make_lists(2, 3, NSc, NQB, 0.25, "cpu", seed=1)
+    index, count, K = bench.problem.make_lists(2, 3, NSc, NQB, 0.25, "cpu", seed=1)
     assert K == round(0.25 * (NSc + NQB)) and bool((count == K).all())
     n_p = K // 2
     assert torch.equal(index[..., :n_p], torch.arange(n_p, dtype=torch.int32).expand(2, 3, NQB, n_p))
@@ -52,11 +57,11 @@ def test_gate_is_flash_attentions_rule():
     ref = {"out": torch.full((4,), 1.0, dtype=torch.float64), "dq": torch.full((4,), 2.0, dtype=torch.float64)}
     sdpa = {key: r + 1e-2 for key, r in ref.items()}
     floor = {"out": 2**-10, "dq": 2 * 2**-10}
-    ok, line = kb.gate("PBSA", {key: r + 2e-2 + 0.9 * floor[key] for key, r in ref.items()}, sdpa, ref)
+    ok, line = kb.checks.gate("PBSA", {key: r + 2e-2 + 0.9 * floor[key] for key, r in ref.items()}, sdpa, ref)
     assert ok and line.startswith("PBSA: out 2.") and "dq" in line and "FAIL" not in line
-    ok, line = kb.gate("PBSA", {"out": ref["out"] + 2e-2 + 1.1 * floor["out"], "dq": ref["dq"]}, sdpa, ref)
+    ok, line = kb.checks.gate("PBSA", {"out": ref["out"] + 2e-2 + 1.1 * floor["out"], "dq": ref["dq"]}, sdpa, ref)
     assert not ok and "out" in line and line.count("FAIL") == 1
-    ok, _ = kb.gate("PBSA", {"out": ref["out"] * float("nan"), "dq": ref["dq"]}, sdpa, ref)
+    ok, _ = kb.checks.gate("PBSA", {"out": ref["out"] * float("nan"), "dq": ref["dq"]}, sdpa, ref)
     assert not ok
 
 
@@ -64,11 +69,11 @@ def test_untuned_restores_the_environment(bench, monkeypatch):
     import os
 
     monkeypatch.setenv("WORLDKIT_PBSA_TUNE", "1")
-    with bench.untuned():
+    with bench.measure.untuned():
         assert os.environ["WORLDKIT_PBSA_TUNE"] == "0"
     assert os.environ["WORLDKIT_PBSA_TUNE"] == "1"
     monkeypatch.delenv("WORLDKIT_PBSA_TUNE")
-    with bench.untuned():
+    with bench.measure.untuned():
         pass
     assert "WORLDKIT_PBSA_TUNE" not in os.environ
 
@@ -77,18 +82,18 @@ def test_table_speedups_against_flash_of_the_same_problem(bench):
     rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 1.0, "sdpa-cudnn", (1.0, "n/a (x)"), 1000),
             (21, 100, 128, 0.25, "pbsa kernel", (0.5, 3.0), 250), (21, 100, 128, 0.25, "pbsa + Triton selection", (0.25, "-"), 250),
             (21, 100, 128, 0.25, "flex", "n/a (boom)", 250)]
-    md = bench.table(rows)
+    md = bench.tables.table(rows)
     assert "| 0.500 ms, 0 TF/s, 4.00x flash, 2.00x cuDNN | 3.000 ms, 0 TF/s, 2.00x flash |" in md  # fwd+bwd: cuDNN n/a
     assert "n/a (boom)" in md and "| 0.250 ms, 0 TF/s, 8.00x flash, 4.00x cuDNN | - |" in md
-    lines = bench.targets(rows).splitlines()
+    lines = bench.tables.targets(rows).splitlines()
     assert lines[0] == ("- 25 %, pbsa + Triton selection: 0.250 ms, 8.00x SDPA-flash (2.000 ms) (target >= 4.5x: met), "
                         "4.00x cuDNN (1.000 ms) (target >= 2.7x: met)")
     assert lines[1] == "- 25 %, pbsa + PyTorch selection: not measured"
     assert lines[2] == "- 25 %, pbsa kernel: 0.500 ms, 4.00x SDPA-flash (2.000 ms), 2.00x cuDNN (1.000 ms)"
     assert lines[3] == "- full density, pbsa kernel against cuDNN: not measured"
     rows.append((21, 100, 128, 1.0, "pbsa kernel", (1.2, 5.0), 1000))
-    assert bench.targets(rows).splitlines()[3] == ("- full density, pbsa kernel: 1.200 ms, 1.20x cuDNN's time (1.000 ms; "
-                                                   "target <= 1.1x: MISSED)")
+    assert bench.tables.targets(rows).splitlines()[3] == ("- full density, pbsa kernel: 1.200 ms, 1.20x cuDNN's time (1.000 ms; "
+                                                          "target <= 1.1x: MISSED)")
 
 
 def test_a_stopped_benchmark_keeps_its_rows(bench, monkeypatch):
@@ -105,14 +110,14 @@ def test_a_stopped_benchmark_keeps_its_rows(bench, monkeypatch):
             rows.append("swallowed")
         rows.append("never reached")
 
-    monkeypatch.setattr(bench, "run_timings", fake)
+    monkeypatch.setattr(bench.timing, "run_timings", fake)
     before = signal.getsignal(signal.SIGTERM)
-    with bench.sigterm_stops():
-        rows, stopped = bench.timings_until_stopped([21], [128], [1.0])
+    with bench.timing.sigterm_stops():
+        rows, stopped = bench.timing.timings_until_stopped([21], [128], [1.0])
     assert "SIGTERM" in stopped and rows == [(21, 100, 128, 1.0, "sdpa-flash", (1.0, 2.0), 10)]
     assert signal.getsignal(signal.SIGTERM) is before
-    monkeypatch.setattr(bench, "run_timings", lambda f, b, d, rows, **kw: rows.append("row"))
-    assert bench.timings_until_stopped([21], [128], [1.0]) == (["row"], None)
+    monkeypatch.setattr(bench.timing, "run_timings", lambda f, b, d, rows, **kw: rows.append("row"))
+    assert bench.timing.timings_until_stopped([21], [128], [1.0]) == (["row"], None)
 
 
 def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
@@ -123,8 +128,8 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     from worldkit_kernels.pbsa_triton import tuner
 
     rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 0.25, "pbsa kernel", (0.5, 3.0), 250)]
-    monkeypatch.setattr(bench, "timings_until_stopped", lambda f, b, d, **kw: (rows, None))
-    monkeypatch.setattr(bench, "selection_timings", lambda f, b, r: "| selection |")
+    monkeypatch.setattr(bench.results, "timings_until_stopped", lambda f, b, d, **kw: (rows, None))
+    monkeypatch.setattr(bench.results, "selection_timings", lambda f, b, r: "| selection |")
     key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     monkeypatch.setattr(tuner, "_tuned", {key: fast})
@@ -138,7 +143,7 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     monkeypatch.setattr(topk_triton, "_choice", {sel: "triton", failed: "torch"})
     monkeypatch.setattr(topk_triton, "_choice_failures", {failed: "RuntimeError: no kernel"})
     args = argparse.Namespace(write=False, out=None, backward=True, flex_autotune=False, profile=False)
-    assert bench.report(args, [21], [128], [0.25], "card, versions", 0.0) == 0
+    assert bench.results.report(args, [21], [128], [0.25], "card, versions", 0.0) == 0
     out = capsys.readouterr().out
     assert ("- 1 x 12 heads, 37 query blocks, up to 512 candidates, head dim 128, own block forced, bfloat16 on cuda:0: "
             "torch 0.750, triton 0.050; keeps triton\n") in out
@@ -149,15 +154,15 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
     assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: M128 N64 w8 s3 x2\n" in out
     tail = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, False, False)  # short last query block, lengths
-    assert bench.problem_label(tail) == "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 query-tail ragged"
+    assert problem_label(tail) == "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 query-tail ragged"
     assert "| selection |" in out and "0.500 ms" in out
 
 
 def test_profile_lists_the_operators_of_one_step(bench, monkeypatch):
     """The kernel-by-kernel profile of PBSA forward + backward (here the PyTorch path on the CPU):
     a table whose rows carry positive times and whose shares are of the step's total."""
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
-    md = bench.profile(frames=6, BLK=16, density=0.5, impl="torch", steps=2)
+    monkeypatch.setattr(bench.problem, "DEVICE", "cpu")
+    md = bench.profiling.profile(frames=6, BLK=16, density=0.5, impl="torch", steps=2)
     lines = md.splitlines()
     assert lines[0].startswith("| kernel (CPU self time)") and lines[-1].startswith("| all |")
     rows = [line.split("|")[1:4] for line in lines[2:-1]]
@@ -168,8 +173,8 @@ def test_profile_lists_the_operators_of_one_step(bench, monkeypatch):
 def test_flex_options_divide_the_block(bench):
     """Flex runs its own tiles at blocks of 128; at smaller blocks every option set tried first names
     tiles that divide the block, so the BlockMask's blocks map onto whole tiles."""
-    assert bench.flex_options(128) == [None]
-    sets = bench.flex_options(64)
+    assert bench.flex.flex_options(128) == [None]
+    sets = bench.flex.flex_options(64)
     assert sets[-1] is None and len(sets) > 2
     for opts in sets[:-1]:
         tiles = [v for k, v in opts.items() if "BLOCK" in k]
@@ -178,16 +183,16 @@ def test_flex_options_divide_the_block(bench):
 
 def test_short_error_is_one_line(bench):
     e = ValueError("Q and KV block size\n  must be divisible   by BLOCK_M")
-    assert bench.short_error(e) == "ValueError: Q and KV block size must be divisible by BLOCK_M"
-    assert bench.short_error(e, 10) == "ValueError: Q and KV b"
-    assert bench.short_error(RuntimeError()) == "RuntimeError: "
+    assert bench.measure.short_error(e) == "ValueError: Q and KV block size must be divisible by BLOCK_M"
+    assert bench.measure.short_error(e, 10) == "ValueError: Q and KV b"
+    assert bench.measure.short_error(RuntimeError()) == "RuntimeError: "
 
 
 def test_launch_cost_times_issue_and_completion(bench, monkeypatch):
     """The CPU-cost table: per pass, the time to issue a call and the time with the device waited for
     (on the CPU they are one and the same work, so the second is never the smaller)."""
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
-    md = bench.launch_cost(frames=6, BLK=16, density=0.5, impl="torch", n=3)
+    monkeypatch.setattr(bench.problem, "DEVICE", "cpu")
+    md = bench.profiling.launch_cost(frames=6, BLK=16, density=0.5, impl="torch", n=3)
     rows = [line.split("|")[1:4] for line in md.splitlines()[2:]]
     assert [r[0].strip() for r in rows] == ["forward", "forward + backward"]
     for _, issued, done in rows:
@@ -199,11 +204,11 @@ def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
     """The selection table times the PyTorch selection and the fused Triton top-K (after checking it picks
     the same lists), says which ``auto`` keeps, beside PBSA's forward from the timing rows."""
     pytest.importorskip("triton")
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setattr(bench.problem, "DEVICE", "cpu")
     timed = []
-    monkeypatch.setattr(bench, "bench", lambda fn: (fn(), timed.append(fn), 0.5)[-1])
+    monkeypatch.setattr(bench.measure, "bench", lambda fn: (fn(), timed.append(fn), 0.5)[-1])
     rows = [(6, 0, 16, 0.25, "pbsa kernel", (0.25, 1.0), 10)]
-    md = bench.selection_timings([6], [16], rows)
+    md = bench.timing.selection_timings([6], [16], rows)
     cells = [c.strip() for c in md.splitlines()[2].split("|")[1:-1]]
     assert cells[:2] == ["6", "16"] and int(cells[3]) == max(1, round(0.25 * int(cells[2])))
     # selection twice, what auto keeps (PyTorch off CUDA), lists twice, forward
@@ -214,7 +219,7 @@ def test_selection_timings_check_the_fused_kernel_first(bench, monkeypatch):
 def test_flex_options_prefer_a_set_whose_backward_compiles(bench, capsys):
     """Flex's options: the first set that compiles forward and backward; failing that, the first whose
     forward compiles (its forward is still timed); None when no forward compiles. Each failure is said."""
-    sets = bench.flex_options(64)
+    sets = bench.flex.flex_options(64)
     x, dout = torch.ones(2, requires_grad=True), torch.ones(2)
 
     class NoBackward(torch.autograd.Function):
@@ -234,9 +239,9 @@ def test_flex_options_prefer_a_set_whose_backward_compiles(bench, capsys):
             return NoBackward.apply(x) if i in fails_bwd else x * 2
         return run
 
-    assert bench.pick_flex_options(flex({0}, {1}), dout, 64) == (sets[2],)  # 0: no forward, 1: no backward
-    assert bench.pick_flex_options(flex(set(), set(range(len(sets)))), dout, 64) == (sets[0],)
-    assert bench.pick_flex_options(flex(set(range(len(sets))), set()), dout, 64) is None
+    assert bench.flex.pick_flex_options(flex({0}, {1}), dout, 64) == (sets[2],)  # 0: no forward, 1: no backward
+    assert bench.flex.pick_flex_options(flex(set(), set(range(len(sets)))), dout, 64) == (sets[0],)
+    assert bench.flex.pick_flex_options(flex(set(range(len(sets))), set()), dout, 64) is None
     out = capsys.readouterr().out
     assert "the forward fails: ValueError: no forward for set 0" in out
     assert "the backward fails: RuntimeError: no backward" in out
@@ -249,16 +254,16 @@ def test_helper_kernels_checked_against_pytorch(bench, monkeypatch):
     from worldkit_kernels import topk_triton
     from worldkit_kernels.pbsa_triton import lists
 
-    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    monkeypatch.setattr(bench.problem, "DEVICE", "cpu")
     small = dict(NSc=5, NQB=3, candidates=(20,))
-    assert bench.helpers_correct(**small) == (True, True)
+    assert bench.checks.helpers_correct(**small) == (True, True)
     real = lists._transposed
     monkeypatch.setattr(lists, "_transposed", lambda i, c, n: tuple(t.flip(-1) for t in real(i, c, n)))
-    assert bench.helpers_correct(**small) == (False, True)
+    assert bench.checks.helpers_correct(**small) == (False, True)
     monkeypatch.setattr(lists, "_transposed", real)
     fused = topk_triton.topk_blocks_triton
     monkeypatch.setattr(topk_triton, "topk_blocks_triton", lambda *a, **k: (fused(*a, **k)[0].flip(-1), fused(*a, **k)[1]))
-    assert bench.helpers_correct(**small) == (True, False)
+    assert bench.checks.helpers_correct(**small) == (True, False)
 
 
 def test_headline_on_the_cpu(tmp_path, monkeypatch):
@@ -291,15 +296,15 @@ def test_a_wrong_kernel_output_stops_the_timings(monkeypatch, capsys):
     """The gate on the tuned kernel as timed: an output off by 1 % of its range fails it, nothing is
     timed, and the run exits 1."""
     kb = load("kernel_bench")
-    real = kb.pbsa_attention
+    real = kb.timing.pbsa_attention
 
     def off(*a, **k):
         out = real(*a, **k)
         return out + 0.01 * out.detach().abs().max()
 
-    monkeypatch.setattr(kb, "pbsa_attention", off)
+    monkeypatch.setattr(kb.timing, "pbsa_attention", off)
     timed = []
-    monkeypatch.setattr(kb, "timed", lambda *a: timed.append(a) or (1.0, "-"))
+    monkeypatch.setattr(kb.measure, "timed", lambda *a: timed.append(a) or (1.0, "-"))
     assert kb.main(["--tiny", "--headline"]) == 1
     out = capsys.readouterr().out
     assert "GATE FAILED" in out and "FAIL" in out.split("gate F=6 BLK=16 d=1.000: PBSA:")[1].splitlines()[0]
