@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from worldkit import data as wk_data
-from worldkit import registry, report, signals, tensorboard_log
+from worldkit import registry, signals, tensorboard_log
 from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init, save_weights
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
@@ -25,6 +25,7 @@ from worldkit.evaluate import EvalResult, evaluate
 from worldkit.files import atomic_write
 from worldkit.frames import frames_to_tensor
 from worldkit.rollout import Rollout
+from worldkit.run_summary import write_summary
 from worldkit.stages import Stage, resolve_stages, resumable_checkpoint, stage_finished  # noqa: F401  (re-exported)
 from worldkit.training import ResumableData, SaveOnInterrupt, WorldModule, make_trainer
 
@@ -278,61 +279,6 @@ def write_plugin_reports(stage: Stage, stage_dir: Path) -> None:
         if Path(name).name != name:
             raise WorldkitError(f"a plugin of stage {stage.name} reports {name!r}: a file name is expected")
         atomic_write(stage_dir / name, json.dumps(value, indent=1))
-
-
-def _compact(kind: str, spec: dict) -> dict:
-    """A plugin spec with only the fields that differ from the plugin's defaults."""
-    from worldkit import registry
-
-    defaults = registry.get(kind, spec["type"]).Config().model_dump(mode="json")
-    return {"type": spec["type"], **{k: v for k, v in spec.items() if k != "type" and defaults.get(k) != v}}
-
-
-def describe_memory(spec: dict) -> str:
-    """A memory spec in a few words: its name and the settings that differ from the defaults."""
-    c = _compact("memory", spec)
-    return c["type"] + (" " + ", ".join(f"{k}={v}" for k, v in c.items() if k != "type") if len(c) > 1 else "")
-
-
-def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Optional[str] = None,
-                  kinds: tuple[str, ...] = ("trainer", "memory", "selector", "attention")) -> str:
-    """results.md, results.csv and the plots (PSNR vs horizon, ms per chunk and KV MiB vs horizon, and
-    recall vs gap where the env has recall targets) of every evaluated stage, the baselines beside
-    them; prints and returns the markdown. ``reference``: the stage or variant name the recall table
-    compares every row with (paired by episode)."""
-    from worldkit import memory_metrics
-
-    cells, recall_rows = [], []
-    for st in stages:
-        sd = run_dir / "stages" / st.dirname
-        if not (sd / "eval.json").exists() or not (sd / "summary.json").exists():
-            continue
-        assignment = {kind: _compact(kind, getattr(st, kind)) for kind in kinds}
-        ev = json.loads((sd / "eval.json").read_text())
-        cells.append(report.CellResult(st.index, st.dirname, assignment, "done", st.dirname,
-                                       json.loads((sd / "summary.json").read_text()), ev))
-        if ev.get("recall"):
-            recall_rows.append((st.name, describe_memory(st.memory), ev["recall"]))
-    if not cells:
-        return ""
-    md = report.markdown(cells, title)
-    from worldkit.animation import rollouts_gif, rollouts_mp4
-
-    kept = [(c.name, run_dir / "stages" / c.stage / "rollouts.npz") for c in cells]
-    if rollouts_gif(kept, run_dir / "rollouts.gif"):
-        mp4 = " and rollouts.mp4" if rollouts_mp4(kept, run_dir / "rollouts.mp4") else ""
-        md += (f"\nAnimation: rollouts.gif{mp4} (the truth beside every row's forecast, two test episodes, "
-               "context frames marked).\n")
-    if recall_rows:
-        md += "\n## Recall by gap\n\n" + memory_metrics.markdown(recall_rows, reference)
-        md += ("\nPlot: recall_vs_gap.png. Strips of returns (the last real sighting, the truth and the "
-               "forecast at the return, per gap): stages/*/returns.png.\n")
-        memory_metrics.plot(recall_rows, run_dir / "recall_vs_gap.png")
-    atomic_write(run_dir / "results.md", md)
-    atomic_write(run_dir / "results.csv", report.csv_text(cells))
-    report.plots(cells, run_dir)
-    print(md, flush=True)
-    return md
 
 
 def evaluate_weights(cfg, weights: str, run_dir: Path) -> list[dict]:
