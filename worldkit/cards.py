@@ -57,9 +57,9 @@ def recall_section(ev: dict) -> str:
     """The recall-by-gap table of an env with recall targets (empty otherwise)."""
     if not ev.get("recall"):
         return ""
-    from worldkit import memory_metrics
+    from worldkit import recall_report
 
-    return "\n## Recall by gap (dense cache)\n\n" + memory_metrics.markdown([("model", "dense", ev["recall"])])
+    return "\n## Recall by gap (dense cache)\n\n" + recall_report.markdown([("model", "dense", ev["recall"])])
 
 
 def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str = "0-train") -> Path:

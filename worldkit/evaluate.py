@@ -114,7 +114,7 @@ def evaluate(
     frames), recall by gap is scored (``memory_metrics``) for the model, the truth, the baselines and
     the oracle that pastes the last real sighting. ``teacher_forced``: each chunk commits the true frames
     instead of its own (``Rollout.run``'s ``truth``)."""
-    from worldkit import memory_metrics, quality
+    from worldkit import memory_metrics, quality, recall_report
     from worldkit.probe import state_error
 
     model = rollout.model
@@ -200,7 +200,7 @@ def evaluate(
         whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, context_frames)
         res.recall = memory_metrics.recall(whole, targets, context_frames)
         if out_dir is not None:
-            memory_metrics.save_return_strip(truth, whole["model"], targets, context_frames,
+            recall_report.save_return_strip(truth, whole["model"], targets, context_frames,
                                              Path(out_dir) / "returns.png")
     res.kv_bytes = kv
     res.peak_kv_bytes = max(kv) if kv else 0

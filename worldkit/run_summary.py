@@ -30,7 +30,7 @@ def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Opt
     recall vs gap where the env has recall targets) of every evaluated stage, the baselines beside
     them; prints and returns the markdown. ``reference``: the stage or variant name the recall table
     compares every row with (paired by episode)."""
-    from worldkit import memory_metrics
+    from worldkit import recall_report
 
     cells, recall_rows = [], []
     for st in stages:
@@ -54,10 +54,10 @@ def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Opt
         md += (f"\nAnimation: rollouts.gif{mp4} (the truth beside every row's forecast, two test episodes, "
                "context frames marked).\n")
     if recall_rows:
-        md += "\n## Recall by gap\n\n" + memory_metrics.markdown(recall_rows, reference)
+        md += "\n## Recall by gap\n\n" + recall_report.markdown(recall_rows, reference)
         md += ("\nPlot: recall_vs_gap.png. Strips of returns (the last real sighting, the truth and the "
                "forecast at the return, per gap): stages/*/returns.png.\n")
-        memory_metrics.plot(recall_rows, run_dir / "recall_vs_gap.png")
+        recall_report.plot(recall_rows, run_dir / "recall_vs_gap.png")
     atomic_write(run_dir / "results.md", md)
     atomic_write(run_dir / "results.csv", report.csv_text(cells))
     report.plots(cells, run_dir)
