@@ -73,6 +73,7 @@ def test_policy_keeps_exactly_what_it_should(kind, chunk, nb, sink, extra_window
             local_meta = [(int(view.slot_frame[0, i]), int(view.slot_block[0, i])) for i in view.local]
             assert local_meta == [(f, b) for f in exp_local for b in range(nb)]
             assert view.region("persistent").numel() == 0
+            assert view.always.tolist() == view.region("sink").tolist()  # read by every query: the sink alone
             # contents are the committed K/V of that (layer, batch, frame, block)
             vis = view.visible
             for b in range(s.batch):

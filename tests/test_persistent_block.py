@@ -52,6 +52,9 @@ def test_persistent_memory_properties(chunk, nb, sink, extra, cap, commits, seed
         assert policy.n_persistent == min(cap, len(evicted) * nb)
         for layer in range(s.layers):
             view = policy.view(layer)
+            # read by every query: the sink and the persistent blocks, nothing else
+            assert view.always.tolist() == view.region("sink").tolist() + view.region("persistent").tolist()
+            assert view.region("persistent").numel() == policy.n_persistent
             for b in range(s.batch):
                 sink_m = meta(policy, layer, b, view.region("sink"))
                 assert sink_m == [(f, bl) for f in range(min(sink, seen)) for bl in range(nb)]  # sink never evicted

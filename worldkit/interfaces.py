@@ -181,9 +181,10 @@ class KVView:
     regions: dict = field(default_factory=dict)  # name -> (n,) long slot ids, each a part of ``always``
 
     def region(self, name: str) -> "Tensor":
-        """The slot ids of the region ``name`` (empty when the policy keeps none)."""
-        ids = self.regions.get(name)
-        return ids if ids is not None else self.always[:0]
+        """The slot ids of the region ``name``; a ``KeyError`` naming the regions there are otherwise."""
+        if name not in self.regions:
+            raise KeyError(f"no region {name!r} in this view; its regions: {', '.join(self.regions) or 'none'}")
+        return self.regions[name]
 
     @property
     def visible(self) -> "Tensor":
