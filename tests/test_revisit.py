@@ -192,3 +192,34 @@ def test_the_pendulum_step_is_mujocos():
     np.testing.assert_allclose(pred, ep.states[1:], atol=1e-4)
     wrong, _ = Pendulum.observable_step(c, ep.states[:-1], -ep.actions[1:])  # the other torque
     assert np.abs(wrong[:, 2] - ep.states[1:, 2]).max() > 0.05
+
+
+def test_the_recall_table_ranks_trivial_baselines_with_the_models_and_pairs_rows_by_episode(tmp_path):
+    """recall_report.markdown: bold is the best recall per bucket among the models and the trivial
+    baselines (persistence beats both models at the short gap, so it is bold there, not a model); the
+    truth is a reference, never bold; with a reference row, every other row's paired difference per
+    bucket, starred beyond two standard errors. plot writes the figure."""
+    from worldkit import recall_report
+
+    def rec(per_episode, refs=True):
+        per = np.asarray(per_episode, dtype=float)
+        stats = {"model": [(float(per[:, k].mean()), float(per[:, k].std(ddof=1) / np.sqrt(len(per)))) for k in range(2)]}
+        alarms = {"model": (0.1, 0.05)}
+        if refs:
+            stats.update(truth=[(1.0, 0.0)] * 2, persistence=[(0.9, 0.05), (0.2, 0.05)], mean_frame=[(0.0, 0.0)] * 2)
+            alarms.update(truth=(0.0, 0.0), persistence=(1.0, 0.0), mean_frame=(0.0, 0.0))
+        return {"buckets": ["4 (1-5)", "8 (6-11)"], "gaps": [4, 8], "returns": [10, 12],
+                "per_episode": {"colour": {"model": per.tolist()}}, "stats": {"colour": stats}, "false_alarm": alarms}
+
+    a = rec([[0.6, 0.9], [0.7, 1.0], [0.5, 0.8], [0.6, 0.9]])
+    b = rec([[0.6, 0.1], [0.7, 0.2], [0.5, 0.0], [0.6, 0.1]], refs=False)
+    md = recall_report.markdown([("sparse", "persistent_block", a), ("window", "sliding_window", b)], reference="window")
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**0.90 ± 0.05**" in rows["persistence (copy last frame)"]  # a trivial baseline wins the short gap
+    assert "**" not in rows["`sparse`"].split("|")[3] and "**0.90" in rows["`sparse`"].split("|")[4]
+    assert "**" not in rows["ground truth (ceiling)"]
+    diffs = rows["`sparse`"].split("|")[-3:-1]
+    assert diffs[0].strip() == "+0.00 ± 0.00" and diffs[1].strip() == "+0.80 ± 0.00*"
+    assert rows["`window`"].split("|")[-2].strip() == ""  # the reference is not compared with itself
+    recall_report.plot([("sparse", "persistent_block", a)], tmp_path / "recall.png")
+    assert (tmp_path / "recall.png").stat().st_size > 0
