@@ -714,3 +714,10 @@ def test_a_trainer_plugin_sees_a_typed_context_not_the_lightning_module(cache, r
                                                                 train=ctx.train, seed=ctx.seed + 1), batch)[0]
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(other_seed, expected)  # the draws follow the context's seed
+    module.train()  # the training loss (step 0, no Lightning trainer attached) draws as a bare context in training mode
+    train_ctx = TrainContext.of(module.model, bare.memory, bare.selector, bare.backend, train=ctx.train, seed=ctx.seed,
+                                training=True)
+    assert ctx.training and ctx.step == 0 and train_ctx.training and train_ctx.step == 0
+    with torch.no_grad():
+        torch.testing.assert_close(module.trainer_plugin.loss(train_ctx, batch)[0], module.loss(batch)[0])
+        assert not torch.allclose(module.loss(batch)[0], expected)  # training and validation draw differently

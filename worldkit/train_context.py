@@ -31,17 +31,28 @@ class TrainContext:
         self.model, self.memory, self.selector, self.backend = model, memory, selector, backend
         self.rollout, self.train, self.seed = rollout, train, seed
         self.aux = aux if aux is not None else nn.ModuleDict()  # a trainer's own networks, optimised with the model
-        self._clock = clock  # reports training / step / micro; None: evaluation mode at step 0
+        self._clock = clock  # what says training / global_step / _micro (the WorldModule); None: validation at step 0
 
     @classmethod
     def of(cls, model: "WorldModel", memory: "MemoryPolicy", selector: "BlockSelector", backend: "AttentionBackend",
-           train: Optional[TrainConfig] = None, seed: int = 0, steps: int = 4, shift: float = 1.0) -> "TrainContext":
-        """A context around a bare model and plugins (no Lightning): in evaluation mode at step 0."""
-        from worldkit.rollout import Rollout
+           train: Optional[TrainConfig] = None, seed: int = 0, steps: Optional[int] = None,
+           shift: Optional[float] = None, training: bool = False, step: int = 0) -> "TrainContext":
+        """A context around a bare model and plugins, without Lightning: at optimizer step ``step``, in
+        training mode when ``training`` (the training loss) or not (the validation loss). ``steps`` and
+        ``shift`` are the sampler's (default: the experiment schema's). A trainer's ``attach(ctx)`` adds
+        the networks it needs to ``ctx.aux``."""
+        from types import SimpleNamespace
 
+        from worldkit.rollout import Rollout
+        from worldkit.schema import ModelConfig
+
+        defaults = ModelConfig.model_fields
+        steps = defaults["sampler_steps"].default if steps is None else steps
+        shift = defaults["shift"].default if shift is None else shift
         train = train or TrainConfig()
         rollout = Rollout(model, memory, selector, backend, steps=steps, shift=shift, train_frames=train.clip_frames)
-        return cls(model, memory, selector, backend, rollout, train, seed)
+        clock = SimpleNamespace(training=training, global_step=step, _micro=0)
+        return cls(model, memory, selector, backend, rollout, train, seed, clock=clock)
 
     @property
     def training(self) -> bool:
@@ -50,12 +61,14 @@ class TrainContext:
 
     @property
     def step(self) -> int:
-        """The optimizer steps completed."""
-        return int(self._clock.global_step) if self._clock is not None and self._clock._trainer is not None else 0
+        """The optimizer steps completed (0 before a Lightning trainer is attached)."""
+        return int(self._clock.global_step) if self._clock is not None else 0
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the step runs: the Lightning module's device, else the model's."""
+        device = getattr(self._clock, "device", None)
+        return device if isinstance(device, torch.device) else next(self.model.parameters()).device
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded by (seed, step, micro-batch, salt): draws are reproducible across resumes,
