@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -21,8 +21,8 @@ from unittest import mock
 
 import torch
 
-spec = importlib.util.spec_from_file_location("kernel_bench", Path(__file__).resolve().parent / "kernel_bench.py")
-spec.loader.exec_module(importlib.util.module_from_spec(spec))  # makes the kernels importable from a bare checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+importlib.import_module("kernelbench")  # makes the kernels importable from a bare checkout
 
 from worldkit_kernels import pbsa_attention  # noqa: E402
 from worldkit_kernels.pbsa_triton import backward, forward, lists, tuner  # noqa: E402

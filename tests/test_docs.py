@@ -26,3 +26,5 @@ def test_the_design_doc_has_a_row_for_every_core_module():
     named = {n[:-3] if n.endswith(".py") else n for n in named}
     missing = sorted(core_modules() - named)
     assert not missing, f"docs/design.md's module table has no row for: {missing}"
+    stale = sorted(named - core_modules() - PRIVATE)
+    assert not stale, f"docs/design.md's module table has rows for modules that are not there: {stale}"

@@ -1,4 +1,5 @@
-"""Running an experiment: data, the training stages, evaluation after each stage, the summary.
+"""Running an experiment: data, the training stages, evaluation after each stage, then the run's summary
+(written by ``run_summary``).
 
 A run folder holds ``config.yaml``, one folder per stage (``stages/<i>-<name>/``: Lightning checkpoints,
 ``model.pt`` when the stage is finished, ``eval.json`` and ``strips.png``), TensorBoard event files

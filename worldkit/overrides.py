@@ -143,6 +143,7 @@ def keys_at(raw: Any, parts: Sequence[Part]) -> Optional[list[Part]]:
 
 
 def hint(name: Part, keys: Sequence[Part]) -> str:
+    """`` (did you mean 'X'?)`` for the key of ``keys`` closest to ``name``, or ``""``."""
     close = difflib.get_close_matches(str(name), [str(k) for k in keys], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

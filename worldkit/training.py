@@ -1,9 +1,10 @@
 """Lightning glue: a LightningModule that holds the world model and its plugins and delegates the loss
 to a trainer plugin; a resumable sampler; the ``lightning.Trainer`` built from ``TrainConfig``.
 
-Everything random in a training step is drawn from generators seeded by (seed, global step), and the
-data order depends only on (seed, sample position), so a run resumed from a checkpoint sees the same
-batches and noise as an uninterrupted one.
+Everything random in a training step is drawn from the trainer plugin's ``TrainContext.generator``,
+seeded by (seed, global step, salt, training, micro-batch), and the data order depends only on (seed,
+sample position), so a run resumed from a checkpoint sees the same batches and noise as an
+uninterrupted one.
 """
 from __future__ import annotations
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 from worldkit.errors import WorldkitError
 from worldkit.play.game import MEMORY_PRESETS, Chunk, Game, check_env, load_world, memory_choices, memory_spec
-from worldkit.play.player import FRAME_HEADER, MAX_RECORDING, MODEL, SIMULATOR, Player
+from worldkit.play.player import FRAME_HEADER, MODEL, SIMULATOR, Player
 from worldkit.play.recording import recording_images, save_recording
 from worldkit.play.server import DEFAULT_FPS, DEFAULT_OUT, DEFAULT_PORT, HOST, PAGE_FILE, PlayServer, page
 
 __all__ = ["MEMORY_PRESETS", "Chunk", "Game", "check_env", "load_world", "memory_choices", "memory_spec",
-           "FRAME_HEADER", "MAX_RECORDING", "MODEL", "SIMULATOR", "Player", "recording_images", "save_recording",
+           "FRAME_HEADER", "MODEL", "SIMULATOR", "Player", "recording_images", "save_recording",
            "DEFAULT_FPS", "DEFAULT_OUT", "DEFAULT_PORT", "HOST", "PAGE_FILE", "PlayServer", "page", "main"]
 
 

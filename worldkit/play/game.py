@@ -14,6 +14,7 @@ from worldkit import data as wk_data
 from worldkit import registry
 from worldkit.errors import PluginError, WorldkitError
 
+
 # The memory policies offered by name (any other installed memory plugin is offered with its defaults).
 MEMORY_PRESETS = {
     "dense": {"type": "dense"},
@@ -44,7 +45,6 @@ def check_env(name: Optional[str]) -> None:
         registry.get("env", name)
     except PluginError as err:
         raise WorldkitError(f"--env: {err}") from None
-
 
 
 @dataclass
@@ -165,7 +165,6 @@ class Game:
         if self.env is not None and hasattr(self.env, "close"):
             self.env.close()
         self.env = None
-
 
 
 def load_world(weights: str, env: Optional[str], memory: str, context: int, episodes: int,

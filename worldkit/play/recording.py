@@ -8,6 +8,7 @@ from typing import Optional
 
 import numpy as np
 
+
 def recording_images(frames: list[tuple[np.ndarray, Optional[np.ndarray]]], scale: Optional[int] = None) -> list:
     """PIL images of recorded (model, simulator-or-None) frames, scaled up (nearest); the simulator beside
     the model, labelled, when any frame has it (a grey tile where it was off)."""

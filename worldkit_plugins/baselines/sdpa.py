@@ -19,7 +19,7 @@ def block_tokens(q: Tensor, view: Optional[KVView], index: Optional[BlockIndex])
 
 
 def gather_keys(view: Optional[KVView], k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """Visible slots in reading order [sink ; persistent ; local], then the chunk: (B, H, NV * BLK + Tq, D)."""
+    """Visible slots in reading order [always ; local], then the chunk: (B, H, NV * BLK + Tq, D)."""
     if view is None:
         return k, v
     B, H, _, D = k.shape

@@ -1,4 +1,5 @@
-"""PBSA backend: the chunk reads sink + persistent + its selected local blocks, through worldkit_kernels."""
+"""PBSA backend: the chunk reads the view's always-read slots (sink, persistent) + its selected local blocks,
+through worldkit_kernels."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -54,7 +55,7 @@ def _flash_cpu(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None) -
 
 
 def shared_attention(q: Tensor, pool_k: Tensor, pool_v: Tensor, slots: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Dense attention of every query over the same full slots (sink + persistent): out (B, H, Tq, D)
+    """Dense attention of every query over the same full slots (the view's always-read ones): out (B, H, Tq, D)
     and lse (B, H, Tq), in at least fp32. slots: (NF,) ids into the pool (B, NS, H, BLK, D)."""
     B, H, Tq, D = q.shape
     cdt = torch.promote_types(q.dtype, torch.float32)
@@ -78,7 +79,7 @@ def merge(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
 
 
 class PBSA(ReportsKernels, AttentionBackend):
-    """Persistent block-sparse attention over sink + persistent + selected local blocks (Triton on CUDA)."""
+    """Persistent block-sparse attention over the always-read slots + selected local blocks (Triton on CUDA)."""
 
     class Config(PluginConfig):
         impl: Literal["auto", "torch", "triton"] = "auto"
@@ -106,7 +107,7 @@ class PBSA(ReportsKernels, AttentionBackend):
         impl = self.config.impl if self.config.impl != "auto" else ("triton" if q.is_cuda else "torch")
         shared = None if view is None else view.always
         if impl == "torch" and shared is not None and shared.numel():
-            # sink and persistent blocks are read by every row: one dense product for them, the
+            # the always-read slots (sink, persistent) are read by every row: one dense product for them, the
             # gathered block-sparse path only for the selected local blocks, merged by log-sum-exp
             out_s, lse_s = shared_attention(q, pool_k, pool_v, shared.to(q.device), D**-0.5)
             empty = shared[:0]
