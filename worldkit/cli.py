@@ -245,7 +245,10 @@ def plugin_table(kind: Optional[str] = None) -> str:
     for e in registry.entries(kind):
         rows.append((e.kind, e.name, e.origin, (e.description or "-") if e.ok else f"BROKEN: {e.error}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows) + "\n"
+    notes = [f"note: {a} and {b} register the same plugins (counted once); one is likely left behind by a "
+             f"reinstall under another name: pip uninstall the one you no longer use" for a, b in registry.twins()]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows]
+    return "\n".join(lines + notes) + "\n"
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -74,6 +74,7 @@ class Registry:
         self._loaded: dict[tuple[str, str], type[Plugin]] = {}
         self._failed: dict[tuple[str, str], PluginError] = {}
         self._registered: dict[str, dict[str, type[Plugin]]] = {kind: {} for kind in kinds}
+        self._twins: set[tuple[str, str]] = set()  # (distribution kept, distribution naming the same targets)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -90,8 +91,11 @@ class Registry:
                 same = by_name.setdefault(ep.name, [])
                 # Two distributions naming the very same target (a package installed again under a new
                 # distribution name, the old metadata left behind) are one plugin, not a clash.
-                if all(other.value != ep.value for other in same):
+                twin = next((other for other in same if other.value == ep.value), None)
+                if twin is None:
                     same.append(ep)
+                elif _origin(twin) != _origin(ep):
+                    self._twins.add((" ".join(_origin(twin)).strip(), " ".join(_origin(ep)).strip()))
             self._points[kind] = by_name
         return self._points[kind]
 
@@ -204,9 +208,17 @@ class Registry:
             else:
                 self._registered[kind][name] = previous
 
+    def twins(self) -> list[tuple[str, str]]:
+        """Pairs of installed distributions (name and version) that register the same plugin targets,
+        counted once; usually one of them is left behind by a reinstall under another name."""
+        for kind in self.kinds:
+            self._entry_points(kind)
+        return sorted(self._twins)
+
     def clear_cache(self) -> None:
         """Forget what was read from entry points (after installing a distribution at runtime)."""
         self._points.clear()
+        self._twins.clear()
         self._loaded.clear()
         self._failed.clear()
 
@@ -219,3 +231,4 @@ entries = REGISTRY.entries
 build = REGISTRY.build
 register = REGISTRY.register
 clear_cache = REGISTRY.clear_cache
+twins = REGISTRY.twins
