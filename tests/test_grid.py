@@ -14,7 +14,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worldkit import grid, registry
+from worldkit import grid, grid_run, registry, report
+from worldkit.cells import CELL, DONE, ERROR
 from worldkit.cli import main
 from worldkit.errors import ConfigError
 from worldkit_plugins.baselines.memory import Dense
@@ -158,41 +159,41 @@ class Runner:
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on_and_reruns_skip_finished_cells(tmp_path):
     g, out = fake_grid(tmp_path), tmp_path / "out"
     first = Runner(fail=("sink",))
-    results = grid.run(g, out, runner=first)
+    results = grid_run.run(g, out, runner=first)
     assert [c[0] for c in first.calls] == ["dense", "sink", "sliding_window"]
     assert [r.status for r in results] == ["done", "failed", "done"]
-    assert "RuntimeError: sink broke" in (out / "cells" / "memory=sink" / grid.ERROR).read_text()
+    assert "RuntimeError: sink broke" in (out / "cells" / "memory=sink" / ERROR).read_text()
     assert "FAILED" in (out / "results.md").read_text()
-    done = (out / "cells" / "memory=dense" / grid.DONE).read_text()
+    done = (out / "cells" / "memory=dense" / DONE).read_text()
 
     again = Runner()
-    results = grid.run(g, out, runner=again)
+    results = grid_run.run(g, out, runner=again)
     assert again.calls == [("sink", True)]  # only the failed cell, continued in its own folder
     assert [r.status for r in results] == ["done"] * 3
-    assert not (out / "cells" / "memory=sink" / grid.ERROR).exists()
-    assert (out / "cells" / "memory=dense" / grid.DONE).read_text() == done
+    assert not (out / "cells" / "memory=sink" / ERROR).exists()
+    assert (out / "cells" / "memory=dense" / DONE).read_text() == done
 
 
 def test_ctrl_c_keeps_finished_cells_and_the_grid_resumes(tmp_path):
     g, out = fake_grid(tmp_path), tmp_path / "out"
     with pytest.raises(KeyboardInterrupt, match=f"resume with: worldkit run --resume {out}"):
-        grid.run(g, out, runner=Runner(interrupt=("sink",)))
-    assert (out / "cells" / "memory=dense" / grid.DONE).exists()
-    assert not (out / "cells" / "memory=sink" / grid.DONE).exists()
-    assert [r.status for r in grid.report.collect(out)] == ["done", "unfinished"]
+        grid_run.run(g, out, runner=Runner(interrupt=("sink",)))
+    assert (out / "cells" / "memory=dense" / DONE).exists()
+    assert not (out / "cells" / "memory=sink" / DONE).exists()
+    assert [r.status for r in report.collect(out)] == ["done", "unfinished"]
     rest = Runner()
-    grid.run(g, out, runner=rest)
+    grid_run.run(g, out, runner=rest)
     assert [c[0] for c in rest.calls] == ["sink", "sliding_window"]
 
 
 def test_a_started_cell_keeps_the_config_it_started_with(tmp_path):
     g, out = fake_grid(tmp_path, values=("dense",)), tmp_path / "out"
-    grid.run(g, out, runner=Runner(fail=("dense",)))  # started, then failed
+    grid_run.run(g, out, runner=Runner(fail=("dense",)))  # started, then failed
     saved = out / "cells" / "memory=dense" / "config.yaml"
     text = saved.read_text().replace("max_steps: 2", "max_steps: 3")
     saved.write_text(text)
     seen = []
-    grid.run(g, out, runner=lambda cfg, d, resume: seen.append(cfg.train.max_steps) or write_results(d, fake_eval(1.0)))
+    grid_run.run(g, out, runner=lambda cfg, d, resume: seen.append(cfg.train.max_steps) or write_results(d, fake_eval(1.0)))
     assert seen == [3]
 
 
@@ -236,8 +237,8 @@ def test_tiny_grid_runs_every_cell_and_records_the_failure(tiny_grid):
     cells = out / "cells"
     assert sorted(p.name for p in cells.iterdir()) == ["memory=dense", "memory=exploding", "memory=sink"]
     for ok in ("memory=dense", "memory=sink"):
-        assert (cells / ok / grid.DONE).exists() and (cells / ok / "stages" / "0-train" / "eval.json").exists()
-    assert "exploding memory: deliberate failure" in (cells / "memory=exploding" / grid.ERROR).read_text()
+        assert (cells / ok / DONE).exists() and (cells / ok / "stages" / "0-train" / "eval.json").exists()
+    assert "exploding memory: deliberate failure" in (cells / "memory=exploding" / ERROR).read_text()
     md = (out / "results.md").read_text()
     assert "| `memory=exploding` | FAILED |" in md and "| `memory=sink` | done |" in md
     assert (out / "psnr_vs_horizon.png").exists() and (out / "cost_vs_horizon.png").exists()
@@ -250,7 +251,7 @@ def test_resume_skips_finished_cells_and_retries_the_failed_one(tiny_grid):
     for rel, data in first.items():  # nothing of a finished cell was touched by the resume
         if len(rel.parts) > 2 and rel.parts[1] in ("memory=dense", "memory=sink"):
             assert (out / rel).read_bytes() == data, rel
-    assert "deliberate failure" in (out / "cells" / "memory=exploding" / grid.ERROR).read_text()
+    assert "deliberate failure" in (out / "cells" / "memory=exploding" / ERROR).read_text()
 
 
 def test_tensorboard_has_scalars_images_and_one_hparams_session_per_cell(tiny_grid):
@@ -287,7 +288,7 @@ def test_worldkit_report_rebuilds_the_same_table(tiny_grid, tmp_path):
     assert main(["report", str(copy_dir)]) == 0
     assert (copy_dir / "results.md").read_text() == md
     assert (copy_dir / "results.csv").read_text() == csv_text
-    assert json.loads((out / "cells" / "memory=sink" / grid.CELL).read_text())["assignment"] == {"memory.type": "sink"}
+    assert json.loads((out / "cells" / "memory=sink" / CELL).read_text())["assignment"] == {"memory.type": "sink"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def staged_grid(tmp_path, grid_axes: dict) -> grid.Grid:
 
 def test_a_leading_stage_that_cells_share_is_trained_once(tmp_path):
     out, calls = tmp_path / "out", []
-    grid.run(staged_grid(tmp_path, {"memory.type": ["dense", "sink", "sliding_window"]}), out, runner=staged_runner(calls))
+    grid_run.run(staged_grid(tmp_path, {"memory.type": ["dense", "sink", "sliding_window"]}), out, runner=staged_runner(calls))
     assert calls == [("memory=dense", ["0-pre", "1-fine"]), ("memory=sink", ["1-fine"]), ("memory=sliding_window", ["1-fine"])]
     sink = out / "cells" / "memory=sink"
     assert (sink / "stages" / "0-pre" / "model.pt").read_bytes() == b"0-pre" and (sink / "tb" / "0-pre").is_dir()
@@ -331,11 +332,11 @@ def test_a_leading_stage_that_cells_share_is_trained_once(tmp_path):
 
 def test_a_stage_that_differs_is_trained_in_every_cell(tmp_path):
     out, calls = tmp_path / "out", []
-    grid.run(staged_grid(tmp_path, {"stages[0].train.lr": [0.001, 0.002]}), out, runner=staged_runner(calls))
+    grid_run.run(staged_grid(tmp_path, {"stages[0].train.lr": [0.001, 0.002]}), out, runner=staged_runner(calls))
     assert [trained for _, trained in calls] == [["0-pre", "1-fine"]] * 2
     raw = {**tiny_raw(tmp_path), "grid": {"memory.type": ["dense", "sink"]}}  # one stage: the result, never shared
     calls.clear()
-    grid.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "one", runner=staged_runner(calls))
+    grid_run.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "one", runner=staged_runner(calls))
     assert [trained for _, trained in calls] == [["0-train"]] * 2
 
 
@@ -346,5 +347,5 @@ def test_the_result_stage_is_not_shared_when_only_a_variant_differs(tmp_path):
         {"name": "fine", "trainer": {"type": "self_forcing"}}],
         "compare": [{"name": "alt", "trainer": {"type": "self_forcing"}}]}
     calls = []
-    grid.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "out", runner=staged_runner(calls))
+    grid_run.run(grid.Grid(raw, "g.yaml", grid.expand(copy.deepcopy(raw), "g.yaml")), tmp_path / "out", runner=staged_runner(calls))
     assert calls == [("lr=0.001", ["0-pre", "1-fine", "2-alt"]), ("lr=0.002", ["1-fine", "2-alt"])]

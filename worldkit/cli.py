@@ -77,7 +77,7 @@ def run_grid(path: Path, overrides: Sequence[str], grid_dir: Optional[Path], cfg
         grid_dir = new_run_dir(cfg, out)
         grid.save_config(g, grid_dir)
         print(f"grid folder: {grid_dir} ({len(g.cells)} cells)", file=sys.stderr)
-    results = grid.run(g, grid_dir)
+    results = import_module("worldkit.grid_run").run(g, grid_dir)
     print(Path(grid_dir, "results.md").read_text(), flush=True)
     failed = [c.name for c in results if c.status == "failed"]
     if failed:  # the grid went on past them; the exit status still says so
