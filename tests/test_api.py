@@ -101,3 +101,15 @@ def test_quickstart_runs_and_draws(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "persistent_block" in proc.stdout and "ms/chunk" in proc.stdout and "gap bucket" in proc.stdout
     assert (tmp_path / "frames.png").stat().st_size > 5000 and (tmp_path / "recall.png").stat().st_size > 5000
+
+
+def test_recall_scores_a_rollout_shorter_than_the_episodes(tmp_path):
+    """The recall targets follow the frames rolled out, not the episodes' length: 42-frame episodes,
+    10 context frames and 8 new ones score returns within those 18 frames only."""
+    world = wk.load("base/revisit_room")
+    eps = world.episodes(2, frames=42, cache_dir=str(tmp_path))
+    short = world.rollout(eps, memory="dense", context_frames=10, frames=8)
+    rec = world.recall(eps, {"dense": short})
+    assert {"dense", "truth", "persistence", "oracle"} <= set(rec["stats"]["colour"])
+    longer = world.recall(eps, {"dense": world.rollout(eps, memory="dense", context_frames=10)})
+    assert sum(rec["returns"]) < sum(longer["returns"])  # fewer frames, fewer returns scored

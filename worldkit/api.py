@@ -192,11 +192,9 @@ class World:
         ctx = ctxs.pop()
         n_gen = min(r.frames.shape[1] for r in rollouts.values())
         truth = episodes.frames[:, : ctx + n_gen]
-        whole = {name: torch.cat([truth[:, :ctx], r.frames[:, :n_gen]], 1) for name, r in rollouts.items()}
-        whole["truth"] = truth
-        whole["persistence"] = torch.cat([truth[:, :ctx], metrics.persistence_forecast(truth[:, :ctx], n_gen)], 1)
-        whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, ctx)
-        return memory_metrics.recall(whole, targets, ctx)
+        generated = {name: r.frames[:, :n_gen] for name, r in rollouts.items()}
+        generated.update(truth=truth[:, ctx:], persistence=metrics.persistence_forecast(truth[:, :ctx], n_gen))
+        return memory_metrics.recall_with_oracle(generated, truth, targets, ctx)
 
     def evaluate(self, experiment: Union[str, Path], out: Union[str, Path], overrides: tuple[str, ...] = ()) -> list[dict]:
         """Score these weights as they are under every stage's and variant's plugins of an experiment

@@ -196,11 +196,9 @@ def evaluate(
     res.quality = quality.quality(gen, target_all, ctx_all[:, -1], slices, probe=probe, reference=reference,
                                   actions=actions[:n, context_frames:need], step=step)
     if targets is not None:
-        whole = {who: torch.cat([ctx_all, f], 1) for who, f in gen.items()}
-        whole["oracle"] = memory_metrics.oracle_forecast(truth, targets.heading, context_frames)
-        res.recall = memory_metrics.recall(whole, targets, context_frames)
+        res.recall = memory_metrics.recall_with_oracle(gen, truth, targets, context_frames)
         if out_dir is not None:
-            recall_report.save_return_strip(truth, whole["model"], targets, context_frames,
+            recall_report.save_return_strip(truth, torch.cat([ctx_all, pred_all], 1), targets, context_frames,
                                              Path(out_dir) / "returns.png")
     res.kv_bytes = kv
     res.peak_kv_bytes = max(kv) if kv else 0

@@ -56,10 +56,15 @@ class RecallTargets:
     width: int
     gaps: tuple[int, ...]
 
+    PER_FRAME = ("seen", "x", "colour", "absent", "heading")  # indexed (episode, frame, ...)
+
     def first(self, n: int) -> "RecallTargets":
         """The targets of the first ``n`` episodes."""
-        per_episode = ("seen", "x", "colour", "absent", "heading")
-        return dataclasses.replace(self, **{f: getattr(self, f)[:n] for f in per_episode})
+        return dataclasses.replace(self, **{f: getattr(self, f)[:n] for f in self.PER_FRAME})
+
+    def frames(self, t: int) -> "RecallTargets":
+        """The targets of every episode's first ``t`` frames."""
+        return dataclasses.replace(self, **{f: getattr(self, f)[:, :t] for f in self.PER_FRAME})
 
 
 MIN_PIXELS = 3  # palette pixels that make an object "shown"
@@ -196,6 +201,15 @@ def paired_difference(a: list, b: list) -> list[tuple[float, float, int]]:
         m, se = _mean_se(d)
         out.append((m, se, int(d.size)))
     return out
+
+
+def recall_with_oracle(generated: dict[str, Tensor], truth: Tensor, targets: RecallTargets, first: int) -> dict[str, Any]:
+    """``recall`` of each generated continuation of the truth, beside the oracle. generated: name ->
+    (N, G, 3, H, W), the frames after the first ``first`` true ones; truth: (N, first + G, 3, H, W);
+    targets: the episodes' targets, cut here to the truth's frames."""
+    whole = {who: torch.cat([truth[:, :first], f], 1) for who, f in generated.items()}
+    whole["oracle"] = oracle_forecast(truth, targets.heading, first)
+    return recall(whole, targets.frames(truth.shape[1]), first)
 
 
 def oracle_forecast(truth: Tensor, heading: np.ndarray, first: int) -> Tensor:
