@@ -11,7 +11,7 @@ import yaml
 
 import worldkit.api as wk
 from worldkit.errors import WorldkitError
-from worldkit.checkpoints import save_weights
+from worldkit.checkpoints import load_model, save_weights
 from worldkit.model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,8 @@ def test_load_finds_the_environment_of_a_base_and_of_a_run(tiny_run):
     run = wk.load(str(tiny_run / "stages" / "0-train" / "model.pt"))
     assert (run.env, run.env_config["size"], run.train_frames, run.sampler_steps) == ("pendulum", 16, 6, 2)
     assert wk.load("base/revisit_room", block_patches=1).model.geometry.blocks_per_frame == 16
+    with pytest.raises(WorldkitError, match="weights: width change the weights; only block_patches"):
+        load_model("base/revisit_room", width=8)
 
 
 def test_load_without_a_recorded_environment_asks_for_one(tmp_path_factory):

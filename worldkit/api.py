@@ -105,17 +105,10 @@ class World:
         """Weights by shipped name (``base/revisit_room``) or path (a run's ``model.pt``). The environment,
         training clip and sampler come from the base's model card or the run's config.yaml unless given;
         ``block_patches`` reads the weights at another cache block size (the weights do not depend on it)."""
-        from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init
-        from worldkit.model import WorldModel
+        from worldkit.checkpoints import load_model, resolve_init
 
         path = resolve_init(weights, "weights")
-        blob = read_checkpoint(path, "weights")
-        hp = dict(blob.get("hparams") or {})
-        if not hp:
-            raise WorldkitError(f"weights: {path} holds no model settings (hparams); give a model.pt written by a "
-                                "run or a shipped base")
-        if block_patches is not None:
-            hp["block_patches"] = block_patches
+        model = load_model(weights, "weights", block_patches=block_patches)
         facts = {"env": None, "clip": None, "steps": None, "shift": None, "env_config": {}}
         cfg = _recorded_config(str(weights), Path(path))
         if cfg is not None:
@@ -125,8 +118,6 @@ class World:
         if env is None:
             raise WorldkitError(f"weights: {path}: which environment it models is not recorded (no model card or "
                                 "run config.yaml beside it); pass env=NAME")
-        model = WorldModel(**hp)
-        load_weights(model, path, "weights")
         return cls(model, env, env_config if env_config is not None else facts["env_config"],
                    train_frames=train_frames or facts["clip"] or 16, sampler_steps=sampler_steps or facts["steps"] or 4,
                    shift=facts["shift"] or 1.0, weights=str(weights))

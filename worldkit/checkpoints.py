@@ -79,3 +79,24 @@ def load_weights(model: "torch.nn.Module", path: Path, field: str = "model.init"
     if problem:
         raise WorldkitError(problem)
     model.load_state_dict(blob.get("state_dict", blob))
+
+
+def load_model(weights: str, field: str = "weights", **read_time: object) -> "torch.nn.Module":
+    """The ``WorldModel`` a checkpoint holds (a path or ``base/NAME``), built from its own settings and
+    loaded, on the CPU. ``read_time`` overrides settings that do not change the weights
+    (``READ_TIME_SETTINGS``, e.g. ``block_patches``); user errors name ``field``."""
+    from worldkit.model import WorldModel
+
+    path = resolve_init(weights, field)
+    blob = read_checkpoint(path, field)
+    hp = dict(blob.get("hparams") or {})
+    if not hp:
+        raise WorldkitError(f"{field}: {path} holds no model settings (hparams); give a model.pt written by a run "
+                            "or a shipped base")
+    other = sorted(set(read_time) - READ_TIME_SETTINGS)
+    if other:
+        raise WorldkitError(f"{field}: {', '.join(other)} change the weights; only {', '.join(sorted(READ_TIME_SETTINGS))} "
+                            "can be chosen when reading them")
+    model = WorldModel(**{**hp, **{k: v for k, v in read_time.items() if v is not None}})
+    model.load_state_dict(blob["state_dict"])
+    return model

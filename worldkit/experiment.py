@@ -19,7 +19,7 @@ import torch
 
 from worldkit import data as wk_data
 from worldkit import registry, signals, tensorboard_log
-from worldkit.checkpoints import load_weights, read_checkpoint, resolve_init, save_weights
+from worldkit.checkpoints import READ_TIME_SETTINGS, load_model, load_weights, resolve_init, save_weights
 from worldkit.errors import WorldkitError
 from worldkit.interfaces import Environment
 from worldkit.evaluate import EvalResult, evaluate
@@ -286,21 +286,14 @@ def evaluate_weights(cfg, weights: str, run_dir: Path) -> list[dict]:
     """Score one set of weights as they are (no training) under every stage's and variant's plugins of
     ``cfg``: the same weights with different memory, the fairest comparison. Writes a stage folder per
     stage (eval.json, summary.json, strips) and the run's results; returns the summary rows."""
-    from worldkit.model import WorldModel
-
     d = RunData(cfg)
-    path = resolve_init(weights)
-    blob = read_checkpoint(path)
-    hp = blob.get("hparams")
-    if not hp:
-        raise WorldkitError(f"{path}: holds no model settings (hparams); give a model.pt written by a run or a shipped base")
+    # read-time settings the experiment chooses (e.g. block_patches) apply; the weights' own otherwise
+    chosen = {k: getattr(cfg.model, k) for k in READ_TIME_SETTINGS & cfg.model.model_fields_set}
+    model = load_model(weights, "model.init", **chosen)
+    hp = model.hparams
     if hp.get("frame_size") != d.frame_size or hp.get("action_dim") != d.action_dim:
-        raise WorldkitError(f"{path}: a model of {hp.get('frame_size')}-pixel frames and {hp.get('action_dim')} "
+        raise WorldkitError(f"{weights}: a model of {hp.get('frame_size')}-pixel frames and {hp.get('action_dim')} "
                             f"action dims; the experiment's env {cfg.env.type} has {d.frame_size} and {d.action_dim}")
-    if "block_patches" in cfg.model.model_fields_set:  # a read-time setting the experiment chooses
-        hp = {**hp, "block_patches": cfg.model.block_patches}
-    model = WorldModel(**hp)
-    load_weights(model, path)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_float32_matmul_precision("high")
     stages, rows = resolve_stages(cfg), []
