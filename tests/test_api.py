@@ -115,3 +115,15 @@ def test_recall_scores_a_rollout_shorter_than_the_episodes(tmp_path):
     assert {"dense", "truth", "persistence", "oracle"} <= set(rec["stats"]["colour"])
     longer = world.recall(eps, {"dense": world.rollout(eps, memory="dense", context_frames=10)})
     assert sum(rec["returns"]) < sum(longer["returns"])  # fewer frames, fewer returns scored
+
+
+def test_load_for_another_env_keeps_only_the_settings_that_env_has(tmp_path):
+    """Weights recorded with one env, played in another: the recorded settings the other env also has
+    (the frame size, ...) carry over, the first env's own (the pendulum's torque) do not."""
+    recorded = wk.load("base/pendulum").env_config
+    world = wk.load("base/pendulum", env="revisit_room")
+    assert "max_torque" in recorded and "max_torque" not in world.env_config
+    assert world.env_config["size"] == recorded["size"]
+    eps = world.episodes(1, frames=2, cache_dir=str(tmp_path))
+    assert tuple(eps.frames.shape[-2:]) == tuple(world.model.geometry.frame_hw)
+

@@ -118,7 +118,12 @@ class World:
         if env is None:
             raise WorldkitError(f"weights: {path}: which environment it models is not recorded (no model card or "
                                 "run config.yaml beside it); pass env=NAME")
-        return cls(model, env, env_config if env_config is not None else facts["env_config"],
+        if env_config is None:  # the recorded settings; for another env, those of them it has (size, ...)
+            from worldkit import registry
+
+            fields = registry.get("env", env).Config.model_fields
+            env_config = {k: v for k, v in facts["env_config"].items() if env == facts["env"] or k in fields}
+        return cls(model, env, env_config,
                    train_frames=train_frames or facts["clip"] or 16, sampler_steps=sampler_steps or facts["steps"] or 4,
                    shift=facts["shift"] or 1.0, weights=str(weights))
 

@@ -178,11 +178,6 @@ def load_world(weights: str, env: Optional[str], memory: str, context: int, epis
     if episodes < 1:
         raise WorldkitError(f"--episodes: {episodes}; must be at least 1")
     world = wk.World.load(weights, env=env)
-    if env is not None:  # the run's recorded env settings may belong to another env: the env's own defaults then
-        try:
-            wk_data.resolve_config(world.env, world.env_config)
-        except ValueError:
-            world.env_config = {"size": world.model.geometry.frame_hw[0]}
     fc = world.model.chunk_frames
     if context < fc or context % fc:
         raise WorldkitError(f"--context: {context} frames; must be a positive multiple of the model's "
