@@ -98,9 +98,12 @@ class Game:
 
     def set_memory(self, name: str) -> None:
         """Switch the memory policy: a fresh cache holding the last ``context`` frames."""
-        memory_spec(name, "memory")
-        self.memory = name
-        self._recommit()
+        previous, self.memory = self.memory, name
+        try:
+            self._recommit()
+        except Exception:  # an unknown or broken policy: the game plays on under the one it had
+            self.memory = previous
+            raise
 
     def set_simulator(self, on: bool) -> None:
         """Step the true environment beside the model (brought to where the model is: the episode's context,

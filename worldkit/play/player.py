@@ -10,7 +10,6 @@ import json
 import struct
 import sys
 import time
-from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -24,23 +23,6 @@ MODEL, SIMULATOR = 0, 1
 MAX_RECORDING = 6000  # frames (4 minutes at 25 a second; about 18 MB of 32x32 frames): then saved
 
 
-class _Rate:
-    """Frames per second over the last ``seconds``."""
-
-    def __init__(self, seconds: float = 2.0):
-        self.seconds, self.times = seconds, deque()
-
-    def tick(self, now: float) -> None:
-        self.times.append(now)
-        while self.times and now - self.times[0] > self.seconds:
-            self.times.popleft()
-
-    def fps(self) -> float:
-        if len(self.times) < 2 or self.times[-1] == self.times[0]:
-            return 0.0
-        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
-
-
 class Player:
     """One connection's game loop: generates chunks on the model thread (the next one while the current
     one is shown), paces the frames to the target rate, applies the page's commands."""
@@ -52,7 +34,6 @@ class Player:
         self.running.set()
         self.recording: Optional[list] = None
         self.recording_times: list[float] = []
-        self.rate = _Rate()
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.server.pool, fn, *args)
@@ -84,9 +65,8 @@ class Player:
                 await self.send_frame(chunk, i)
             await self.send(type="stats", frame=chunk.first + len(chunk.frames) - 1, ms_per_chunk=round(chunk.ms, 2),
                             ms_per_frame=round(chunk.ms / len(chunk.frames), 2), kv_bytes=chunk.kv_bytes,
-                            fps=round(self.rate.fps(), 2), target_fps=fps, memory=chunk.memory,
-                            simulator=chunk.simulator is not None, simulator_ms=round(chunk.simulator_ms, 2),
-                            action=chunk.action, episode=self.game.episode)
+                            memory=chunk.memory, simulator=chunk.simulator is not None,
+                            simulator_ms=round(chunk.simulator_ms, 2), action=chunk.action)
 
     async def send_frame(self, chunk: Chunk, i: int) -> None:
         index = chunk.first + i
@@ -97,7 +77,6 @@ class Player:
         if sim is not None:
             await self.ws.send(FRAME_HEADER.pack(SIMULATOR, *sim.shape[:2], index) + np.ascontiguousarray(sim).tobytes())
         now = time.perf_counter()
-        self.rate.tick(now)
         if self.recording is not None:
             self.recording.append((model, sim))
             self.recording_times.append(now)
