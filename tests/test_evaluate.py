@@ -17,7 +17,7 @@ class NoisyPersistence:
         self.model = torch.nn.Linear(1, 1)
         self.timings = []
 
-    def run(self, ctx, act, n_gen, generator, progress=None):
+    def run(self, ctx, act, n_gen, generator, progress=None, truth=None):
         last = ctx[:, -1:].expand(-1, n_gen, -1, -1, -1)
         noise = torch.randn(last.shape, generator=generator) * 0.3
         self.timings = [ChunkTiming(1.0, 0.5, 1.5, 100 * ctx.shape[0])] * (n_gen // self.chunk_frames)  # a batch's cache

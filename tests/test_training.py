@@ -683,6 +683,7 @@ def test_self_forcing_commit_truth_teacher_forces_through_the_memory_without_sam
     loss, logs = module.loss(batch)
     assert samples == [] and "rollout_mse" not in logs and loss.requires_grad
     x = batch["frames"]
+    assert len(commits) == 2  # the clip's two chunks after its 2 context frames
     for c, (f, level) in enumerate(commits):
         true = x[:, 2 + 2 * c: 4 + 2 * c]
         assert level == 0.2

@@ -138,9 +138,8 @@ def evaluate(
             act = torch.from_numpy(actions[s : s + batch_size, :need]).float().to(device)  # (B, T, A)
             g = torch.Generator(device="cpu").manual_seed(1_000_003 * seed + s)
             ctx, target = gt[:, :context_frames], gt[:, context_frames:]
-            forced = {"truth": target} if teacher_forced else {}
             pred = rollout.run(ctx, act, n_gen, generator=g, progress=lambda k, b=gt.shape[0]: bar.update(k * b),
-                               **forced)
+                               truth=target if teacher_forced else None)
             timings.append(list(rollout.timings))  # one entry per generated chunk
             if not kv:  # the cache holds the batch; its bytes are exactly B times one sequence's
                 batch = gt.shape[0]
