@@ -71,7 +71,8 @@ views = st.fixed_dictionaries(
         n_persistent=st.integers(0, 3),
         n_local=st.integers(0, 4),
         spare=st.integers(0, 2),
-        selection=st.sampled_from(["none", "random", "random_shared", "local_window", "local_window_shared"]),
+        selection=st.sampled_from(["none", "random", "random_shared", "local_window", "local_window_shared",
+                                   "local_window_keep_chunk"]),
         seed=st.integers(0, 2**16),
     )
 )
@@ -93,7 +94,8 @@ def build(s, D=8, dtype=torch.float64):
     elif sel.startswith("random"):
         index = random_index(B, 1 if sel.endswith("shared") else H, NQB, NC, NC, s["seed"] + 2)
     else:
-        selector = LocalWindow(LocalWindow.Config(top_k=0.5, shared_heads=sel.endswith("shared")))
+        selector = LocalWindow(LocalWindow.Config(top_k=0.5, shared_heads=sel.endswith("shared"),
+                                                  keep_chunk=sel.endswith("keep_chunk")))
         pooled_k = torch.cat([view.k[:, view.local].mean(3).transpose(1, 2), pool_blocks(k, BLK)], 2)
         index = selector.select(pool_blocks(q, BLK), pooled_k, torch.arange(NQB) + s["n_local"])
     return view, (q, k, v), index
@@ -219,9 +221,11 @@ def test_local_window_fused_selection_picks_the_same_blocks(monkeypatch):
     g = torch.Generator().manual_seed(1)
     pq, pk = torch.randn(1, 2, 3, 16, generator=g), torch.randn(1, 2, 9, 16, generator=g)
     own = torch.arange(3) + 6
-    for shared in (False, True):
-        want = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="torch")).select(pq, pk, own)
-        got = LocalWindow(LocalWindow.Config(top_k=4, shared_heads=shared, impl="triton")).select(pq, pk, own)
+    for shared, keep_chunk, NL in [(False, False, 6), (True, False, 6), (False, True, 6), (True, True, 6), (False, True, 0)]:
+        cfg = dict(top_k=4, shared_heads=shared, keep_chunk=keep_chunk)  # keep_chunk: a slice of the candidates
+        pk_, own_ = pk[:, :, 6 - NL:], own - 6 + NL  # NL 0: an empty cache
+        want = LocalWindow(LocalWindow.Config(**cfg, impl="torch")).select(pq, pk_, own_)
+        got = LocalWindow(LocalWindow.Config(**cfg, impl="triton")).select(pq, pk_, own_)
         assert torch.equal(got.local, want.local) and torch.equal(got.count, want.count)
     import worldkit_kernels.topk_triton as fused
 

@@ -46,18 +46,15 @@ class LocalWindow(ReportsKernels, BlockSelector):
 
     def select(self, pooled_q: Tensor, pooled_k: Tensor, own: Tensor) -> BlockIndex:
         c = self.config
-        # keep_chunk: top-K among the cached candidates only (the chunk's own blocks ``own`` follow them)
-        cand = pooled_k[:, :, : int(own.min())] if c.keep_chunk else pooled_k
+        # keep_chunk: top-K among the cached candidates only; the chunk's own blocks (``own``, the last
+        # NQB candidates, ascending) follow them. Their count comes from the shapes: no device sync.
+        cached = pooled_k.shape[2] - pooled_q.shape[2]
+        cand = pooled_k[:, :, :cached] if c.keep_chunk else pooled_k
         forced = own if c.keep_own and not c.keep_chunk else None
         with torch.no_grad():  # lists of indices: nothing to differentiate, so no graph is recorded
-            if cand.shape[2]:
-                index, count = topk_blocks(pooled_q, cand, resolve_top_k(c.top_k, cand.shape[2]), forced=forced,
-                                           shared_heads=c.shared_heads, impl=c.impl)
-            else:  # an empty cache: nothing to choose from
-                shape = (pooled_q.shape[0], 1 if c.shared_heads else pooled_q.shape[1], pooled_q.shape[2])
-                index = torch.zeros(*shape, 0, dtype=torch.long, device=pooled_q.device)
-                count = torch.zeros(shape, dtype=torch.long, device=pooled_q.device)
+            index, count = topk_blocks(pooled_q, cand, resolve_top_k(c.top_k, cand.shape[2]), forced=forced,
+                                       shared_heads=c.shared_heads, impl=c.impl)
             if c.keep_chunk:  # then the whole chunk: cached indices sit below the chunk's, rows stay ascending
-                chunk = own.sort().values.to(index).expand(*index.shape[:3], own.numel())
+                chunk = own.to(index).expand(*index.shape[:3], own.numel())
                 index, count = torch.cat([index, chunk], dim=-1), count + own.numel()
         return BlockIndex(local=index, count=count)
