@@ -284,7 +284,8 @@ class SelfForcing(RolloutTrainer):
         gen_step = dmd is None or ctx.step % dmd.critic_ratio == 0
         denoise = cfg.objective == "denoise" and (cfg.truth_weight > 0 or not ctx.training)
         at_exit = dmd is not None or cfg.objective == "regression"  # the generated clip is trained on
-        gen, exits, terms = self.rollout(ctx, x, a, g, grad=at_exit and gen_step, at_exit=at_exit, denoise=denoise)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and gen_step):  # a critic-only step trains no generator
+            gen, exits, terms = self.rollout(ctx, x, a, g, grad=at_exit, at_exit=at_exit, denoise=denoise)
         logs = {"mean_exit_step": float(sum(exits)) / len(exits)}
         if gen is not None:
             logs["rollout_mse"] = (gen.detach().float() - x[:, n_ctx:].float()).pow(2).mean()
