@@ -94,6 +94,11 @@ def test_evaluate_scores_the_weights_under_an_experiments_plugins(tiny_run, tmp_
     rows = world.evaluate(tmp_path / "e.yaml", tmp_path / "out")
     assert [r["memory"] for r in rows] == ["sliding_window"]
     assert (tmp_path / "out" / "stages" / "0-window" / "eval.json").exists()
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())  # what it ran, as worldkit eval saves it
+    assert saved["train"]["max_steps"] == 0 and saved["model"]["init"].endswith("model.pt")
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({**exp, "grid": {"memory.type": ["dense", "sink"]}}))
+    with pytest.raises(WorldkitError, match="a grid experiment"):
+        world.evaluate(tmp_path / "g.yaml", tmp_path / "out2")
 
 
 def test_quickstart_runs_and_draws(tmp_path):

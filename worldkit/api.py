@@ -8,8 +8,8 @@ score recall, evaluate under an experiment's plugins, make the report.
     out = world.rollout(eps, memory={"type": "sliding_window", "window_frames": 9})
     out.frames, out.ms_per_chunk, out.kv_bytes             # (N, F, 3, H, W) in [-1, 1]; per chunk
     world.recall(eps, {"window": out})                     # recall at returns by gap (envs that define it)
-    world.evaluate("experiments/sparse_forcing.yaml", "runs/mine")   # = worldkit eval
-    wk.report("runs/mine")                                 # = worldkit report
+    world.evaluate("experiments/sparse_forcing.yaml", "runs/mine")   # = worldkit eval (writes results.md)
+    wk.report("runs/ablation-...")                         # = worldkit report: a grid folder's tables again
 
 A plugin is named by its type (``"sliding_window"``) or given as ``{"type": ..., field: value}``, as in
 an experiment YAML; every installed plugin works, third-party ones included.
@@ -200,9 +200,12 @@ class World:
 
         if self.weights is None:
             raise WorldkitError("evaluate needs weights loaded from a file or shipped name (World.load)")
-        cfg = wk_config.load(experiment, list(overrides))
+        # the weights as this World reads them (its block size included)
+        read_as = [f"model.block_patches={self.model.hparams['block_patches']}"]
+        cfg = wk_config.load_for_eval(experiment, self.weights, [*overrides, *read_as])
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        wk_config.save(cfg, out / "config.yaml")
         return wk_experiment.evaluate_weights(cfg, self.weights, out)
 
 
@@ -211,8 +214,9 @@ def load(weights: str, **kwargs) -> World:
     return World.load(weights, **kwargs)
 
 
-def report(run_dir: Union[str, Path]) -> str:
-    """Rebuild a run or grid folder's results.md, results.csv and plots (``worldkit report``); the table."""
+def report(grid_dir: Union[str, Path]) -> str:
+    """Rebuild a grid folder's results.md, results.csv and plots from its cells (``worldkit report``); the
+    table. (A run's or ``evaluate``'s folder gets its results.md when it finishes.)"""
     from worldkit import report as wk_report
 
-    return wk_report.build(run_dir)
+    return wk_report.build(grid_dir)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
@@ -166,10 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Score one set of weights, as they are, under every stage's and variant's plugins of an experiment."""
-    # every stage and variant evaluates WEIGHTS as they are: no training, whatever the file says
-    cfg = config.load(args.config, [*args.overrides, "train.max_steps=0", f"model.init={json.dumps(args.weights)}"])
-    if cfg.grid:
-        raise WorldkitError(f"{args.config}: a grid experiment; eval takes one experiment (a cell's config.yaml)")
+    cfg = config.load_for_eval(args.config, args.weights, args.overrides)
     warn_unused(cfg, args.config)
     from worldkit.checkpoints import read_checkpoint, resolve_init
 

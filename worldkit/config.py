@@ -115,3 +115,16 @@ def load(path: Union[str, Path], overrides: Iterable[str] = ()) -> ExperimentCon
     if bad:
         raise ConfigError(bad, "--set")
     return cfg
+
+
+def load_for_eval(path: Union[str, Path], weights: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    """The experiment at ``path`` as ``worldkit eval`` runs it: every stage and variant starts from
+    ``weights`` and trains nothing (``train.max_steps=0``), whatever the file says; a grid is refused."""
+    import json
+
+    cfg = load(path, [*overrides, "train.max_steps=0", f"model.init={json.dumps(str(weights))}"])
+    if cfg.grid:
+        raise ConfigError([Issue("grid", MISSING, "a grid experiment; eval takes one experiment (a cell's config.yaml)")],
+                          str(path))
+    return cfg
+
