@@ -12,13 +12,13 @@ def problem_label(key: tuple) -> str:
     """A PBSA tuner problem class (``pbsa_triton.tuner.problem``) in words: kernel, block, head dim,
     dtype, lists, and the sizes rounded up to powers of two (query blocks, list length, slots, batch x
     heads); query-tail when the queries end in a short block, ragged when key blocks have lengths; the
-    device class where the key names one."""
-    if len(key) not in (11, 12):  # not a key the kernels make
+    device class."""
+    if len(key) != 12:  # not a key the kernels make
         return str(key)
-    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k, *device = key
+    name, blk, d, dtype, per_head, nqb, k, ns, bh, even_q, even_k, device = key
     return (f"{name} BLK={blk} D={d} {str(dtype).removeprefix('torch.')} {'per-head' if per_head else 'shared'} "
             f"NQB<={nqb} K<={k} NS<={ns} BH<={bh}" + ("" if even_q else " query-tail") + ("" if even_k else " ragged")
-            + "".join(f" on {dev}" for dev in device))
+            + f" on {device}")
 
 
 def config_label(c: dict) -> str:

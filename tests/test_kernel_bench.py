@@ -130,7 +130,7 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     rows = [(21, 100, 128, 1.0, "sdpa-flash", (2.0, 6.0), 1000), (21, 100, 128, 0.25, "pbsa kernel", (0.5, 3.0), 250)]
     monkeypatch.setattr(bench.results, "timings_until_stopped", lambda f, b, d, **kw: (rows, None))
     monkeypatch.setattr(bench.results, "selection_timings", lambda f, b, r: "| selection |")
-    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
+    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True, "NVIDIA H100")
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     monkeypatch.setattr(tuner, "_tuned", {key: fast})
     monkeypatch.setattr(tuner, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
@@ -150,11 +150,11 @@ def test_report_lists_every_timed_candidate(bench, monkeypatch, capsys):
     assert ("- 1 x 12 heads (one shared list), 37 query blocks, up to 1024 candidates, head dim 128, "
             "bfloat16/float32 on cuda:0: "
             "torch 0.800, triton inf; keeps torch (RuntimeError: no kernel)") in out
-    assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: "
+    assert ("- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail on NVIDIA H100: "
             "M128 N64 w8 s3 x2 0.400; M64 N64 w4 s3 0.900; M64 N64 w4 s2 inf") in out
-    assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail: M128 N64 w8 s3 x2\n" in out
-    tail = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, False, False)  # short last query block, lengths
-    assert problem_label(tail) == "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 query-tail ragged"
+    assert "- fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail on NVIDIA H100: M128 N64 w8 s3 x2\n" in out
+    tail = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, False, False, "NVIDIA H100")  # short last query block, lengths
+    assert problem_label(tail) == "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 query-tail ragged on NVIDIA H100"
     assert "| selection |" in out and "0.500 ms" in out
 
 

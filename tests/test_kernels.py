@@ -945,8 +945,8 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
     from worldkit_kernels import choices, topk_triton
     from worldkit_kernels.pbsa_triton import tuner
 
-    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True)
-    plain = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, True, True)
+    key = ("fwd", 128, 128, torch.bfloat16, True, 32, 64, 512, 16, False, True, "NVIDIA H100")
+    plain = ("dq", 64, 32, torch.float16, False, 8, 16, 64, 2, True, True, "NVIDIA H100")
     fast, slow = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, SPLIT=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     monkeypatch.setattr(tuner, "_tuned", {key: fast})
     monkeypatch.setattr(tuner, "_timings", {key: [(slow, 0.9), (fast, 0.4), (slow | dict(num_stages=2), float("inf"))]})
@@ -957,11 +957,14 @@ def test_kernel_choices_say_what_the_triton_paths_kept(monkeypatch):
     monkeypatch.setattr(topk_triton, "_choice_failures", {sel: "RuntimeError: no kernel"})
     got = choices.kernel_choices()
     assert got["pbsa"] == [
-        {"class": "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2", "kept": "M64 N64 w4 s3", "tuned": False},
-        {"class": "fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail",
+        {"class": "dq BLK=64 D=32 float16 shared NQB<=8 K<=16 NS<=64 BH<=2 on NVIDIA H100", "kept": "M64 N64 w4 s3", "tuned": False},
+        {"class": "fwd BLK=128 D=128 bfloat16 per-head NQB<=32 K<=64 NS<=512 BH<=16 query-tail on NVIDIA H100",
          "kept": "M128 N64 w8 s3 x2", "tuned": True,
          "timings_ms": {"M64 N64 w4 s3": 0.9, "M128 N64 w8 s3 x2": 0.4, "M64 N64 w4 s2": None}},
     ]
+    q, k, index = torch.zeros(1, 2, 8, 16), torch.zeros(1, 4, 2, 4, 16), torch.zeros(1, 2, 2, 3, dtype=torch.int32)
+    assert choices.problem_label(tuner.problem("fwd", q, k, index, True, True)) == (  # the key the tuner makes
+        "fwd BLK=4 D=16 float32 per-head NQB<=2 K<=4 NS<=4 BH<=2 on cpu")
     monkeypatch.setattr(tuner, "_fits", {plain: slow, ("k", 1): dict(BLOCK_N=64, num_warps=4)})  # a key of a test
     assert {"class": "('k', 1)", "kept": "BLOCK_N=64 num_warps=4", "tuned": False} in choices.kernel_choices()["pbsa"]
     assert got["selection"] == [{
