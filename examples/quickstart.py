@@ -16,8 +16,9 @@
 # heading), rolls it out under two policies with the same KV budget, looks at the frames and compares how
 # often each brings the objects back.
 #
-# Run it as a script (`python examples/quickstart.py`, a few minutes on 2 CPU cores), or open it as a
-# notebook with jupytext. `QUICK=1` shrinks it for tests.
+# Run it as a script (`python examples/quickstart.py`: the full notebook takes a few minutes on 2 CPU
+# cores, and `QUICK=1`, which the test suite sets, shrinks it to fewer and shorter episodes), or open it
+# as a notebook with jupytext.
 
 # %%
 import os
@@ -117,5 +118,5 @@ print("figures in", OUT)
 #
 # - Every installed memory policy, selector and attention backend plugs into `world.rollout` by name.
 # - `world.evaluate("experiments/sparse_forcing.yaml", "runs/mine")` scores the weights under the main
-#   job's eight policies (the full tables, strips and GIFs), and `wk.report("runs/mine")` rebuilds its
+#   job's nine policies (the full tables, strips and GIFs), and `wk.report("runs/mine")` rebuilds its
 #   results.md.
