@@ -211,9 +211,3 @@ def choices() -> list[dict]:
             entry["failure"] = _choice_failures[key]
         out.append(entry)
     return out
-
-
-def reset() -> None:
-    """Forget every kept choice: the next call of each class is timed again."""
-    for memo in (_choice, _choice_timings, _choice_failures):
-        memo.clear()

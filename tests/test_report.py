@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worldkit import config, report, tensorboard_log
+from worldkit import config, report, stages, tensorboard_log
 from worldkit.cli import main
 from worldkit.cells import CELL, CELLS, DONE, ERROR
 
@@ -176,7 +176,7 @@ def test_hparams_are_primitives_of_the_last_stage():
     raw = copy.deepcopy(RAW)
     raw["compare"] = [{"name": "base", "trainer": {"type": "self_forcing"}, "memory": {"type": "dense"}}]
     cfg = config.validate(raw)
-    assert tensorboard_log.final_stage(cfg).dirname == "1-fine" and tensorboard_log.hparams_of(cfg)["memory"] == "sliding_window"
+    assert stages.final_stage(cfg).dirname == "1-fine" and tensorboard_log.hparams_of(cfg)["memory"] == "sliding_window"
 
 
 def load_events(path: Path):

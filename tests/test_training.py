@@ -247,14 +247,13 @@ def test_staged_run_end_to_end_from_the_cli(cache, tmp_path, monkeypatch, capsys
     # a finished stage ships as a base checkpoint with its model card
     from worldkit import cards, checkpoints
 
-    monkeypatch.setattr(cards, "BASE_DIR", tmp_path / "base")
+    monkeypatch.setattr(checkpoints, "BASE_DIR", tmp_path / "base")
     card = cards.write_card(run, "tiny", command="worldkit run tiny.yaml", hardware="2 CPU cores", stage="0-dense_df")
     text = card.read_text()
     assert "`worldkit run tiny.yaml`" in text and "3 optimizer steps" in text
     assert "model of the `pendulum` environment" in text and "diffusion forcing with the `dense` KV-cache policy" in text
     assert "to 2x the" in text  # the run's longest horizon
     assert "| skill vs persistence | model |" in text and "| state-probe error (std) | ground truth (floor) |" in text
-    monkeypatch.setattr(checkpoints, "BASE_DIR", tmp_path / "base")
     assert checkpoints.resolve_init("base/tiny") == tmp_path / "base" / "tiny.pt"
     # the attention analysis reads the finished run
     capsys.readouterr()

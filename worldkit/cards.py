@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from worldkit.checkpoints import BASE_DIR
+from worldkit import checkpoints
 
 WHO = {"model": "model", "persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
 METRICS = {"psnr": "PSNR dB", "fg_psnr": "foreground PSNR dB", "ssim": "SSIM", "skill": "skill vs persistence",
@@ -75,8 +75,8 @@ def write_card(run_dir: Path, name: str, command: str, hardware: str, stage: str
     st = next(x for x in resolve_stages(cfg) if x.dirname == stage)
     method = (f"{st.trainer['type'].replace('_', ' ')} with the `{st.memory['type']}` KV-cache policy, "
               f"{cfg.model.prediction}-prediction" + (f", starting from `{cfg.model.init}`" if cfg.model.init else ""))
-    BASE_DIR.mkdir(exist_ok=True)
-    dst = BASE_DIR / f"{name}.pt"
+    checkpoints.BASE_DIR.mkdir(exist_ok=True)
+    dst = checkpoints.BASE_DIR / f"{name}.pt"
     shutil.copyfile(stage_dir / "model.pt", dst)
     blob = torch.load(dst, map_location="cpu", weights_only=False)
     params = sum(v.numel() for v in blob["state_dict"].values())
@@ -111,7 +111,7 @@ as they are, without training, under any experiment's plugins: `worldkit eval ba
 {cfg_text.strip()}
 ```
 """
-    path = BASE_DIR / f"{name}.md"
+    path = checkpoints.BASE_DIR / f"{name}.md"
     path.write_text(card)
     return path
 

@@ -26,7 +26,7 @@ from worldkit.cells import CELL, CELLS, DONE, ERROR
 from worldkit.files import atomic_write
 from worldkit.grid import Cell, Grid
 from worldkit.schema import ExperimentConfig
-from worldkit.stages import resolve_stages, stage_finished
+from worldkit.stages import final_stage, resolve_stages, stage_finished
 
 def stage_keys(cfg: ExperimentConfig) -> list[str]:
     """One key per leading stage (comparison variants excluded), equal for two configs exactly when that
@@ -60,7 +60,7 @@ def reuse_stages(cfg: ExperimentConfig, grid_dir: Path, folder: Path) -> list[st
     grid folder, as that cell's saved config ran them (never its last stage, nor a stage that is another
     cell's last: a cell's result and hparams are its own run); returns the names of the stages copied."""
     def shareable(c: ExperimentConfig) -> list[tuple[str, str]]:  # (stage folder, key) before the result stage
-        return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: report.final_stage(c).index]
+        return list(zip((s.dirname for s in resolve_stages(c)), stage_keys(c)))[: final_stage(c).index]
 
     others = [(d, shareable(config.load(d / "config.yaml"))) for d in sorted((Path(grid_dir) / CELLS).iterdir())
               if d != folder and (d / "config.yaml").exists()]

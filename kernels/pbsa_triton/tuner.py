@@ -143,9 +143,3 @@ def choices() -> list[dict]:
             entry["timings"] = [(dict(c), t) for c, t in _timings[key]]
         out.append(entry)
     return out
-
-
-def reset() -> None:
-    """Forget every kept configuration and timing: the next launch of each class chooses again."""
-    for memo in (_tuned, _fits, _timings):
-        memo.clear()
