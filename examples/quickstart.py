@@ -16,9 +16,8 @@
 # heading), rolls it out under two policies with the same KV budget, looks at the frames and compares how
 # often each brings the objects back.
 #
-# Run it as a script (`python examples/quickstart.py`: the full notebook takes a few minutes on 2 CPU
-# cores, and `QUICK=1`, which the test suite sets, shrinks it to fewer and shorter episodes), or open it
-# as a notebook with jupytext.
+# Run it as a script (`python examples/quickstart.py`, about 6 s on 2 CPU cores), or open it as a
+# notebook with jupytext.
 
 # %%
 import os
@@ -30,7 +29,6 @@ import matplotlib.pyplot as plt
 
 import worldkit.api as wk
 
-QUICK = os.environ.get("QUICK") == "1"
 OUT = os.environ.get("QUICKSTART_OUT", "quickstart_out")
 os.makedirs(OUT, exist_ok=True)
 
@@ -43,8 +41,8 @@ os.makedirs(OUT, exist_ok=True)
 
 # %%
 world = wk.load("base/revisit_room")
-n_eps, context = (2, 10) if QUICK else (8, 10)
-eps = world.episodes(n_eps, frames=context + (32 if QUICK else 64))
+n_eps, context = 8, 10
+eps = world.episodes(n_eps, frames=context + 64)
 print(world.model.hparams, len(eps), "episodes of", eps.frames.shape[1], "frames")
 
 # %% [markdown]
@@ -118,5 +116,4 @@ print("figures in", OUT)
 #
 # - Every installed memory policy, selector and attention backend plugs into `world.rollout` by name.
 # - `world.evaluate("experiments/sparse_forcing.yaml", "runs/mine")` scores the weights under the main
-#   job's nine policies (the full tables, strips and GIFs), and `wk.report("runs/mine")` rebuilds its
-#   results.md.
+#   job's nine policies and writes the full tables, strips and GIFs there, as `worldkit eval` does.
