@@ -8,9 +8,9 @@ from typing import Optional
 
 from torch import Tensor
 
-from worldkit.files import atomic_path
 from worldkit.frames import tensor_to_frames
 from worldkit.memory_metrics import bucket_labels, bucket_of, gap_edges, paired_difference, returns
+from worldkit.report import RANKED_BASELINES, save_figure
 
 REFERENCES = {"truth": "ground truth (ceiling)", "oracle": "oracle (pastes the last real sighting)",
               "persistence": "persistence (copy last frame)", "mean_frame": "mean training frame"}
@@ -34,7 +34,7 @@ def markdown(rows: list[tuple[str, str, dict]], reference: Optional[str] = None)
     table = [(f"`{name}`", memory, rec["stats"]["colour"]["model"], rec["false_alarm"]["model"],
               rec["per_episode"]["colour"]["model"], True) for name, memory, rec in rows]
     table += [(label, "", first["stats"]["colour"][who], first["false_alarm"][who], None,
-               who in ("persistence", "mean_frame"))
+               who in RANKED_BASELINES)
               for who, label in REFERENCES.items() if who in first["stats"]["colour"]]
     best = [max((t[2][k][0] for t in table if t[5] and math.isfinite(t[2][k][0])), default=math.nan)
             for k in range(len(labels))]
@@ -89,7 +89,7 @@ def plot(rows: list[tuple[str, str, dict]], path) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the configured gaps are labelled
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_return_strip(truth: Tensor, forecast: Tensor, targets, first: int, path, episodes: int = 4) -> None:
@@ -122,16 +122,4 @@ def save_return_strip(truth: Tensor, forecast: Tensor, targets, first: int, path
                 if e == 0:
                     ax.set_title(f"{name}" + (f"\ngap {labels[k]}" if j == 1 else ""), fontsize=6)
     fig.tight_layout(pad=0.1)
-    _save(fig, path)
-
-
-def _save(fig, path) -> None:
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -295,9 +295,12 @@ def csv_text(cells: list[CellResult]) -> str:
     return buf.getvalue()
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Union[str, Path]) -> None:
+    """Write a matplotlib figure as a PNG atomically (its folder made) and close it."""
     import matplotlib.pyplot as plt
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -334,7 +337,7 @@ def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
     psnr_path = out_dir / "psnr_vs_horizon.png"
-    _save_figure(fig, psnr_path)
+    save_figure(fig, psnr_path)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, c in enumerate(done):
@@ -348,7 +351,7 @@ def plots(cells: list[CellResult], out_dir: Union[str, Path]) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
     cost_path = out_dir / "cost_vs_horizon.png"
-    _save_figure(fig, cost_path)
+    save_figure(fig, cost_path)
     return [psnr_path, cost_path]
 
 
