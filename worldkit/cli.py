@@ -16,7 +16,7 @@ import time
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from worldkit import config, quiet, registry, signals, threads
 from worldkit.errors import WorldkitError
@@ -241,15 +241,21 @@ def plugin_table(kind: Optional[str] = None) -> str:
     for e in registry.entries(kind):
         rows.append((e.kind, e.name, e.origin, (e.description or "-") if e.ok else f"BROKEN: {e.error}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    notes = [f"note: {a} and {b} register the same plugins (counted once); one is likely left behind by a "
-             f"reinstall under another name: pip uninstall the one you no longer use" for a, b in registry.twins()]
     lines = ["  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in rows]
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def twin_notes() -> List[str]:
+    """One line per pair of distributions that register the same plugins (e.g. metadata left by a rename)."""
+    return [f"note: {a} and {b} register the same plugins (counted once); one is likely left behind by a "
+            f"reinstall under another name: pip uninstall the one you no longer use" for a, b in registry.twins()]
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List plugins; broken ones are shown with their import error."""
+    """List plugins on stdout (broken ones with their import error); notes on a stale install go to stderr."""
     sys.stdout.write(plugin_table(args.kind))
+    for line in twin_notes():
+        print(line, file=sys.stderr)
     return 0
 
 
