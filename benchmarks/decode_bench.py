@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from worldkit.interfaces import MODEL_KINDS  # noqa: E402
 from worldkit.model import WorldModel  # noqa: E402
 from worldkit.rollout import Rollout  # noqa: E402
 from worldkit import registry  # noqa: E402
@@ -144,7 +145,7 @@ def measure(model, variant, horizon_frames, reps, device, dtype, clip, profile=F
     for timed in (False, True):
         r = mem = sel = att = None  # the rehearsal's cache goes before the timed pass makes its own
         gc.collect()
-        mem, sel, att = (registry.build(kind, spec) for kind, spec in zip(("memory", "selector", "attention"), variant))
+        mem, sel, att = (registry.build(kind, spec) for kind, spec in zip(MODEL_KINDS, variant))
         # an unbounded pool (dense) made at its final size, + the profiled chunk: grown by doubling, as in
         # a rollout, dense at 12x the Wan clip would hold 192 frames' slots beside 384 while copying
         mem.reserve_slots = (horizon_frames + fc) * model.geometry.blocks_per_frame

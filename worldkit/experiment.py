@@ -21,7 +21,7 @@ from worldkit import data as wk_data
 from worldkit import registry, signals, tensorboard_log
 from worldkit.checkpoints import READ_TIME_SETTINGS, load_model, load_weights, resolve_init, save_weights
 from worldkit.errors import WorldkitError
-from worldkit.interfaces import Environment
+from worldkit.interfaces import MODEL_KINDS, STAGE_KINDS, Environment
 from worldkit.evaluate import EvalResult, evaluate
 from worldkit.files import atomic_write
 from worldkit.frames import frames_to_tensor
@@ -274,7 +274,7 @@ def _run_stages(cfg, run_dir: Path, resume: bool) -> list[dict]:
 def write_plugin_reports(stage: Stage, stage_dir: Path) -> None:
     """The files the stage's plugins report once it is evaluated (``Plugin.report``), in ``stage_dir``."""
     files = {}
-    for kind in ("trainer", "memory", "selector", "attention"):
+    for kind in STAGE_KINDS:
         files.update(registry.get(kind, getattr(stage, kind)["type"]).report())
     for name, value in files.items():
         if Path(name).name != name:
@@ -309,5 +309,5 @@ def evaluate_weights(cfg, weights: str, run_dir: Path) -> list[dict]:
         rows.append(row)
         print(f"== {stage.dirname}: evaluated", flush=True)
     write_summary(stages, run_dir, f"{cfg.name}: {weights} as it is", cfg.eval.reference,
-                  kinds=("memory", "selector", "attention"))
+                  kinds=MODEL_KINDS)
     return rows

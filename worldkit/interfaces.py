@@ -314,3 +314,6 @@ KINDS: dict[str, type[Plugin]] = {
     "attention": AttentionBackend,
     "trainer": RolloutTrainer,
 }
+# The plugins a stage (or variant) may set for itself, and the model-side ones among them.
+STAGE_KINDS: tuple[str, ...] = ("trainer", "memory", "selector", "attention")
+MODEL_KINDS: tuple[str, ...] = ("memory", "selector", "attention")

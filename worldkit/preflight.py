@@ -17,9 +17,9 @@ from typing import Any, Iterator, Optional
 from worldkit import registry
 from worldkit.checkpoints import read_checkpoint, resolve_init, settings_mismatch
 from worldkit.errors import WorldkitError
+from worldkit.interfaces import STAGE_KINDS
 from worldkit.schema import ExperimentConfig
 
-KINDS = ("trainer", "memory", "selector", "attention")
 
 
 def problems(cfg: ExperimentConfig, out: Optional[str] = None) -> list[str]:
@@ -47,12 +47,12 @@ def plugin_specs(cfg: ExperimentConfig) -> Iterator[tuple[str, Any]]:
     """(field, PluginSpec) of each model-side plugin that runs, once per place it is set: the top-level
     ones that a stage or variant uses, then each stage's and variant's own."""
     replaced = set(cfg.replaced_plugins())
-    for kind in KINDS:
+    for kind in STAGE_KINDS:
         if kind not in replaced:
             yield kind, getattr(cfg, kind)
     for group in ("stages", "compare"):
         for i, entry in enumerate(getattr(cfg, group)):
-            for kind in KINDS:
+            for kind in STAGE_KINDS:
                 if getattr(entry, kind) is not None:
                     yield f"{group}[{i}].{kind}", getattr(entry, kind)
 

@@ -9,6 +9,7 @@ from typing import Optional
 
 from worldkit import registry, report
 from worldkit.files import atomic_write
+from worldkit.interfaces import STAGE_KINDS
 from worldkit.stages import Stage
 
 
@@ -25,7 +26,7 @@ def describe_memory(spec: dict) -> str:
 
 
 def write_summary(stages: list[Stage], run_dir: Path, title: str, reference: Optional[str] = None,
-                  kinds: tuple[str, ...] = ("trainer", "memory", "selector", "attention")) -> str:
+                  kinds: tuple[str, ...] = STAGE_KINDS) -> str:
     """results.md, results.csv and the plots (PSNR vs horizon, ms per chunk and KV MiB vs horizon, and
     recall vs gap where the env has recall targets) of every evaluated stage, the baselines beside
     them; prints and returns the markdown. ``reference``: the stage or variant name the recall table

@@ -28,7 +28,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from worldkit import registry
 from worldkit.errors import PluginError
-from worldkit.interfaces import Plugin, PluginConfig
+from worldkit.interfaces import MODEL_KINDS, STAGE_KINDS, Plugin, PluginConfig
 
 
 def _problem(loc: tuple, value: Any, message: str) -> InitErrorDetails:
@@ -330,7 +330,7 @@ class ExperimentConfig(Section):
         """Each model-side plugin's own ``check`` against the experiment as the stage sees it; a problem
         is reported where the plugin was set (the stage's override, else the top level)."""
         problems = []
-        for kind in ("memory", "selector", "attention", "trainer"):
+        for kind in (*MODEL_KINDS, "trainer"):
             if kind == "trainer" and exp.train.max_steps == 0:  # an evaluation-only stage trains nothing
                 continue
             spec = getattr(exp, kind)
@@ -358,7 +358,7 @@ class ExperimentConfig(Section):
         entries = [*self.stages, *self.compare]
         if not self.stages:
             return []
-        return [kind for kind in ("trainer", "memory", "selector", "attention")
+        return [kind for kind in STAGE_KINDS
                 if all(getattr(e, kind) is not None for e in entries)]
 
     def warnings(self) -> list[str]:
@@ -375,7 +375,7 @@ class ExperimentConfig(Section):
         """The experiment as one stage sees it: the stage's trainer and plugin overrides, merged train
         (merged onto ``base``'s, for a comparison variant of the last stage)."""
         update: dict[str, Any] = {"stages": [], "compare": []}
-        for field in ("trainer", "memory", "selector", "attention"):
+        for field in STAGE_KINDS:
             if getattr(stage, field) is not None:
                 update[field] = getattr(stage, field)
         train = {**self.train.model_dump(), **(base.train if base is not None else {})}
