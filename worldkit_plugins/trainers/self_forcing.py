@@ -246,6 +246,8 @@ class SelfForcing(RolloutTrainer):
         levels = rollout.levels()
         gn = ctx.generator(3)  # the denoising and context noise: the rollout's own draws stay as they were
         chunks, exits, terms = [], [], []
+        # Rollout.chunk (sample, then commit) does not fit here: the true chunk is read against the cache
+        # between the two, a step that commits the truth samples nothing, and the commit may carry noise.
         rollout.reset(B, device=x.device)
         with torch.no_grad():
             rollout.commit_frames(x[:, :n_ctx], a[:, :n_ctx])
