@@ -248,7 +248,8 @@ def plugin_table(kind: Optional[str] = None) -> str:
 def twin_notes() -> List[str]:
     """One line per pair of distributions that register the same plugins (e.g. metadata left by a rename)."""
     return [f"note: {a} and {b} register the same plugins (counted once); one is likely left behind by a "
-            f"reinstall under another name: pip uninstall the one you no longer use" for a, b in registry.twins()]
+            f"reinstall under another name. Both may list the same files: pip uninstall both, then install "
+            f"the one you use again" for a, b in registry.twins()]
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
