@@ -315,5 +315,5 @@ KINDS: dict[str, type[Plugin]] = {
     "trainer": RolloutTrainer,
 }
 # The plugins a stage (or variant) may set for itself, and the model-side ones among them.
-STAGE_KINDS: tuple[str, ...] = ("trainer", "memory", "selector", "attention")
 MODEL_KINDS: tuple[str, ...] = ("memory", "selector", "attention")
+STAGE_KINDS: tuple[str, ...] = ("trainer", *MODEL_KINDS)
