@@ -1,13 +1,19 @@
 """Trained weights against the same plugins read zero-shot: the table of benchmarks/RESULTS.md's rollout
 training sections, from finished run folders.
 
-    python benchmarks/versus_zero_shot.py RUN [RUN ...] --zero-shot RUN0
+    python benchmarks/versus_zero_shot.py RUN [RUN ...] --zero-shot RUN0 [--pool]
 
 Every stage named ``<policy>_<suffix>`` in a RUN (``sparse_forcing_dmd``, ``window_4_teacher``, ...) is a
 trained row; its reference is the stage ``<policy>_zero_shot`` of RUN0 (the evaluation is seeded, so a
 zero-shot row read in one run stands for every run on the same episodes). Each cell is mean ± standard
 error, and in parentheses Δ: trained minus zero-shot in units of the two standard errors combined
 (unpaired; |Δ| >= 2 is beyond the errors).
+
+``--pool`` folds the runs that trained the same stage (other seeds of one recipe) into one row: the mean
+over the runs ± the standard error over them (the spread between seeds, which one run's bootstrap error
+over episodes does not show), their count n, and Δ against the zero-shot row in the seed error and the
+zero-shot row's error combined. The recall cells are means over the runs. A stage trained in one run
+only keeps its own row (its error over episodes), labelled so.
 """
 from __future__ import annotations
 
@@ -31,8 +37,13 @@ def stages(run: Path) -> dict[str, dict]:
     return out
 
 
+def error_key(key: str) -> str:
+    """The summary key of a metric's standard error: ``fd@6x`` -> ``fd_se@6x``, ``false_alarm`` -> ``false_alarm_se``."""
+    return key.replace("@", "_se@") if "@" in key else key + "_se"
+
+
 def error(summary: dict, key: str) -> float:
-    return summary[key.replace("@", "_se@") if "@" in key else key + "_se"]
+    return summary[error_key(key)]
 
 
 def delta(trained: dict, zero: dict, key: str) -> float:
@@ -45,17 +56,43 @@ def cell(summary: dict, key: str, digits: int, zero: dict | None = None) -> str:
     return text if zero is None else f"{text} ({delta(summary, zero, key):+.1f})"
 
 
-def table(runs: list[Path], zero_run: Path) -> str:
+def pooled(name: str, summaries: list[dict]) -> dict:
+    """One summary for several runs of the same stage: each metric's mean over the runs, and as its error
+    the standard error over the runs (sample standard deviation / sqrt(n))."""
+    n = len(summaries)
+    if n < 2:
+        raise ValueError(f"{name}: pooling needs at least two runs, got {n}")
+    out = {"n": n}
+    for _, key, _ in COLUMNS:
+        values = [s[key] for s in summaries]
+        mean = sum(values) / n
+        out[key] = mean
+        out[error_key(key)] = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    for g in GAPS:
+        out[f"recall@{g}"] = sum(s[f"recall@{g}"] for s in summaries) / n
+    return out
+
+
+def table(runs: list[Path], zero_run: Path, pool: bool = False) -> str:
     zero = {name[: -len(ZERO_SHOT)]: s for name, s in stages(zero_run).items() if name.endswith(ZERO_SHOT)}
     head = ["policy", "weights", *(c[0] for c in COLUMNS[:4]), "recall gap " + " / ".join(map(str, GAPS)) + " ↑",
             COLUMNS[4][0]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for policy, ref in zero.items():
         rows = [("zero-shot", ref, None)]
+        trained: dict[str, list[tuple[str, dict]]] = {}
         for run in runs:
             for name, summary in stages(run).items():
                 if name != policy + ZERO_SHOT and name.rpartition("_")[0] == policy:
-                    rows.append((f"{name} (`{run.name}`)", summary, ref))
+                    trained.setdefault(name, []).append((run.name, summary))
+        for name, found in trained.items():
+            if pool and len(found) == 1:
+                rows.append((f"{name}, one run (`{found[0][0]}`): its error over episodes", found[0][1], ref))
+            elif pool:
+                names = ", ".join(f"`{r}`" for r, _ in found)
+                rows.append((f"{name}, n = {len(found)} ({names})", pooled(name, [s for _, s in found]), ref))
+            else:
+                rows += [(f"{name} (`{r}`)", summary, ref) for r, summary in found]
         if len(rows) == 1:
             continue
         for weights, summary, against in rows:
@@ -69,8 +106,10 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders with trained stages")
     parser.add_argument("--zero-shot", required=True, type=Path, help="the run folder with the *_zero_shot stages")
+    parser.add_argument("--pool", action="store_true",
+                        help="one row per trained stage: mean ± standard error over the runs (seeds) that trained it")
     args = parser.parse_args(argv)
-    text = table(args.runs, args.zero_shot)
+    text = table(args.runs, args.zero_shot, args.pool)
     print(text)
     return text
 

@@ -42,3 +42,29 @@ def test_each_trained_row_is_read_against_its_policys_zero_shot_row(bench, tmp_p
     # a zero-shot stage in a trained run is not a trained row, and a policy nobody trained is left out
     assert not any("99.0" in line for line in lines) and not any(line.startswith("| dense") for line in lines)
     assert "0.00 / 0.10 / 0.20 / 0.30" in rows[("window_4", "window_4_dmd (`dmd`)")]
+
+
+def test_pool_folds_the_runs_of_one_stage_into_mean_and_seed_error(bench, tmp_path):
+    zero = tmp_path / "zero"
+    write(zero, [summary("0-window_9_zero_shot", 15.0, 2.0), summary("1-dense_zero_shot", 5.0, 1.0)])
+    runs = []
+    for i, fd in enumerate((10.0, 20.0, 30.0)):
+        run = tmp_path / f"seed{i}"
+        extra = {f"recall@{g}": 0.1 * i for g in (8, 16, 32, 64)}
+        stages = [summary("0-window_9_dmd", fd, 0.5, **extra)]
+        if i == 0:
+            stages.append(summary("1-dense_dmd", 7.0, 1.0))
+        write(run, stages)
+        runs.append(str(run))
+    lines = bench.main([*runs, "--zero-shot", str(zero), "--pool"]).splitlines()
+    pooled = [line for line in lines if "window_9_dmd" in line]
+    assert len(pooled) == 1 and "n = 3 (`seed0`, `seed1`, `seed2`)" in pooled[0]
+    # mean 20, sample sd 10, error over seeds 10 / sqrt(3) = 5.8 (not the runs' own 0.5);
+    # Δ = (20 - 15) / hypot(5.77, 2) = +0.8
+    assert "20.0 ± 5.8 (+0.8)" in pooled[0]
+    assert "0.10 / 0.10 / 0.10 / 0.10" in pooled[0]  # recall: the mean over the runs
+    # a stage one run trained keeps that run's row and its error over episodes, labelled as such
+    dense = [line for line in lines if "dense_dmd" in line]
+    assert len(dense) == 1 and "one run (`seed0`)" in dense[0] and "7.0 ± 1.0 (+1.4)" in dense[0]
+    # without --pool: one row per run
+    assert sum("window_9_dmd" in line for line in bench.main([*runs, "--zero-shot", str(zero)]).splitlines()) == 3
