@@ -1,7 +1,7 @@
 """Trained weights against the same plugins read zero-shot: the table of benchmarks/RESULTS.md's rollout
 training sections, from finished run folders.
 
-    python benchmarks/versus_zero_shot.py RUN [RUN ...] --zero-shot RUN0 [--pool]
+    python benchmarks/versus_zero_shot.py RUN [RUN ...] --zero-shot RUN0 [--pool] [--only STAGE ...]
 
 Every stage named ``<policy>_<suffix>`` in a RUN (``sparse_forcing_dmd``, ``window_4_teacher``, ...) is a
 trained row; its reference is the stage ``<policy>_zero_shot`` of RUN0 (the evaluation is seeded, so a
@@ -13,7 +13,8 @@ error, and in parentheses Δ: trained minus zero-shot in units of the two standa
 over the runs ± the standard error over them (the spread between seeds, which one run's bootstrap error
 over episodes does not show), their count n, and Δ against the zero-shot row in the seed error and the
 zero-shot row's error combined. The recall cells are means over the runs. A stage trained in one run
-only keeps its own row (its error over episodes), labelled so.
+only keeps its own row (its error over episodes), labelled so. ``--only`` keeps the trained stages of
+those names (a run that continued some stages of a copied run also holds the copied, finished others).
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def pooled(name: str, summaries: list[dict]) -> dict:
     return out
 
 
-def table(runs: list[Path], zero_run: Path, pool: bool = False) -> str:
+def table(runs: list[Path], zero_run: Path, pool: bool = False, only: list[str] | None = None) -> str:
     zero = {name[: -len(ZERO_SHOT)]: s for name, s in stages(zero_run).items() if name.endswith(ZERO_SHOT)}
     head = ["policy", "weights", *(c[0] for c in COLUMNS[:4]), "recall gap " + " / ".join(map(str, GAPS)) + " ↑",
             COLUMNS[4][0]]
@@ -83,7 +84,7 @@ def table(runs: list[Path], zero_run: Path, pool: bool = False) -> str:
         trained: dict[str, list[tuple[str, dict]]] = {}
         for run in runs:
             for name, summary in stages(run).items():
-                if name != policy + ZERO_SHOT and name.rpartition("_")[0] == policy:
+                if name != policy + ZERO_SHOT and name.rpartition("_")[0] == policy and (not only or name in only):
                     trained.setdefault(name, []).append((run.name, summary))
         for name, found in trained.items():
             if pool and len(found) == 1:
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--zero-shot", required=True, type=Path, help="the run folder with the *_zero_shot stages")
     parser.add_argument("--pool", action="store_true",
                         help="one row per trained stage: mean ± standard error over the runs (seeds) that trained it")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", help="only the trained stages of these names")
     args = parser.parse_args(argv)
-    text = table(args.runs, args.zero_shot, args.pool)
+    text = table(args.runs, args.zero_shot, args.pool, args.only)
     print(text)
     return text
 

@@ -68,3 +68,11 @@ def test_pool_folds_the_runs_of_one_stage_into_mean_and_seed_error(bench, tmp_pa
     assert len(dense) == 1 and "one run (`seed0`)" in dense[0] and "7.0 ± 1.0 (+1.4)" in dense[0]
     # without --pool: one row per run
     assert sum("window_9_dmd" in line for line in bench.main([*runs, "--zero-shot", str(zero)]).splitlines()) == 3
+
+
+def test_only_keeps_the_named_trained_stages(bench, tmp_path):
+    zero, run = tmp_path / "zero", tmp_path / "run"
+    write(zero, [summary("0-window_9_zero_shot", 15.0, 2.0), summary("1-dense_zero_shot", 5.0, 1.0)])
+    write(run, [summary("0-window_9_dmd", 10.0, 1.0), summary("1-dense_dmd", 7.0, 1.0)])
+    lines = bench.main([str(run), "--zero-shot", str(zero), "--only", "dense_dmd"]).splitlines()
+    assert any("dense_dmd" in line for line in lines) and not any("window_9" in line for line in lines)
