@@ -68,9 +68,12 @@ def check_accelerator(cfg, resume: bool = False) -> None:
                                 f"that torch can use; {advice}")
 
 
+FINISHED_FILES = ("model.pt", "eval.json", "summary.json")  # a stage folder holding all three is finished
+
+
 def stage_finished(stage_dir: Path) -> bool:
     """Trained, evaluated and summarised: what a resumed run skips (summary.json is written last)."""
-    return all((stage_dir / f).exists() for f in ("model.pt", "eval.json", "summary.json"))
+    return all((stage_dir / f).exists() for f in FINISHED_FILES)
 
 
 def check_resume_budget(old, new, run_dir: Path) -> None:

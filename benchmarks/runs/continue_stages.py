@@ -13,25 +13,28 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
+from worldkit import config
+from worldkit.stages import FINISHED_FILES, resolve_stages
 
 
 def reopen(src: Path, dst: Path, steps: int, names: list[str]) -> list[str]:
     """Copy ``src`` to ``dst`` and mark the stages ``names`` unfinished with ``train.max_steps = steps``."""
     if dst.exists():
         raise SystemExit(f"{dst} exists")
-    cfg = yaml.safe_load((src / "config.yaml").read_text())
-    index = {stage["name"]: i for i, stage in enumerate(cfg["stages"])}
+    raw = config.load(src / "config.yaml").model_dump(mode="json")
+    index = {stage["name"]: i for i, stage in enumerate(raw["stages"])}
     missing = sorted(set(names) - set(index))
     if missing:
         raise SystemExit(f"no stage {missing} in {src}; its stages: {sorted(index)}")
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tb"))
     for name in names:
-        stage = cfg["stages"][index[name]]
-        stage["train"] = {**(stage.get("train") or {}), "max_steps": steps}
-        for f in ("model.pt", "eval.json", "summary.json"):  # what makes a stage finished
-            (dst / "stages" / f"{index[name]}-{name}" / f).unlink()
-    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        raw["stages"][index[name]]["train"]["max_steps"] = steps
+    cfg = config.validate(raw, source=str(src / "config.yaml"))
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tb"))
+    for stage in resolve_stages(cfg):
+        if stage.name in names:
+            for f in FINISHED_FILES:
+                (dst / "stages" / stage.dirname / f).unlink()
+    config.save(cfg, dst / "config.yaml")
     return names
 
 
