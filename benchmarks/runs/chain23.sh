@@ -2,7 +2,8 @@
 # benchmarks/RESULTS.md "DMD with a stronger teacher": the base itself as the teacher, its score guided
 # along the actions (guidance 3, against zeroed actions = no turn): Sparse Forcing with seed 1 (dmdg1,
 # beside dmd4's), then the 9-frame window with seed 3 (dmdg2, beside dmd4's). Runs beside chain22.sh,
-# each with one OpenMP thread; echoes the date and commit before each command.
+# each with one OpenMP thread; echoes the date and commit before each command. dmdg1 collapsed (RESULTS),
+# so dmdg2 was stopped by hand at step 123 of 600 and left out; chain26.sh ran guidance 1.5 instead.
 source /work/venv/bin/activate
 cd /work/main
 export OMP_NUM_THREADS=1
