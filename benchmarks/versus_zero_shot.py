@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 
 COLUMNS = (("PSNR@6x ↑", "psnr@6x", 1), ("FD@6x ↓", "fd@6x", 1), ("sharpness@6x →1", "sharpness@6x", 2),
-           ("physics@6x →1", "physics@6x", 2), ("false alarm ↓", "false_alarm", 2))
+           ("motion@1x →1", "motion@1x", 2), ("physics@6x →1", "physics@6x", 2), ("false alarm ↓", "false_alarm", 2))
 GAPS = (8, 16, 32, 64)
 ZERO_SHOT = "_zero_shot"
 
@@ -76,8 +76,8 @@ def pooled(name: str, summaries: list[dict]) -> dict:
 
 def table(runs: list[Path], zero_run: Path, pool: bool = False, only: list[str] | None = None) -> str:
     zero = {name[: -len(ZERO_SHOT)]: s for name, s in stages(zero_run).items() if name.endswith(ZERO_SHOT)}
-    head = ["policy", "weights", *(c[0] for c in COLUMNS[:4]), "recall gap " + " / ".join(map(str, GAPS)) + " ↑",
-            COLUMNS[4][0]]
+    head = ["policy", "weights", *(c[0] for c in COLUMNS[:-1]), "recall gap " + " / ".join(map(str, GAPS)) + " ↑",
+            COLUMNS[-1][0]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for policy, ref in zero.items():
         rows = [("zero-shot", ref, None)]
@@ -99,7 +99,7 @@ def table(runs: list[Path], zero_run: Path, pool: bool = False, only: list[str] 
         for weights, summary, against in rows:
             recall = " / ".join(f"{summary[f'recall@{g}']:.2f}" for g in GAPS)
             cells = [cell(summary, key, digits, against) for _, key, digits in COLUMNS]
-            lines.append("| " + " | ".join([policy, weights, *cells[:4], recall, cells[4]]) + " |")
+            lines.append("| " + " | ".join([policy, weights, *cells[:-1], recall, cells[-1]]) + " |")
     return "\n".join(lines)
 
 

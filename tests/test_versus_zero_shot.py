@@ -10,6 +10,7 @@ def summary(stage: str, fd: float, fd_se: float, **extra) -> dict:
     s = {"stage": stage, "fd@6x": fd, "fd_se@6x": fd_se, "false_alarm": 0.2, "false_alarm_se": 0.05}
     for key in ("psnr", "sharpness", "physics"):
         s[f"{key}@6x"], s[f"{key}_se@6x"] = 1.0, 0.1
+    s["motion@1x"], s["motion_se@1x"] = 1.0, 0.1
     s.update({f"recall@{g}": 0.1 * i for i, g in enumerate((8, 16, 32, 64))})
     s.update(extra)
     return s
@@ -42,6 +43,9 @@ def test_each_trained_row_is_read_against_its_policys_zero_shot_row(bench, tmp_p
     # a zero-shot stage in a trained run is not a trained row, and a policy nobody trained is left out
     assert not any("99.0" in line for line in lines) and not any(line.startswith("| dense") for line in lines)
     assert "0.00 / 0.10 / 0.20 / 0.30" in rows[("window_4", "window_4_dmd (`dmd`)")]
+    # the per-frame motion ratio sits before the physics column; false alarms stay last
+    assert lines[0].split(" | ")[5:8] == ["motion@1x →1", "physics@6x →1", "recall gap 8 / 16 / 32 / 64 ↑"]
+    assert lines[0].endswith("false alarm ↓ |")
 
 
 def test_pool_folds_the_runs_of_one_stage_into_mean_and_seed_error(bench, tmp_path):
