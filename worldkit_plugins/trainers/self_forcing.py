@@ -35,9 +35,13 @@ the conditional each rollout step samples from; the clip twice, as in teacher fo
 (``history: noisy``: each chunk's score given the noised chunks before it, the closest a causal teacher
 comes to Self-Forcing's scoring of whole videos). The scores always read the whole history with a dense
 mask, whatever the memory policy of the rollout: the teacher stands for the real conditional, which a
-memory policy only approximates. ``guidance`` > 1 sharpens the teacher's score along the actions
-(classifier-free guidance against zeroed actions; meaningful for a teacher trained with
-``action_dropout``).
+memory policy only approximates. ``guidance`` > 1 extrapolates the teacher's score along the actions
+(classifier-free guidance against zeroed actions). For a teacher trained with ``action_dropout`` a zeroed
+clip means "actions unknown"; where a zero action is itself an action (the revisit room's "no turn"), the
+guidance of a teacher trained without dropout amplifies what the actions change against standing still.
+Measured on the revisit room (benchmarks/RESULTS.md, "Guided DMD"): 1.5 with the base as the teacher
+removes the frozen objects that unguided DMD leaves in view, at the price of exaggerated motion; 3
+collapses.
 """
 from __future__ import annotations
 
@@ -66,7 +70,8 @@ class DMDConfig(PluginConfig):
     critic_lr_scale: float = Field(0.2, gt=0, description="critic learning rate as a multiple of train.lr "
                                                            "(Self-Forcing: 4e-7 against the generator's 2e-6)")
     guidance: float = Field(1.0, ge=1, description="classifier-free guidance of the teacher's score along the actions "
-                                                   "(against zeroed actions); 1: none")
+                                                   "(against zeroed actions); 1: none; 1.5 measured best on the "
+                                                   "revisit room, 3 collapses there")
     history: Literal["clean", "noisy"] = Field(
         "clean", description="what a noised generated chunk sees when scored: the clean generated frames before "
                              "it (the conditional the rollout samples from) or the whole clip noised alike")
