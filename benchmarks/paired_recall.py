@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from worldkit import recall_report
+from worldkit.stages import parse_dirname
 
 SAME = ("episodes", "seeds", "context_frames", "horizons")
 
@@ -23,7 +24,7 @@ SAME = ("episodes", "seeds", "context_frames", "horizons")
 def load(spec: str) -> tuple[str, str, dict]:
     """``RUN/STAGE`` -> (its label, its memory policy, its eval.json)."""
     run, _, name = spec.rstrip("/").rpartition("/")
-    found = [p.parent for p in Path(run).glob("stages/*/eval.json") if p.parent.name.split("-", 1)[-1] == name]
+    found = [p.parent for p in Path(run).glob("stages/*/eval.json") if parse_dirname(p.parent.name)[1] == name]
     if not run or len(found) != 1:
         raise SystemExit(f"{spec}: expected RUN/STAGE naming one evaluated stage folder "
                          f"(found {len(found)} under {run or '?'}/stages)")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldkit.stages import parse_dirname
+
 METRICS = {  # name: (title, higher is better)
     "recall": ("recall at returns beyond the window", True),
     "psnr": ("PSNR dB at the longest horizon", True),
@@ -54,7 +56,7 @@ def read_folder(folder: Path, deploy: list[str], beyond: int) -> dict[str, dict]
     """deploy name -> metrics, from ``folder/stages/<i>-<name>/eval.json``; missing stages are left out."""
     found = {}
     for d in sorted((Path(folder) / "stages").glob("*/eval.json")):
-        name = d.parent.name.split("-", 1)[1]
+        name = parse_dirname(d.parent.name)[1]
         if name in deploy:
             found[name] = read_eval(d, beyond)
     return found

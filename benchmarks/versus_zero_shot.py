@@ -23,6 +23,8 @@ import json
 import math
 from pathlib import Path
 
+from worldkit.stages import parse_dirname
+
 COLUMNS = (("PSNR@6x ↑", "psnr@6x", 1), ("FD@6x ↓", "fd@6x", 1), ("sharpness@6x →1", "sharpness@6x", 2),
            ("motion@1x →1", "motion@1x", 2), ("physics@6x →1", "physics@6x", 2), ("false alarm ↓", "false_alarm", 2))
 GAPS = (8, 16, 32, 64)
@@ -32,9 +34,9 @@ ZERO_SHOT = "_zero_shot"
 def stages(run: Path) -> dict[str, dict]:
     """Each finished stage's summary by stage name (its folder ``<index>-<name>`` without the index)."""
     out = {}
-    for path in sorted(run.glob("stages/*/summary.json"), key=lambda p: int(p.parent.name.split("-", 1)[0])):
+    for path in sorted(run.glob("stages/*/summary.json"), key=lambda p: parse_dirname(p.parent.name)[0]):
         summary = json.loads(path.read_text())
-        out[summary["stage"].split("-", 1)[1]] = summary
+        out[parse_dirname(summary["stage"])[1]] = summary
     return out
 
 

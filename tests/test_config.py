@@ -420,3 +420,10 @@ def test_a_variant_is_blamed_only_for_its_own_train_settings():
     found = issues({**MINIMAL, "compare": [{"name": "v", "train": {"clip_frames": 7}}],
                     "stages": [{"name": "a", "trainer": {"type": "toy_trainer"}}]})
     assert found["compare[0].train.clip_frames"][0] == 7
+
+
+def test_a_stage_folder_name_parses_back_to_its_index_and_name():
+    from worldkit.stages import parse_dirname, resolve_stages
+
+    cfg = config.validate({**MINIMAL, "stages": [{"name": "warm-up"}, {"name": "sparse_forcing_dmd"}]})
+    assert [parse_dirname(s.dirname) for s in resolve_stages(cfg)] == [(0, "warm-up"), (1, "sparse_forcing_dmd")]

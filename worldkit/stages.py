@@ -28,6 +28,12 @@ class Stage:
         return f"{self.index}-{self.name}"
 
 
+def parse_dirname(dirname: str) -> tuple[int, str]:
+    """A stage folder's name (``Stage.dirname``, ``<index>-<name>``) back into (index, name)."""
+    index, _, name = dirname.partition("-")
+    return int(index), name
+
+
 def resolve_stages(cfg) -> list[Stage]:
     """The experiment's stages, then its comparison variants; an experiment without ``stages`` is one
     stage named ``train``. A variant's ``train`` overrides merge onto the last stage's budget."""
